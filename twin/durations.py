@@ -1,0 +1,112 @@
+"""How long things take: nominal (live mode) or drawn with common random numbers (forecasts).
+
+All durations are whole seconds (at least one), so that times stay exact in float
+arithmetic and a model rebuilt from a snapshot reproduces the original run to the second.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Protocol
+
+from twin.lane import Lane
+from twin.site import Site
+
+__all__ = ["Durations", "NominalDurations", "StochasticDurations", "keyed_random", "whole"]
+
+
+def whole(seconds: float) -> float:
+    """Round a duration to whole seconds, at least one."""
+    return float(max(1, round(seconds)))
+
+
+def keyed_random(seed: int, replica: int, key: str) -> random.Random:
+    """A generator whose draws depend only on (seed, replica, activity key).
+
+    This is what makes common random numbers work: two runs that differ in one action
+    still draw the same numbers for every activity they share.
+    """
+    return random.Random(f"{seed}/{replica}/{key}")
+
+
+class Durations(Protocol):
+    """The timing of every activity in the network model."""
+
+    def travel(self, trip_id: str, leg: int, lane: Lane, start: float, remaining: float) -> float:
+        """Seconds to cover the ``remaining`` fraction of ``lane`` starting at ``start``."""
+        ...
+
+    def lane_factor(self, lane: Lane) -> float:
+        """Travel-time multiplier currently believed for the lane (1 = nominal)."""
+        ...
+
+    def unload(self, site: Site, orders: int, key: str) -> float:
+        """Seconds a vehicle occupies a dock to unload ``orders`` orders."""
+        ...
+
+    def sort(self, site: Site, orders: int, rate: float, key: str) -> float:
+        """Seconds the site needs to sort a batch of ``orders`` at ``rate`` per hour."""
+        ...
+
+
+class NominalDurations:
+    """Expected durations: lane travel times times the given slowdown factors, no noise."""
+
+    def __init__(self, lane_factors: dict[str, float] | None = None) -> None:
+        self.lane_factors = lane_factors or {}
+
+    def lane_factor(self, lane: Lane) -> float:
+        """Known slowdown of the lane (1 when none)."""
+        return self.lane_factors.get(lane.id, 1.0)
+
+    def travel(self, trip_id: str, leg: int, lane: Lane, start: float, remaining: float) -> float:
+        """Nominal time for the remaining fraction, scaled by the lane's factor."""
+        return whole(lane.travel_time * self.lane_factor(lane) * remaining)
+
+    def unload(self, site: Site, orders: int, key: str) -> float:
+        """Fixed dock time plus a time per order."""
+        return whole(site.dock_seconds + site.seconds_per_order * orders)
+
+    def sort(self, site: Site, orders: int, rate: float, key: str) -> float:
+        """Batch size over the handling rate."""
+        return whole(3600.0 * orders / rate)
+
+
+class StochasticDurations(NominalDurations):
+    """Lognormal noise around the nominal durations, keyed per activity (common random numbers).
+
+    Travel uses the lane's ``sigma``; dock and sorting times use ``handling_sigma``.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        replica: int,
+        lane_factors: dict[str, float] | None = None,
+        handling_sigma: float = 0.1,
+    ) -> None:
+        super().__init__(lane_factors)
+        self.seed = seed
+        self.replica = replica
+        self.handling_sigma = handling_sigma
+
+    def _noise(self, key: str, sigma: float) -> float:
+        if sigma <= 0:
+            return 1.0
+        return math.exp(keyed_random(self.seed, self.replica, key).gauss(0.0, sigma))
+
+    def travel(self, trip_id: str, leg: int, lane: Lane, start: float, remaining: float) -> float:
+        """Nominal time times a lognormal draw for this trip leg."""
+        noise = self._noise(f"travel/{trip_id}/{leg}", lane.sigma)
+        return whole(lane.travel_time * self.lane_factor(lane) * remaining * noise)
+
+    def unload(self, site: Site, orders: int, key: str) -> float:
+        """Nominal dock time times a lognormal draw for this unloading."""
+        noise = self._noise(f"unload/{key}", self.handling_sigma)
+        return whole((site.dock_seconds + site.seconds_per_order * orders) * noise)
+
+    def sort(self, site: Site, orders: int, rate: float, key: str) -> float:
+        """Nominal sorting time times a lognormal draw for this batch."""
+        noise = self._noise(f"sort/{key}", self.handling_sigma)
+        return whole(3600.0 * orders / rate * noise)

@@ -1,0 +1,107 @@
+"""Lanes between sites, and how the twin learns their current slowdown from observations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Lane", "LaneSample", "LaneState", "lane_id"]
+
+#: Observations need at least this much elapsed time and progress before they count as a
+#: speed estimate (shorter spans are dominated by rounding and dwell).
+MIN_SAMPLE_SECONDS = 300.0
+MIN_SAMPLE_PROGRESS = 0.05
+#: Samples older than this (relative to the lane's newest) no longer describe the lane.
+SAMPLE_WINDOW_SECONDS = 3 * 3600.0
+#: A drop in progress larger than this starts a new traversal of the lane.
+PROGRESS_EPS = 1e-6
+
+
+def lane_id(origin: str, destination: str) -> str:
+    """The canonical id of the lane from ``origin`` to ``destination``."""
+    return f"{origin}->{destination}"
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """A directed road connection with a nominal travel time and its variability.
+
+    ``sigma`` is the standard deviation of the log of the travel-time multiplier
+    (a lognormal with median 1).
+    """
+
+    id: str
+    origin: str
+    destination: str
+    travel_time: float
+    sigma: float = 0.1
+
+
+@dataclass(slots=True)
+class LaneSample:
+    """First and last observation of one vehicle's latest traversal of a lane."""
+
+    first_time: float
+    first_progress: float
+    last_time: float
+    last_progress: float
+
+    def ratio(self, travel_time: float) -> float | None:
+        """Observed travel-time multiplier, or None while the span is too short to tell."""
+        dt = self.last_time - self.first_time
+        dp = self.last_progress - self.first_progress
+        if dt < MIN_SAMPLE_SECONDS or dp < MIN_SAMPLE_PROGRESS:
+            return None
+        return (dt / travel_time) / dp
+
+
+@dataclass(slots=True)
+class LaneState:
+    """Per-vehicle samples of the lane plus known disruption factors."""
+
+    samples: dict[str, LaneSample] = field(default_factory=dict)
+    latest_time: float = float("-inf")
+    #: travel-time factor from reported disruptions (1.0 when none), and closure flag
+    disruption_factor: float = 1.0
+    closed: bool = False
+
+    def observe(self, vehicle_id: str, time: float, progress: float) -> None:
+        """Fold one position (time, progress) of a vehicle on this lane.
+
+        The result does not depend on the order observations arrive in: each vehicle keeps
+        the earliest and latest observation of its newest traversal (progress only grows
+        within a traversal; a drop means a new one).
+        """
+        if time > self.latest_time:
+            self.latest_time = time
+        s = self.samples.get(vehicle_id)
+        if s is None:
+            self.samples[vehicle_id] = LaneSample(time, progress, time, progress)
+        elif time >= s.last_time:
+            if progress >= s.last_progress - PROGRESS_EPS:
+                s.last_time, s.last_progress = time, progress
+            else:
+                s.first_time = s.last_time = time
+                s.first_progress = s.last_progress = progress
+        elif time <= s.first_time and progress <= s.first_progress + PROGRESS_EPS:
+            s.first_time, s.first_progress = time, progress
+
+    def observed_factor(self, travel_time: float) -> float | None:
+        """Mean observed travel-time multiplier over recent traversals, None if no evidence."""
+        horizon = self.latest_time - SAMPLE_WINDOW_SECONDS
+        total = 0.0
+        n = 0
+        for s in self.samples.values():
+            if s.last_time < horizon:
+                continue
+            r = s.ratio(travel_time)
+            if r is not None:
+                total += r
+                n += 1
+        return total / n if n else None
+
+    def factor(self, travel_time: float) -> float:
+        """The slowdown the twin currently believes in: observed, else reported, else 1."""
+        observed = self.observed_factor(travel_time)
+        if observed is not None:
+            return max(observed, 0.1)
+        return self.disruption_factor

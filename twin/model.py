@@ -1,0 +1,423 @@
+"""The SimPy network model: vehicles drive lanes, docks queue, sites sort, trips connect.
+
+One model serves every mode. Built from a :class:`WorldState` (a snapshot), it runs with the
+:class:`~twin.durations.Durations` it is given: nominal ones for what the twin expects,
+keyed random ones for forecast replicas, and the hidden "true world" ones of the scenario
+generator. An :class:`Observer` sees every transition (the generator turns them into events;
+tests record them).
+
+Delay cascades through the three mechanisms of the design:
+
+1. vehicle rotation: a vehicle runs its trips in order, so a late arrival delays its next trip;
+2. freight connections: a first departure is held (up to the trip's ``hold_limit``) for booked
+   freight that is on its way in; freight that is not ready when the trip leaves rolls to the
+   next trip serving the same hop;
+3. contention: arriving vehicles queue for a site's docks, and unloaded freight queues for the
+   site's sorting capacity.
+
+Phases: ``build()`` -> ``run(until)`` -> ``collect()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import simpy
+
+from twin.durations import Durations
+from twin.state import WorldState
+
+__all__ = ["Model", "ModelResult", "Observer", "OrderRun", "TripRun"]
+
+Proc = Generator[simpy.Event, Any, None]
+
+
+class Observer(Protocol):
+    """Receives every transition of the model as it happens (all methods optional no-ops)."""
+
+    def departed(self, t: float, trip_id: str, leg: int, vehicle_id: str, site_id: str) -> None:
+        """A vehicle left ``site_id`` on leg ``leg`` of ``trip_id``."""
+
+    def arrived(self, t: float, trip_id: str, leg: int, vehicle_id: str, site_id: str) -> None:
+        """A vehicle reached ``site_id`` at the end of leg ``leg``."""
+
+    def scanned(self, t: float, order_id: str, site_id: str, kind: str, trip_id: str | None) -> None:
+        """An order was loaded, unloaded or sorted."""
+
+    def delivered(self, t: float, order_id: str, site_id: str) -> None:
+        """An order reached its destination and was handled there."""
+
+    def docks(self, t: float, site_id: str, occupied: int, in_service: int) -> None:
+        """A site's dock occupancy changed."""
+
+    def rolled(self, t: float, order_id: str, from_trip: str, to_trip: str | None) -> None:
+        """An order missed ``from_trip`` and was rebooked on ``to_trip`` (None: no later trip)."""
+
+
+class _NullObserver:
+    def departed(self, t: float, trip_id: str, leg: int, vehicle_id: str, site_id: str) -> None:
+        pass
+
+    def arrived(self, t: float, trip_id: str, leg: int, vehicle_id: str, site_id: str) -> None:
+        pass
+
+    def scanned(self, t: float, order_id: str, site_id: str, kind: str, trip_id: str | None) -> None:
+        pass
+
+    def delivered(self, t: float, order_id: str, site_id: str) -> None:
+        pass
+
+    def docks(self, t: float, site_id: str, occupied: int, in_service: int) -> None:
+        pass
+
+    def rolled(self, t: float, order_id: str, from_trip: str, to_trip: str | None) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class TripRun:
+    """What happened to a trip in this run."""
+
+    departures: list[float | None]
+    arrivals: list[float | None]
+    released: float | None = None
+    held_for: str | None = None
+    hold_seconds: float = 0.0
+    waited_for_vehicle: float = 0.0
+    dock_waits: list[float] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class OrderRun:
+    """An order inside the model."""
+
+    id: str
+    origin: str
+    destination: str
+    promised_at: float
+    path: list[str]
+    boards: list[str]
+    hop: int
+    stage: str
+    site: str | None
+    trip: str | None = None
+    ready: bool = False
+    delivered_at: float | None = None
+    inbound_trip: str | None = None
+    rolls: int = 0
+
+    def pending_hop(self) -> int:
+        """Index of the next hop to board: the current one, or the one after the ride."""
+        return self.hop + 1 if self.trip is not None else self.hop
+
+    def alight(self, hop: int | None = None) -> str:
+        """Where the order leaves the trip of ``hop`` (default: the current hop)."""
+        h = self.hop if hop is None else hop
+        return self.boards[h + 1] if h + 1 < len(self.path) else self.destination
+
+
+@dataclass(slots=True)
+class ModelResult:
+    """Outcome of a run: per-trip and per-order records, and where the clock stopped."""
+
+    until: float
+    trips: dict[str, TripRun]
+    orders: dict[str, OrderRun]
+
+
+class Model:
+    """The network model, built from a world state; see the module docstring."""
+
+    def __init__(
+        self,
+        state: WorldState,
+        durations: Durations,
+        *,
+        env: simpy.Environment | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.state = state
+        self.net = state.network
+        self.env = env if env is not None else simpy.Environment(initial_time=state.clock)
+        self.durations = durations
+        self.observer: Observer = observer if observer is not None else _NullObserver()
+        self.trips: dict[str, TripRun] = {}
+        self.orders: dict[str, OrderRun] = {}
+        self.docks: dict[str, simpy.Resource] = {}
+        self.sorters: dict[str, simpy.Resource] = {}
+        self.rates: dict[str, float] = {}
+        #: orders booked for (trip, boarding site), ready or not
+        self.booked: dict[tuple[str, str], dict[str, OrderRun]] = {}
+        self.onboard: dict[str, list[OrderRun]] = {}
+        self._waiters: dict[tuple[str, str], simpy.Event] = {}
+        #: where each vehicle currently is (site id) or None while driving
+        self.vehicle_site: dict[str, str | None] = {}
+        #: (lane id, start time, start progress, end time) of vehicles on the road
+        self.vehicle_leg: dict[str, tuple[str, float, float, float]] = {}
+        self._built = False
+
+    # ------------------------------------------------------------------ build
+    def build(self) -> Model:
+        """Create resources, place freight and start one process per vehicle."""
+        if self._built:
+            msg = "Model.build() was already called; build a new Model from the state instead"
+            raise RuntimeError(msg)
+        self._built = True
+        env, net, st = self.env, self.net, self.state
+        for sid, site in net.sites.items():
+            s = st.sites[sid]
+            self.docks[sid] = simpy.Resource(env, capacity=max(1, s.docks_in_service))
+            self.sorters[sid] = simpy.Resource(env, capacity=1)
+            self.rates[sid] = s.handling_rate if s.handling_rate > 0 else site.handling_rate
+        for tid, ts in st.trips.items():
+            self.trips[tid] = TripRun(list(ts.departures), list(ts.arrivals))
+        unsorted: list[tuple[float, str, OrderRun]] = []
+        for oid, o in sorted(st.orders.items()):
+            if o.stage in ("delivered", "cancelled"):
+                continue
+            run = OrderRun(
+                oid, o.origin, o.destination, o.promised_at, list(o.path), list(o.boards),
+                o.hop, o.stage, o.site_id, o.trip_id,
+            )
+            self.orders[oid] = run
+            if o.stage == "loaded" and o.trip_id is not None:
+                leg = net.leg_index(o.trip_id, o.site_id or "")
+                if leg >= 0 and st.trips[o.trip_id].departures[leg] is not None:
+                    run.site = None
+                    self.onboard.setdefault(o.trip_id, []).append(run)
+                    self._book(run)
+                    continue
+                run.stage = "sorted"
+            if run.stage == "unloaded" and run.site is not None:
+                unsorted.append((o.obs_time, oid, run))
+                continue
+            self._make_ready(run)
+        for sid in sorted({r.site for _, _, r in unsorted if r.site is not None}):
+            batch = [r for _, _, r in sorted(unsorted) if r.site == sid]
+            env.process(self._sort(sid, batch, f"init/{sid}"))
+        for vid in sorted(net.vehicles):
+            env.process(self._operate(vid))
+        return self
+
+    def add_order(
+        self, order_id: str, origin: str, destination: str, promised_at: float,
+        path: list[str], boards: list[str],
+    ) -> OrderRun:
+        """A new order appears at its origin, ready for the first trip of its path."""
+        run = OrderRun(order_id, origin, destination, promised_at, path, boards, 0, "created", origin)
+        self.orders[order_id] = run
+        self._make_ready(run)
+        return run
+
+    def run(self, until: float) -> Model:
+        """Run the model until ``until`` (seconds since epoch)."""
+        if until > self.env.now:
+            self.env.run(until=until)
+        return self
+
+    def collect(self) -> ModelResult:
+        """The per-trip and per-order records of this run."""
+        return ModelResult(self.env.now, self.trips, self.orders)
+
+    # ------------------------------------------------------------------ freight
+    def _make_ready(self, o: OrderRun) -> None:
+        """The order is handled and waits at its site for the trip of its current hop."""
+        o.ready = True
+        o.trip = None
+        if o.site == o.destination:
+            o.stage = "delivered"
+            o.delivered_at = self.env.now
+            return
+        if o.hop >= len(o.path):
+            return
+        key = (o.path[o.hop], o.site or "")
+        self.booked.setdefault(key, {})[o.id] = o
+        waiter = self._waiters.get(key)
+        if waiter is not None and not waiter.triggered and not self._inbound(*key):
+            waiter.succeed()
+
+    def _inbound(self, trip_id: str, site: str) -> list[OrderRun]:
+        """Booked freight for (trip, site) that is on its way or being handled there."""
+        out = []
+        for o in self.booked.get((trip_id, site), {}).values():
+            if o.ready:
+                continue
+            if o.site == site or (o.trip is not None and site in self._stops_ahead(o)):
+                out.append(o)
+        return out
+
+    def _stops_ahead(self, o: OrderRun) -> tuple[str, ...]:
+        trip = self.net.trips[o.trip or ""]
+        stops = trip.stops()
+        here = o.boards[o.hop] if o.hop < len(o.boards) else stops[0]
+        return stops[stops.index(here) + 1 :] if here in stops else stops
+
+    def _book(self, o: OrderRun) -> None:
+        """Index an order that is not ready yet under the next hop it will board."""
+        h = o.pending_hop()
+        if h < len(o.path):
+            key = (o.path[h], o.boards[h])
+            self.booked.setdefault(key, {})[o.id] = o
+
+    # ------------------------------------------------------------------ processes
+    def _operate(self, vehicle_id: str) -> Proc:
+        """Run the vehicle's remaining trips in order (this is the rotation mechanism)."""
+        st, net = self.state, self.net
+        v = st.vehicles[vehicle_id]
+        self.vehicle_site[vehicle_id] = v.site_id if v.status == "at_site" else None
+        for tid in net.rotations[vehicle_id]:
+            run = self.trips[tid]
+            trip = net.trips[tid]
+            if run.released is not None:
+                continue
+            if run.arrivals[-1] is not None:
+                # Arrived before the snapshot: unload whatever is still on board.
+                if self.onboard.get(tid):
+                    yield from self._unload(tid, len(trip.legs) - 1, trip.destination)
+                run.released = self.env.now
+                continue
+            if st.trips[tid].cancelled:
+                self._cancel(tid)
+                continue
+            for i, leg in enumerate(trip.legs):
+                if run.arrivals[i] is not None:
+                    continue
+                if run.departures[i] is None:
+                    yield from self._depart(tid, i)
+                    remaining = 1.0
+                else:
+                    remaining = 1.0 - st.vehicle_progress(vehicle_id) if v.lane_id == leg.lane_id else 1.0
+                yield from self._drive(tid, i, vehicle_id, max(0.0, remaining))
+                yield from self._arrive(tid, i, vehicle_id)
+            run.released = self.env.now
+
+    def _depart(self, trip_id: str, leg_index: int) -> Proc:
+        env, trip = self.env, self.net.trips[trip_id]
+        leg = trip.legs[leg_index]
+        run = self.trips[trip_id]
+        ts = self.state.trips[trip_id]
+        site = leg.origin
+        planned = leg.planned_departure
+        if env.now < planned:
+            yield env.timeout(planned - env.now)
+        elif leg_index == 0:
+            run.waited_for_vehicle = env.now - planned
+        if ts.hold_until is not None and env.now < ts.hold_until:
+            yield env.timeout(ts.hold_until - env.now)
+        if leg_index == 0 and not ts.depart_now:
+            deadline = planned + trip.hold_limit
+            inbound = self._inbound(trip_id, site)
+            if inbound and env.now < deadline:
+                waiter = env.event()
+                self._waiters[(trip_id, site)] = waiter
+                start = env.now
+                yield waiter | env.timeout(deadline - env.now)
+                del self._waiters[(trip_id, site)]
+                run.hold_seconds = env.now - start
+                run.held_for = sorted({o.inbound_trip or "" for o in inbound})[0] or None
+        self._load(trip_id, leg_index, site)
+        run.departures[leg_index] = env.now
+        self.vehicle_site[trip.vehicle_id] = None
+        self.observer.departed(env.now, trip_id, leg_index, trip.vehicle_id, site)
+
+    def _load(self, trip_id: str, leg_index: int, site: str) -> None:
+        env, trip = self.env, self.net.trips[trip_id]
+        booked = self.booked.pop((trip_id, site), {})
+        onboard = self.onboard.setdefault(trip_id, [])
+        room = self.net.vehicles[trip.vehicle_id].capacity - len(onboard)
+        for oid in sorted(booked):
+            o = booked[oid]
+            if o.ready and room > 0:
+                room -= 1
+                o.ready = False
+                o.stage = "loaded"
+                o.site = None
+                o.trip = trip_id
+                onboard.append(o)
+                self._book(o)
+                self.observer.scanned(env.now, oid, site, "loaded", trip_id)
+            else:
+                self._roll(o, trip_id, site)
+
+    def _roll(self, o: OrderRun, missed: str, site: str) -> None:
+        """The order missed ``missed`` at ``site``: rebook it on the next trip of its hop."""
+        h = o.pending_hop()
+        nxt = self.net.next_trip(site, o.alight(h), self.env.now, exclude=missed)
+        o.rolls += 1
+        self.observer.rolled(self.env.now, o.id, missed, nxt)
+        if nxt is None:
+            return
+        o.path[h] = nxt
+        if o.ready:
+            o.ready = False
+            self._make_ready(o)
+        else:
+            self._book(o)
+
+    def _cancel(self, trip_id: str) -> None:
+        for site in self.net.trips[trip_id].stops()[:-1]:
+            for o in list(self.booked.pop((trip_id, site), {}).values()):
+                self._roll(o, trip_id, site)
+
+    def _drive(self, trip_id: str, leg_index: int, vehicle_id: str, remaining: float) -> Proc:
+        env = self.env
+        lane = self.net.lanes[self.net.trips[trip_id].legs[leg_index].lane_id]
+        duration = self.durations.travel(trip_id, leg_index, lane, env.now, remaining)
+        self.vehicle_leg[vehicle_id] = (lane.id, env.now, 1.0 - remaining, env.now + duration)
+        yield env.timeout(duration)
+        del self.vehicle_leg[vehicle_id]
+
+    def _arrive(self, trip_id: str, leg_index: int, vehicle_id: str) -> Proc:
+        env = self.env
+        site = self.net.trips[trip_id].legs[leg_index].destination
+        self.trips[trip_id].arrivals[leg_index] = env.now
+        self.vehicle_site[vehicle_id] = site
+        self.observer.arrived(env.now, trip_id, leg_index, vehicle_id, site)
+        yield from self._unload(trip_id, leg_index, site)
+
+    def _unload(self, trip_id: str, leg_index: int, site: str) -> Proc:
+        env = self.env
+        onboard = self.onboard.get(trip_id, [])
+        alighting = [o for o in onboard if o.alight() == site]
+        if not alighting:
+            return
+        self.onboard[trip_id] = [o for o in onboard if o.alight() != site]
+        docks = self.docks[site]
+        queued = env.now
+        with docks.request() as req:
+            yield req
+            self.trips[trip_id].dock_waits.append(env.now - queued)
+            self.observer.docks(env.now, site, docks.count, docks.capacity)
+            s = self.net.sites[site]
+            yield env.timeout(self.durations.unload(s, len(alighting), f"{trip_id}/{leg_index}"))
+            for o in alighting:
+                o.stage = "unloaded"
+                o.site = site
+                o.trip = None
+                o.inbound_trip = trip_id
+                o.hop += 1
+                self.observer.scanned(env.now, o.id, site, "unloaded", None)
+        self.observer.docks(env.now, site, docks.count, docks.capacity)
+        env.process(self._sort(site, alighting, f"{trip_id}/{leg_index}"))
+
+    def _sort(self, site: str, batch: list[OrderRun], key: str) -> Proc:
+        """Sort a batch at the site's handling capacity (first come, first served)."""
+        env = self.env
+        for o in batch:
+            self._book(o)
+        with self.sorters[site].request() as req:
+            yield req
+            s = self.net.sites[site]
+            yield env.timeout(self.durations.sort(s, len(batch), self.rates[site], key))
+        for o in batch:
+            if o.site == o.destination:
+                o.stage = "delivered"
+                o.delivered_at = env.now
+                o.ready = True
+                self.observer.delivered(env.now, o.id, site)
+                continue
+            o.stage = "sorted"
+            self.observer.scanned(env.now, o.id, site, "sorted", None)
+            self._make_ready(o)

@@ -1,0 +1,42 @@
+"""Vehicles and their observed status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+__all__ = ["VEHICLE_STATUSES", "Vehicle", "VehicleState"]
+
+VehicleStatus = Literal["at_site", "en_route"]
+VEHICLE_STATUSES: Final = ("at_site", "en_route")
+
+
+@dataclass(frozen=True, slots=True)
+class Vehicle:
+    """A truck or van: its capacity (orders) and the site it starts the day at."""
+
+    id: str
+    capacity: int
+    home: str
+
+
+@dataclass(slots=True)
+class VehicleState:
+    """Latest observation of a vehicle: where it is, and since when.
+
+    ``status`` is ``en_route`` with ``lane_id`` and ``progress`` (observed at
+    ``obs_time``), or ``at_site`` with ``site_id``.
+    """
+
+    status: VehicleStatus
+    site_id: str | None
+    lane_id: str | None = None
+    progress: float = 0.0
+    trip_id: str | None = None
+    leg: int = 0
+    obs_time: float = float("-inf")
+    obs_id: str = ""
+
+    def newer(self, time: float, event_id: str) -> bool:
+        """True if an observation at ``time`` with ``event_id`` supersedes the current one."""
+        return time > self.obs_time or (time == self.obs_time and event_id > self.obs_id)
