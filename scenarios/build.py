@@ -29,7 +29,11 @@ def build_network(spec: ScenarioSpec) -> Network:
     ]
     lanes: dict[tuple[str, str], Lane] = {}
     for ls in spec.lanes:
-        for a, b in [(ls.origin, ls.destination), (ls.destination, ls.origin)] if ls.both_ways else [(ls.origin, ls.destination)]:
+        for a, b in (
+            [(ls.origin, ls.destination), (ls.destination, ls.origin)]
+            if ls.both_ways
+            else [(ls.origin, ls.destination)]
+        ):
             lanes[(a, b)] = Lane(lane_id(a, b), a, b, ls.minutes * 60.0, ls.sigma)
     vehicles: list[Vehicle] = []
     trips: list[Trip] = []

@@ -4,7 +4,8 @@ Output folder:
 
 - ``events.parquet``: the observable event stream, in event-time order;
 - ``truth_trips.parquet``, ``truth_orders.parquet``, ``truth_vehicles.parquet``: ground truth
-  (actual departures, arrivals, deliveries; where every vehicle is at the end);
+  (actual departures, arrivals, deliveries; where every vehicle is every three hours and at
+  the end);
 - ``manifest.json``: scenario, seed, code version, counts, and a digest of each file.
 
 The same scenario and seed give the same bytes.
@@ -48,6 +49,8 @@ from twin.state import WorldState
 __all__ = ["GeneratedScenario", "generate", "scenario_digest"]
 
 Progress = Callable[[str, float], None]
+#: Ground-truth vehicle positions are recorded this often (seconds of scenario time).
+CHECKPOINT_EVERY = 3 * 3600.0
 
 
 @dataclass(slots=True)
@@ -84,13 +87,19 @@ class _Recorder:
         return f"e{len(self.events) + 1:07d}"
 
     def departed(self, t: float, trip_id: str, leg: int, vehicle_id: str, site_id: str) -> None:
-        self.events.append(VehicleDeparted(id=self._id(), time=t, vehicle_id=vehicle_id, trip_id=trip_id, leg=leg, site_id=site_id))
+        self.events.append(
+            VehicleDeparted(id=self._id(), time=t, vehicle_id=vehicle_id, trip_id=trip_id, leg=leg, site_id=site_id)
+        )
 
     def arrived(self, t: float, trip_id: str, leg: int, vehicle_id: str, site_id: str) -> None:
-        self.events.append(VehicleArrived(id=self._id(), time=t, vehicle_id=vehicle_id, trip_id=trip_id, leg=leg, site_id=site_id))
+        self.events.append(
+            VehicleArrived(id=self._id(), time=t, vehicle_id=vehicle_id, trip_id=trip_id, leg=leg, site_id=site_id)
+        )
 
     def scanned(self, t: float, order_id: str, site_id: str, kind: str, trip_id: str | None) -> None:
-        self.events.append(OrderScanned(id=self._id(), time=t, order_id=order_id, site_id=site_id, kind=kind, trip_id=trip_id))  # type: ignore[arg-type]
+        self.events.append(
+            OrderScanned(id=self._id(), time=t, order_id=order_id, site_id=site_id, kind=kind, trip_id=trip_id)
+        )  # type: ignore[arg-type]
 
     def delivered(self, t: float, order_id: str, site_id: str) -> None:
         self.events.append(OrderDelivered(id=self._id(), time=t, order_id=order_id, site_id=site_id))
@@ -101,13 +110,12 @@ class _Recorder:
     def rolled(self, t: float, order_id: str, from_trip: str, to_trip: str | None) -> None:
         pass
 
-    def add(self, event_factory: Callable[[str], Event]) -> None:
-        self.events.append(event_factory(self._id()))
+    def emit(self, cls: type[Event], **fields: Any) -> None:
+        """Record an event of ``cls`` with the next id."""
+        self.events.append(cls(id=self._id(), **fields))
 
 
-def generate(
-    spec: ScenarioSpec, folder: Path | None = None, progress: Progress | None = None
-) -> GeneratedScenario:
+def generate(spec: ScenarioSpec, folder: Path | None = None, progress: Progress | None = None) -> GeneratedScenario:
     """Run the scenario's true world and return (and optionally write) its outputs."""
     say = progress or (lambda _msg, _frac: None)
     network = build_network(spec)
@@ -131,10 +139,15 @@ def generate(
         for o in orders:
             if o.created_at > env.now:
                 yield env.timeout(o.created_at - env.now)
-            rec.add(lambda i, o=o: OrderCreated(
-                id=i, time=env.now, order_id=o.id, origin=o.origin, destination=o.destination,
-                promised_at=o.promised_at, path=o.path,
-            ))
+            rec.emit(
+                OrderCreated,
+                time=env.now,
+                order_id=o.id,
+                origin=o.origin,
+                destination=o.destination,
+                promised_at=o.promised_at,
+                path=o.path,
+            )
             boards = _boards(network, o)
             model.add_order(o.id, o.origin, o.destination, o.promised_at, list(o.path), boards)
 
@@ -151,11 +164,10 @@ def generate(
                     total = durations.covered(lane_id, start, end)
                     p = p0 + (1.0 - p0) * (done / total if total > 0 else 1.0)
                     p = min(round(p, 4), 0.9999)
-                    rec.add(lambda i, vid=vid, lane_id=lane_id, p=p: VehiclePosition(
-                        id=i, time=t, vehicle_id=vid, lane_id=lane_id, progress=p))
+                    rec.emit(VehiclePosition, time=t, vehicle_id=vid, lane_id=lane_id, progress=p)
                 elif tick % idle_every == 0 and model.vehicle_site.get(vid):
                     site = model.vehicle_site[vid]
-                    rec.add(lambda i, vid=vid, site=site: VehiclePosition(id=i, time=t, vehicle_id=vid, site_id=site))
+                    rec.emit(VehiclePosition, time=t, vehicle_id=vid, site_id=site)
             tick += 1
             yield env.timeout(tel.position_interval_s)
 
@@ -167,12 +179,15 @@ def generate(
             for sid in sorted(network.sites):
                 docks = model.docks[sid]
                 blocked = rec.blocked.get(sid, 0)
-                rec.add(lambda i, sid=sid, docks=docks, blocked=blocked: DockStatus(
-                    id=i, time=env.now, site_id=sid, occupied=max(0, docks.count - blocked),
-                    in_service=docks.capacity - blocked))
+                rec.emit(
+                    DockStatus,
+                    time=env.now,
+                    site_id=sid,
+                    occupied=max(0, docks.count - blocked),
+                    in_service=docks.capacity - blocked,
+                )
                 if tick % rate_every == 0:
-                    rec.add(lambda i, sid=sid: SiteThroughput(
-                        id=i, time=env.now, site_id=sid, rate_per_hour=model.rates[sid]))
+                    rec.emit(SiteThroughput, time=env.now, site_id=sid, rate_per_hour=model.rates[sid])
             tick += 1
             yield env.timeout(every)
 
@@ -198,22 +213,39 @@ def generate(
 
     def announce(d: Any) -> Any:
         yield env.timeout(d.start - env.now)
-        rec.add(lambda i: DisruptionReported(
-            id=i, time=env.now, disruption_id=d.id, kind=d.kind, target_id=d.target,
-            factor=d.factor, expected_end=d.end))
+        rec.emit(
+            DisruptionReported,
+            time=env.now,
+            disruption_id=d.id,
+            kind=d.kind,
+            target_id=d.target,
+            factor=d.factor,
+            expected_end=d.end,
+        )
         yield env.timeout(d.end - env.now)
-        rec.add(lambda i: DisruptionCleared(id=i, time=env.now, disruption_id=d.id))
+        rec.emit(DisruptionCleared, time=env.now, disruption_id=d.id)
 
     def report_progress() -> Any:
         step = spec.duration / 20
         while True:
             yield env.timeout(step)
-            say(f"true world at {env.now / 3600:.1f} h: {len(rec.events):,} events", 0.1 + 0.8 * env.now / spec.duration)
+            say(
+                f"true world at {env.now / 3600:.1f} h: {len(rec.events):,} events", 0.1 + 0.8 * env.now / spec.duration
+            )
 
     env.process(creations())
     env.process(positions())
     env.process(site_sensors())
     env.process(report_progress())
+    vehicles: list[dict[str, Any]] = []
+
+    def checkpoints() -> Any:
+        while True:
+            yield env.timeout(CHECKPOINT_EVERY)
+            if env.now < spec.duration:
+                vehicles.extend(_positions_now(model, durations, network, env.now))
+
+    env.process(checkpoints())
     for d in spec.disruptions:
         if d.kind == "site_capacity":
             env.process(site_outage(d))
@@ -264,18 +296,10 @@ def generate(
         ],
         schema_overrides={"delivered_at": pl.Float64, "final_site": pl.String, "final_trip": pl.String},
     )
-    end = spec.duration
-    vehicles = []
-    for vid in sorted(network.vehicles):
-        leg = model.vehicle_leg.get(vid)
-        if leg is not None:
-            lane_id, start, p0, stop = leg
-            total = durations.covered(lane_id, start, stop)
-            p = p0 + (1 - p0) * (durations.covered(lane_id, start, end) / total if total else 1.0)
-            vehicles.append({"vehicle_id": vid, "status": "en_route", "site_id": None, "lane_id": lane_id, "progress": p})
-        else:
-            vehicles.append({"vehicle_id": vid, "status": "at_site", "site_id": model.vehicle_site.get(vid), "lane_id": None, "progress": None})
-    truth_vehicles = pl.DataFrame(vehicles, schema_overrides={"site_id": pl.String, "lane_id": pl.String, "progress": pl.Float64})
+    vehicles.extend(_positions_now(model, durations, network, spec.duration))
+    truth_vehicles = pl.DataFrame(
+        vehicles, schema_overrides={"site_id": pl.String, "lane_id": pl.String, "progress": pl.Float64}
+    )
 
     counts: dict[str, int] = {}
     for ev in events:
@@ -312,12 +336,35 @@ def write_generated(gen: GeneratedScenario, folder: Path) -> None:
         ("truth_vehicles", gen.truth_vehicles),
     ):
         frame.write_parquet(folder / f"{name}.parquet", compression="zstd", statistics=False)
-    digests = {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.glob("*.parquet"))
-    }
+    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.parquet"))}
     gen.manifest["files"] = digests
     (folder / "manifest.json").write_text(json.dumps(gen.manifest, indent=2, sort_keys=True) + "\n")
+
+
+def _positions_now(model: Model, durations: TrueWorldDurations, network: Network, at: float) -> list[dict[str, Any]]:
+    """Where every vehicle truly is at ``at`` (a ground-truth checkpoint)."""
+    rows: list[dict[str, Any]] = []
+    for vid in sorted(network.vehicles):
+        leg = model.vehicle_leg.get(vid)
+        if leg is not None:
+            lane_id, start, p0, stop = leg
+            total = durations.covered(lane_id, start, stop)
+            p = p0 + (1 - p0) * (durations.covered(lane_id, start, at) / total if total else 1.0)
+            rows.append(
+                {"at": at, "vehicle_id": vid, "status": "en_route", "site_id": None, "lane_id": lane_id, "progress": p}
+            )
+        else:
+            rows.append(
+                {
+                    "at": at,
+                    "vehicle_id": vid,
+                    "status": "at_site",
+                    "site_id": model.vehicle_site.get(vid),
+                    "lane_id": None,
+                    "progress": None,
+                }
+            )
+    return rows
 
 
 def _boards(network: Network, o: PlannedOrder) -> list[str]:

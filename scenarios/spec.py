@@ -273,8 +273,12 @@ def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario
             r.fail("kind", f"must be one of {list(SITE_KINDS)}, got {kind!r}")
         sites.append(
             SiteSpec(
-                sid, kind, r.get("region", str), r.positive("docks", int),
-                r.positive("handling_rate", float), r.positive("dock_seconds", float, 600.0, True),
+                sid,
+                kind,
+                r.get("region", str),
+                r.positive("docks", int),
+                r.positive("handling_rate", float),
+                r.positive("dock_seconds", float, 600.0, True),
                 r.positive("seconds_per_order", float, 2.0, True),
             )
         )
@@ -316,10 +320,16 @@ def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario
                 r.fail("route", f"needs lanes both ways between {a!r} and {b!r}; add a [[lane]]")
         services.append(
             ServiceSpec(
-                svc_id, tuple(route), r.positive("vehicles", int), r.positive("capacity", int),
-                r.clock("first_departure"), r.positive("headway_minutes", float, 60.0, True),
-                r.positive("trips_per_vehicle", int), r.positive("turnaround_minutes", float, 30.0, True),
-                r.positive("hold_minutes", float, 30.0, True), r.get("start_at_both_ends", bool, False),
+                svc_id,
+                tuple(route),
+                r.positive("vehicles", int),
+                r.positive("capacity", int),
+                r.clock("first_departure"),
+                r.positive("headway_minutes", float, 60.0, True),
+                r.positive("trips_per_vehicle", int),
+                r.positive("turnaround_minutes", float, 30.0, True),
+                r.positive("hold_minutes", float, 30.0, True),
+                r.get("start_at_both_ends", bool, False),
             )
         )
         r.done()
@@ -328,8 +338,11 @@ def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario
 
     d = _Reader(data.get("demand"), "demand", source)
     demand = DemandSpec(
-        d.positive("orders", int, allow_zero=True), d.get("from_kind", str, "warehouse"),
-        d.get("to_kind", str, "zone"), d.clock("created_from"), d.clock("created_until"),
+        d.positive("orders", int, allow_zero=True),
+        d.get("from_kind", str, "warehouse"),
+        d.get("to_kind", str, "zone"),
+        d.clock("created_from"),
+        d.clock("created_until"),
         d.positive("min_connection_minutes", float, 30.0, True),
         d.positive("promise_slack_minutes", float, 120.0, True),
     )
@@ -362,10 +375,22 @@ def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario
         start, end = r.clock("start"), r.clock("end")
         if end <= start:
             r.fail("end", "must be after start")
-        disruptions.append(DisruptionSpec(r.get("id", str), kind, target, factor, start, end, r.get("reported", bool, False)))
+        disruptions.append(
+            DisruptionSpec(r.get("id", str), kind, target, factor, start, end, r.get("reported", bool, False))
+        )
         r.done()
 
     return ScenarioSpec(
-        name, description, seed, epoch, duration, tuple(sites), tuple(lanes), tuple(services),
-        demand, tuple(disruptions), telemetry, source,
+        name,
+        description,
+        seed,
+        epoch,
+        duration,
+        tuple(sites),
+        tuple(lanes),
+        tuple(services),
+        demand,
+        tuple(disruptions),
+        telemetry,
+        source,
     )

@@ -202,9 +202,7 @@ class LiveTwin:
                     del self._parked[key]
                 self._parked_ids.discard(ev.id)
                 self.stats.parked -= 1
-                out.extend(
-                    self._reject(ev, "unknown-entity", f"{key!r} did not become known within the lateness")
-                )
+                out.extend(self._reject(ev, "unknown-entity", f"{key!r} did not become known within the lateness"))
         return out
 
     # ------------------------------------------------------------------ snapshots

@@ -178,8 +178,16 @@ class Model:
             if o.stage in ("delivered", "cancelled"):
                 continue
             run = OrderRun(
-                oid, o.origin, o.destination, o.promised_at, list(o.path), list(o.boards),
-                o.hop, o.stage, o.site_id, o.trip_id,
+                oid,
+                o.origin,
+                o.destination,
+                o.promised_at,
+                list(o.path),
+                list(o.boards),
+                o.hop,
+                o.stage,
+                o.site_id,
+                o.trip_id,
             )
             self.orders[oid] = run
             if o.stage == "loaded" and o.trip_id is not None:
@@ -202,8 +210,13 @@ class Model:
         return self
 
     def add_order(
-        self, order_id: str, origin: str, destination: str, promised_at: float,
-        path: list[str], boards: list[str],
+        self,
+        order_id: str,
+        origin: str,
+        destination: str,
+        promised_at: float,
+        path: list[str],
+        boards: list[str],
     ) -> OrderRun:
         """A new order appears at its origin, ready for the first trip of its path."""
         run = OrderRun(order_id, origin, destination, promised_at, path, boards, 0, "created", origin)
@@ -389,7 +402,7 @@ class Model:
         with docks.request() as req:
             yield req
             self.trips[trip_id].dock_waits.append(env.now - queued)
-            self.observer.docks(env.now, site, docks.count, docks.capacity)
+            self.observer.docks(env.now, site, docks.count, int(docks.capacity))
             s = self.net.sites[site]
             yield env.timeout(self.durations.unload(s, len(alighting), f"{trip_id}/{leg_index}"))
             for o in alighting:
@@ -399,7 +412,7 @@ class Model:
                 o.inbound_trip = trip_id
                 o.hop += 1
                 self.observer.scanned(env.now, o.id, site, "unloaded", None)
-        self.observer.docks(env.now, site, docks.count, docks.capacity)
+        self.observer.docks(env.now, site, docks.count, int(docks.capacity))
         env.process(self._sort(site, alighting, f"{trip_id}/{leg_index}"))
 
     def _sort(self, site: str, batch: list[OrderRun], key: str) -> Proc:

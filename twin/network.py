@@ -95,10 +95,11 @@ class Network:
                 raise ValidationError(msg)
             prev = None
             for i, leg in enumerate(trip.legs):
-                lane = self.lanes.get(leg.lane_id)
-                if lane is None:
+                found = self.lanes.get(leg.lane_id)
+                if found is None:
                     msg = f"trip {trip.id!r} leg {i}: lane {leg.lane_id!r} is not defined"
                     raise ValidationError(msg)
+                lane = found
                 if (lane.origin, lane.destination) != (leg.origin, leg.destination):
                     msg = (
                         f"trip {trip.id!r} leg {i}: goes {leg.origin}->{leg.destination} but lane "

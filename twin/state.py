@@ -81,13 +81,11 @@ class WorldState:
         self.network = network
         self.clock = clock
         self.sites: dict[str, SiteState] = {
-            s.id: SiteState(docks_in_service=s.docks, handling_rate=s.handling_rate)
-            for s in network.sites.values()
+            s.id: SiteState(docks_in_service=s.docks, handling_rate=s.handling_rate) for s in network.sites.values()
         }
         self.lanes: dict[str, LaneState] = {lid: LaneState() for lid in network.lanes}
         self.vehicles: dict[str, VehicleState] = {
-            v.id: VehicleState(status="at_site", site_id=v.home)
-            for v in network.vehicles.values()
+            v.id: VehicleState(status="at_site", site_id=v.home) for v in network.vehicles.values()
         }
         self.trips: dict[str, TripState] = {
             t.id: TripState(departures=[None] * len(t.legs), arrivals=[None] * len(t.legs))
@@ -149,6 +147,7 @@ class WorldState:
             v.status = "at_site"
             v.site_id = ev.site_id
             v.lane_id = None
+            v.progress = 1.0
             v.obs_time = ev.time
             v.obs_id = ev.id
         return None
@@ -178,8 +177,8 @@ class WorldState:
     def _on_departed(self, ev: VehicleDeparted) -> Outcome:
         found = self._leg_event(ev, arriving=False)
         if len(found) == 2:
-            return found  # type: ignore[return-value]
-        v, ts, lane_id = found  # type: ignore[misc]
+            return found
+        v, ts, lane_id = found
         prev = ts.departures[ev.leg]
         if prev is None or ev.time < prev:
             ts.departures[ev.leg] = ev.time
@@ -189,17 +188,16 @@ class WorldState:
             v.lane_id = lane_id
             v.progress = 0.0
             v.site_id = None
-            v.trip_id = ev.trip_id
-            v.leg = ev.leg
             v.obs_time = ev.time
             v.obs_id = ev.id
+        self._set_trip(v, ev)
         return None
 
     def _on_arrived(self, ev: VehicleArrived) -> Outcome:
         found = self._leg_event(ev, arriving=True)
         if len(found) == 2:
-            return found  # type: ignore[return-value]
-        v, ts, lane_id = found  # type: ignore[misc]
+            return found
+        v, ts, lane_id = found
         prev = ts.arrivals[ev.leg]
         if prev is None or ev.time < prev:
             ts.arrivals[ev.leg] = ev.time
@@ -209,11 +207,18 @@ class WorldState:
             v.site_id = ev.site_id
             v.lane_id = None
             v.progress = 1.0
-            v.trip_id = ev.trip_id
-            v.leg = ev.leg
             v.obs_time = ev.time
             v.obs_id = ev.id
+        self._set_trip(v, ev)
         return None
+
+    @staticmethod
+    def _set_trip(v: VehicleState, ev: VehicleDeparted | VehicleArrived) -> None:
+        if ev.time > v.trip_obs_time or (ev.time == v.trip_obs_time and ev.id > v.trip_obs_id):
+            v.trip_id = ev.trip_id
+            v.leg = ev.leg
+            v.trip_obs_time = ev.time
+            v.trip_obs_id = ev.id
 
     # sites --------------------------------------------------------------------
     def _on_dock_status(self, ev: DockStatus) -> Outcome:
@@ -423,8 +428,16 @@ class WorldState:
             if o is None:
                 return PARK(ev.order_id)
             here = o.site_id if o.site_id is not None else o.origin
-            if here not in self.network.trips[ev.trip_id].stops()[:-1]:
-                return _invalid(f"trip {ev.trip_id!r} does not leave {here!r}, where order {ev.order_id!r} is")
+            hop = next((i for i in range(o.hop, len(o.path)) if o.boards[i] == here), None)
+            if hop is None:
+                return _invalid(f"order {ev.order_id!r} has no hop left that boards at {here!r}")
+            alight = o.boards[hop + 1] if hop + 1 < len(o.path) else o.destination
+            stops = self.network.trips[ev.trip_id].stops()
+            if here not in stops[:-1] or alight not in stops[stops.index(here) + 1 :]:
+                return _invalid(
+                    f"trip {ev.trip_id!r} does not go from {here!r} to {alight!r}, "
+                    f"the hop order {ev.order_id!r} is waiting for"
+                )
             self._rebook(o, here, ev.trip_id)
             return None
         if ev.action == "hold" and ev.until is None:

@@ -36,6 +36,9 @@ class VehicleState:
     leg: int = 0
     obs_time: float = float("-inf")
     obs_id: str = ""
+    #: the newest departure/arrival event, which sets ``trip_id`` and ``leg``
+    trip_obs_time: float = float("-inf")
+    trip_obs_id: str = ""
 
     def newer(self, time: float, event_id: str) -> bool:
         """True if an observation at ``time`` with ``event_id`` supersedes the current one."""

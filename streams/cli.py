@@ -1,0 +1,136 @@
+"""The ``twin`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from scenarios.replay import default_cache_dir, prepare, replay, write_run
+from scenarios.spec import ScenarioError, load_scenario
+from streams.progress import ProgressPrinter
+from twin import __version__
+from twin.errors import TwinError
+from twin.live import DEFAULT_LATENESS, LiveTwin
+
+__all__ = ["main"]
+
+DEFAULT_SCENARIO = "regional-day"
+
+
+def _run(args: argparse.Namespace) -> int:
+    progress = ProgressPrinter(quiet=args.quiet)
+    spec = load_scenario(args.scenario)
+    if args.seed is not None:
+        spec = dataclasses.replace(spec, seed=args.seed)
+    prepared = prepare(spec, args.cache_dir, regenerate=args.regenerate, progress=progress)
+    progress.done()
+    stamp = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or Path("runs") / f"{spec.name}-{stamp}"
+    twin = LiveTwin(prepared.network, lateness=args.lateness)
+    result = replay(prepared.network, prepared.events, twin=twin, progress=progress)
+    progress.done()
+    settings = {"lateness_s": args.lateness, "cache_dir": str(args.cache_dir or default_cache_dir())}
+    summary = write_run(out, prepared, result, settings)
+    _print_summary(spec.name, summary, out, prepared.manifest)
+    return 0
+
+
+def _print_summary(name: str, summary: dict, out: Path, manifest: dict) -> None:
+    rejected = summary["rejected_by_reason"] or {}
+    reasons = ", ".join(f"{k}: {v}" for k, v in rejected.items()) or "none"
+    print(f"scenario            {name}")
+    print(f"events applied      {summary['applied']:,} of {summary['events']:,}")
+    print(f"events rejected     {summary['rejected']:,} ({reasons})")
+    print(f"orders              {summary['orders']:,} ({summary['delivered_orders']:,} delivered)")
+    print(f"late orders so far  {summary['late_orders']:,}")
+    print(f"time taken          {summary['seconds']:.2f} s ({summary['events_per_second']:,} events/s)")
+    print(f"output              {out}")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    progress = ProgressPrinter(quiet=args.quiet)
+    spec = load_scenario(args.scenario)
+    if args.seed is not None:
+        spec = dataclasses.replace(spec, seed=args.seed)
+    prepared = prepare(spec, args.cache_dir, regenerate=True, progress=progress)
+    progress.done()
+    print(json.dumps({k: v for k, v in prepared.manifest.items() if k != "files"}, indent=2))
+    print(f"written to {prepared.folder}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="twin",
+        description="A live digital twin of a logistics network (SimPy core, Kafka edge).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "scenario",
+            nargs="?",
+            default=DEFAULT_SCENARIO,
+            help=f"library scenario name or path to a scenario .toml (default: {DEFAULT_SCENARIO})",
+        )
+        p.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
+        p.add_argument(
+            "--cache-dir",
+            type=Path,
+            default=None,
+            help="where generated scenarios are kept [env: TWIN_CACHE_DIR] (default: ~/.cache/logistics-twin)",
+        )
+        p.add_argument("--quiet", action="store_true", help="no progress output")
+
+    run = sub.add_parser(
+        "run",
+        help="replay a scenario through the in-process twin (no broker needed)",
+        description=(
+            "Generate (or load from the cache) a scenario, replay its events through the live twin "
+            "as fast as possible, print a summary, and write an output folder with the run's "
+            "config.json, summary.json, orders/vehicles/rejections Parquet files."
+        ),
+    )
+    common(run)
+    run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<scenario>-<UTC time>)")
+    run.add_argument(
+        "--lateness",
+        type=float,
+        default=DEFAULT_LATENESS,
+        help=f"seconds an event may lag the twin clock and still be applied (default: {DEFAULT_LATENESS:.0f})",
+    )
+    run.add_argument("--regenerate", action="store_true", help="generate the scenario again even if cached")
+    run.set_defaults(func=_run)
+
+    gen = sub.add_parser("generate", help="run a scenario's hidden true world and write its events and ground truth")
+    common(gen)
+    gen.set_defaults(func=_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``twin`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        code: int = args.func(args)
+        return code
+    except (ScenarioError, TwinError) as exc:
+        print(f"twin: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("twin: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

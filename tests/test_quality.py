@@ -1,0 +1,33 @@
+"""Static checks run as tests: ruff on the whole tree, mypy strict on the core."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tool(name: str) -> str:
+    exe = shutil.which(name)
+    if exe is None:
+        pytest.fail(f"{name} is not installed; install the test extras: pip install -e '.[test]'")
+    return exe
+
+
+def test_ruff_is_clean():
+    done = subprocess.run(
+        [_tool("ruff"), "check", "twin", "streams", "scenarios", "tests", "bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_mypy_strict_on_twin():
+    done = subprocess.run([_tool("mypy"), "twin"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

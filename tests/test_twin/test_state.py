@@ -1,0 +1,245 @@
+"""The fold: one test per handler, idempotency, lateness, unknown entities, parking."""
+
+from __future__ import annotations
+
+import pytest
+
+from twin.events import (
+    DispatchCommand,
+    DisruptionCleared,
+    DisruptionReported,
+    DockStatus,
+    OrderCancelled,
+    OrderCreated,
+    OrderDelivered,
+    OrderScanned,
+    SiteThroughput,
+    VehicleArrived,
+    VehicleDeparted,
+    VehiclePosition,
+)
+from twin.lane import Lane
+from twin.live import LiveTwin
+from twin.network import Network
+from twin.site import Site
+from twin.trip import Leg, Trip
+from twin.vehicle import Vehicle
+
+
+def network() -> Network:
+    sites = [
+        Site("A", "warehouse", "r1", 2, 600.0),
+        Site("B", "hub", "r1", 3, 1200.0),
+        Site("C", "zone", "r2", 2, 600.0),
+    ]
+    lanes = [
+        Lane("A->B", "A", "B", 3600.0),
+        Lane("B->A", "B", "A", 3600.0),
+        Lane("B->C", "B", "C", 1800.0),
+    ]
+    vehicles = [Vehicle("V1", 50, "A"), Vehicle("V2", 50, "B"), Vehicle("V3", 50, "B")]
+    trips = [
+        Trip("T1", "V1", (Leg("A->B", "A", "B", 1000.0, 4600.0),)),
+        Trip("T2", "V2", (Leg("B->C", "B", "C", 6000.0, 7800.0),)),
+        Trip("T3", "V1", (Leg("B->A", "B", "A", 6000.0, 9600.0),)),
+        Trip("T4", "V3", (Leg("B->C", "B", "C", 9000.0, 10800.0),)),
+    ]
+    return Network(sites, lanes, vehicles, trips)
+
+
+@pytest.fixture
+def twin() -> LiveTwin:
+    return LiveTwin(network(), lateness=600.0)
+
+
+def created(eid: str = "c1", t: float = 10.0, oid: str = "O1") -> OrderCreated:
+    return OrderCreated(
+        id=eid, time=t, order_id=oid, origin="A", destination="C", promised_at=9000.0, path=("T1", "T2")
+    )
+
+
+def test_position_on_lane_and_at_site(twin):
+    assert twin.apply(VehiclePosition(id="p1", time=1600.0, vehicle_id="V1", lane_id="A->B", progress=0.2)) == ()
+    v = twin.state.vehicles["V1"]
+    assert (v.status, v.lane_id, v.progress) == ("en_route", "A->B", 0.2)
+    # dead reckoning at nominal speed: 360 s later the vehicle is 10 % further
+    assert twin.state.vehicle_progress("V1", 1960.0) == pytest.approx(0.3)
+    twin.apply(VehiclePosition(id="p2", time=5000.0, vehicle_id="V1", site_id="B"))
+    assert (v.status, v.site_id, v.lane_id) == ("at_site", "B", None)
+
+
+def test_observed_speed_updates_lane_slowdown(twin):
+    lane = twin.state.lanes["A->B"]
+    twin.apply(VehicleDeparted(id="d1", time=1000.0, vehicle_id="V1", trip_id="T1", leg=0, site_id="A"))
+    twin.apply(VehiclePosition(id="p1", time=2800.0, vehicle_id="V1", lane_id="A->B", progress=0.25))
+    # 1800 s for a quarter of a 3600 s lane: twice as slow as nominal
+    assert lane.factor(3600.0) == pytest.approx(2.0)
+    assert twin.state.vehicle_progress("V1", 3520.0) == pytest.approx(0.25 + 720.0 / 7200.0)
+
+
+def test_departed_and_arrived(twin):
+    twin.apply(VehicleDeparted(id="d1", time=1100.0, vehicle_id="V1", trip_id="T1", leg=0, site_id="A"))
+    ts = twin.state.trips["T1"]
+    assert ts.departures == [1100.0] and ts.status == "en_route"
+    twin.apply(VehicleArrived(id="a1", time=4800.0, vehicle_id="V1", trip_id="T1", leg=0, site_id="B"))
+    assert ts.arrivals == [4800.0] and ts.status == "completed"
+    v = twin.state.vehicles["V1"]
+    assert (v.status, v.site_id, v.trip_id) == ("at_site", "B", "T1")
+
+
+def test_departure_from_wrong_site_is_invalid(twin):
+    (r,) = twin.apply(VehicleDeparted(id="d1", time=1100.0, vehicle_id="V1", trip_id="T1", leg=0, site_id="B"))
+    assert r.reason == "invalid" and "departs from 'A'" in r.detail
+
+
+def test_dock_status_and_throughput(twin):
+    twin.apply(DockStatus(id="k1", time=100.0, site_id="B", occupied=2, in_service=3))
+    twin.apply(SiteThroughput(id="s1", time=100.0, site_id="B", rate_per_hour=900.0))
+    s = twin.state.sites["B"]
+    assert (s.docks_occupied, s.docks_in_service, s.handling_rate) == (2, 3, 900.0)
+    (r,) = twin.apply(SiteThroughput(id="s2", time=110.0, site_id="B", rate_per_hour=0.0))
+    assert r.reason == "invalid"
+
+
+def test_disruption_reported_and_cleared(twin):
+    twin.apply(
+        DisruptionReported(id="x1", time=100.0, disruption_id="D1", kind="lane_slowdown", target_id="A->B", factor=1.5)
+    )
+    assert twin.state.lanes["A->B"].factor(3600.0) == 1.5
+    twin.apply(DisruptionCleared(id="x2", time=200.0, disruption_id="D1"))
+    assert twin.state.lanes["A->B"].factor(3600.0) == 1.0
+    assert twin.state.disruptions["D1"].cleared_at == 200.0
+
+
+def test_order_lifecycle(twin):
+    twin.apply(created())
+    o = twin.state.orders["O1"]
+    assert (o.stage, o.site_id, o.boards) == ("created", "A", ["A", "B"])
+    twin.apply(OrderScanned(id="s1", time=1000.0, order_id="O1", site_id="A", kind="loaded", trip_id="T1"))
+    assert (o.stage, o.trip_id, o.hop) == ("loaded", "T1", 0)
+    twin.apply(OrderScanned(id="s2", time=5000.0, order_id="O1", site_id="B", kind="unloaded"))
+    assert (o.stage, o.site_id, o.trip_id, o.hop) == ("unloaded", "B", None, 1)
+    twin.apply(OrderScanned(id="s3", time=5100.0, order_id="O1", site_id="B", kind="sorted"))
+    twin.apply(OrderDelivered(id="s4", time=8000.0, order_id="O1", site_id="C"))
+    assert (o.stage, o.delivered_at) == ("delivered", 8000.0)
+    assert twin.state.late_orders() == []
+
+
+def test_move_order_rebooks_the_waiting_hop(twin):
+    twin.apply(created())
+    twin.apply(OrderScanned(id="s1", time=5100.0, order_id="O1", site_id="B", kind="sorted"))
+    (r,) = twin.apply(DispatchCommand(id="m0", time=5150.0, trip_id="T3", action="move_order", order_id="O1"))
+    assert r.reason == "invalid" and "does not go from 'B' to 'C'" in r.detail
+    assert twin.apply(DispatchCommand(id="m1", time=5200.0, trip_id="T4", action="move_order", order_id="O1")) == ()
+    assert twin.state.orders["O1"].path == ["T1", "T4"]
+
+
+def test_order_loaded_on_another_trip_is_rebooked(twin):
+    twin.apply(created())
+    twin.apply(OrderScanned(id="s1", time=5100.0, order_id="O1", site_id="B", kind="sorted"))
+    twin.apply(OrderScanned(id="s2", time=9000.0, order_id="O1", site_id="B", kind="loaded", trip_id="T4"))
+    o = twin.state.orders["O1"]
+    assert (o.path, o.hop, o.trip_id) == (["T1", "T4"], 1, "T4")
+
+
+def test_order_cancelled(twin):
+    twin.apply(created())
+    twin.apply(OrderCancelled(id="x", time=50.0, order_id="O1", reason="customer"))
+    assert twin.state.orders["O1"].stage == "cancelled"
+
+
+def test_dispatch_hold_and_depart_now(twin):
+    twin.apply(DispatchCommand(id="h1", time=100.0, trip_id="T2", action="hold", until=6600.0))
+    assert twin.state.trips["T2"].hold_until == 6600.0
+    twin.apply(DispatchCommand(id="h2", time=200.0, trip_id="T2", action="depart_now"))
+    ts = twin.state.trips["T2"]
+    assert (ts.hold_until, ts.depart_now) == (None, True)
+    (r,) = twin.apply(DispatchCommand(id="h3", time=300.0, trip_id="T2", action="hold"))
+    assert r.reason == "invalid" and "until" in r.detail
+
+
+def test_same_event_id_twice_changes_nothing(twin):
+    ev = VehiclePosition(id="p1", time=1600.0, vehicle_id="V1", lane_id="A->B", progress=0.2)
+    twin.apply(ev)
+    before = twin.state.snapshot()
+    (r,) = twin.apply(ev)
+    assert r.reason == "duplicate"
+    assert twin.state.snapshot() == before
+    assert twin.stats.applied_total == 1
+
+
+def test_late_event_within_lateness_is_a_correction(twin):
+    twin.apply(VehiclePosition(id="p2", time=2000.0, vehicle_id="V1", lane_id="A->B", progress=0.3))
+    # an older observation arrives late but within 600 s: applied, does not override the newer one
+    assert twin.apply(VehiclePosition(id="p1", time=1500.0, vehicle_id="V1", lane_id="A->B", progress=0.15)) == ()
+    assert twin.state.vehicles["V1"].progress == 0.3
+    # a late departure event is still recorded
+    assert twin.apply(VehicleDeparted(id="d1", time=1450.0, vehicle_id="V1", trip_id="T1", leg=0, site_id="A")) == ()
+    assert twin.state.trips["T1"].departures == [1450.0]
+
+
+def test_too_late_event_is_rejected(twin):
+    twin.apply(VehiclePosition(id="p2", time=5000.0, vehicle_id="V1", lane_id="A->B", progress=0.9))
+    (r,) = twin.apply(VehiclePosition(id="p1", time=4000.0, vehicle_id="V1", lane_id="A->B", progress=0.5))
+    assert r.reason == "too-late" and "allowed lateness is 600 s" in r.detail
+    assert twin.stats.rejected["too-late"] == 1
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        VehiclePosition(id="u1", time=1.0, vehicle_id="nope", site_id="A"),
+        VehiclePosition(id="u2", time=1.0, vehicle_id="V1", lane_id="X->Y", progress=0.1),
+        VehicleArrived(id="u3", time=1.0, vehicle_id="V1", trip_id="T9", leg=0, site_id="B"),
+        DockStatus(id="u4", time=1.0, site_id="Z", occupied=0, in_service=1),
+        DispatchCommand(id="u5", time=1.0, trip_id="T9", action="depart_now"),
+        OrderCreated(id="u6", time=1.0, order_id="O9", origin="A", destination="C", promised_at=1.0, path=("T1", "T7")),
+    ],
+)
+def test_unknown_entities_are_rejected(twin, event):
+    (r,) = twin.apply(event)
+    assert r.reason == "unknown-entity"
+    assert r.event_id == event.id
+
+
+def test_scan_before_its_order_waits_then_applies(twin):
+    assert twin.apply(OrderScanned(id="s1", time=1000.0, order_id="O1", site_id="A", kind="loaded", trip_id="T1")) == ()
+    assert twin.stats.parked == 1
+    assert twin.apply(created(t=990.0)) == ()
+    assert twin.stats.parked == 0
+    assert twin.state.orders["O1"].stage == "loaded"
+    assert twin.stats.applied_total == 2
+
+
+def test_scan_of_an_order_that_never_appears_is_rejected_not_lost(twin):
+    twin.apply(OrderScanned(id="s1", time=1000.0, order_id="O404", site_id="A", kind="sorted"))
+    # the clock moves past the lateness window: the parked scan comes back as a rejection
+    out = twin.apply(VehiclePosition(id="p", time=1700.0, vehicle_id="V1", site_id="A"))
+    assert [(r.event_id, r.reason) for r in out] == [("s1", "unknown-entity")]
+    assert twin.stats.parked == 0
+
+
+def test_flush_returns_what_is_still_parked(twin):
+    twin.apply(OrderDelivered(id="s1", time=1000.0, order_id="O404", site_id="C"))
+    assert [(r.event_id, r.reason) for r in twin.flush()] == [("s1", "unknown-entity")]
+
+
+def test_duplicate_of_a_parked_event(twin):
+    ev = OrderScanned(id="s1", time=1000.0, order_id="O1", site_id="A", kind="sorted")
+    twin.apply(ev)
+    (r,) = twin.apply(ev)
+    assert r.reason == "duplicate"
+
+
+def test_invalid_values_say_the_rule(twin):
+    (r,) = twin.apply(VehiclePosition(id="p", time=1.0, vehicle_id="V1", lane_id="A->B", progress=1.5))
+    assert r.reason == "invalid" and "[0, 1]" in r.detail
+    (r,) = twin.apply(VehiclePosition(id="q", time=1.0, vehicle_id="V1"))
+    assert r.reason == "invalid"
+
+
+def test_clock_is_the_watermark_and_simpy_follows(twin):
+    twin.apply(VehiclePosition(id="p", time=1234.0, vehicle_id="V1", site_id="A"))
+    assert twin.clock == 1234.0 and twin.env.now == 1234.0
+    twin.apply(VehiclePosition(id="q", time=1000.0, vehicle_id="V1", site_id="A"))
+    assert twin.clock == 1234.0
