@@ -9,7 +9,7 @@ from typing import Any
 
 import polars as pl
 
-from twin.events import EVENT_TYPES, Event, event_fields
+from twin.events import EVENT_TYPES, Event, TripHandoff, event_fields
 
 __all__ = ["SCHEMA", "events_to_frame", "frame_to_events", "read_events", "write_events"]
 
@@ -43,7 +43,10 @@ _TYPES: dict[str, pl.DataType] = {
 #: The Parquet schema of an event log (every event type's fields, nullable).
 SCHEMA = pl.Schema(_TYPES)
 
-for _cls in EVENT_TYPES.values():
+#: Event types an event log can hold: everything observable (handoffs are between shards).
+LOGGED_TYPES = {t: c for t, c in EVENT_TYPES.items() if c is not TripHandoff}
+
+for _cls in LOGGED_TYPES.values():
     for _f in fields(_cls):
         assert _f.name in _TYPES, f"event field {_cls.__name__}.{_f.name} needs a column in SCHEMA"
 
@@ -68,9 +71,9 @@ def frame_to_events(frame: pl.DataFrame) -> list[Event]:
     frame = frame.with_row_index("_row")
     out: list[tuple[int, Event]] = []
     for (etype,), part in frame.group_by("type", maintain_order=True):
-        cls = EVENT_TYPES.get(str(etype))
+        cls = LOGGED_TYPES.get(str(etype))
         if cls is None:
-            msg = f"event log has unknown type {etype!r}; known: {sorted(EVENT_TYPES)}"
+            msg = f"event log has unknown type {etype!r}; known: {sorted(LOGGED_TYPES)}"
             raise ValueError(msg)
         names = ("id", "time", *event_fields(cls))
         columns: list[Sequence[Any]] = []

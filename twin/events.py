@@ -22,8 +22,10 @@ __all__ = [
     "OrderCancelled",
     "OrderCreated",
     "OrderDelivered",
+    "OrderOnBoard",
     "OrderScanned",
     "SiteThroughput",
+    "TripHandoff",
     "VehicleArrived",
     "VehicleDeparted",
     "VehiclePosition",
@@ -201,6 +203,39 @@ class DispatchCommand(Event):
     order_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderOnBoard:
+    """What a destination shard needs to know of an order handed over with its vehicle."""
+
+    order_id: str
+    origin: str
+    destination: str
+    promised_at: float
+    created_at: float
+    path: tuple[str, ...]
+    hop: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TripHandoff(Event):
+    """A trip left its shard (region) for another: the destination shard takes over.
+
+    Emitted by the origin shard when a vehicle departs on a leg that ends in another region;
+    carries the departure and the orders on board, so the destination shard knows what is
+    coming before the vehicle arrives.
+    """
+
+    TYPE: ClassVar[str] = "logistics.twin.handoff.v1"
+    SUBJECT: ClassVar[str] = "trip_id"
+    trip_id: str
+    leg: int
+    vehicle_id: str
+    departed_at: float
+    from_shard: str
+    to_shard: str
+    orders: tuple[OrderOnBoard, ...] = ()
+
+
 EVENT_TYPES: Final[dict[str, type[Event]]] = {
     cls.TYPE: cls
     for cls in (
@@ -216,6 +251,7 @@ EVENT_TYPES: Final[dict[str, type[Event]]] = {
         OrderDelivered,
         OrderCancelled,
         DispatchCommand,
+        TripHandoff,
     )
 }
 

@@ -26,6 +26,7 @@ from twin.events import (
     OrderDelivered,
     OrderScanned,
     SiteThroughput,
+    TripHandoff,
     VehicleArrived,
     VehicleDeparted,
     VehiclePosition,
@@ -106,6 +107,7 @@ class WorldState:
             OrderDelivered: self._on_order_delivered,
             OrderCancelled: self._on_order_cancelled,
             DispatchCommand: self._on_dispatch,
+            TripHandoff: self._on_handoff,
         }
 
     # ------------------------------------------------------------------ the fold
@@ -448,6 +450,45 @@ class WorldState:
             ts.command_time = ev.time
             ts.command_id = ev.id
         return None
+
+    # shards -------------------------------------------------------------------
+    def _on_handoff(self, ev: TripHandoff) -> Outcome:
+        """Take over a trip from another shard: its departure and the orders on board."""
+        trip = self.network.trips.get(ev.trip_id)
+        if trip is None:
+            return _unknown("trip", ev.trip_id)
+        if not 0 <= ev.leg < len(trip.legs):
+            return _invalid(f"trip {ev.trip_id!r} has legs 0..{len(trip.legs) - 1}, not {ev.leg}")
+        leg = trip.legs[ev.leg]
+        departed = VehicleDeparted(
+            id=ev.id, time=ev.departed_at, vehicle_id=ev.vehicle_id, trip_id=ev.trip_id, leg=ev.leg, site_id=leg.origin
+        )
+        found = self._leg_event(departed, arriving=False)
+        if len(found) == 2:
+            return found
+        for ob in ev.orders:
+            if ob.order_id not in self.orders:
+                boards = self._boards(ob.origin, ob.destination, ob.path)
+                if isinstance(boards, tuple):
+                    return boards
+                self.orders[ob.order_id] = OrderState(
+                    origin=ob.origin,
+                    destination=ob.destination,
+                    promised_at=ob.promised_at,
+                    created_at=ob.created_at,
+                    path=list(ob.path),
+                    boards=boards,
+                )
+            o = self.orders[ob.order_id]
+            if o.newer("loaded", ev.departed_at, ev.id):
+                o.stage = "loaded"
+                o.site_id = leg.origin
+                o.trip_id = ev.trip_id
+                o.path = list(ob.path)
+                o.hop = ob.hop
+                o.obs_time = ev.departed_at
+                o.obs_id = ev.id
+        return self._on_departed(departed)
 
     # ------------------------------------------------------------------ reading
     def vehicle_progress(self, vehicle_id: str, at: float | None = None) -> float:
