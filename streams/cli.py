@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from scenarios.predictions import ForecastRecorder, predictions_frame
 from scenarios.replay import default_cache_dir, prepare, replay, write_run
 from scenarios.spec import ScenarioError, load_scenario
 from streams.progress import ProgressPrinter
 from twin import __version__
 from twin.errors import TwinError
+from twin.forecast import Forecaster
 from twin.live import DEFAULT_LATENESS, LiveTwin
 
 __all__ = ["main"]
@@ -32,10 +34,35 @@ def _run(args: argparse.Namespace) -> int:
     stamp = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or Path("runs") / f"{spec.name}-{stamp}"
     twin = LiveTwin(prepared.network, lateness=args.lateness)
-    result = replay(prepared.network, prepared.events, twin=twin, progress=progress)
+    recorder = None
+    if args.forecast_every > 0:
+        forecaster = Forecaster(prepared.network, horizon=args.horizon * 3600.0, replicas=args.replicas, seed=spec.seed)
+        recorder = ForecastRecorder(forecaster, progress=progress, until=spec.duration)
+    result = replay(
+        prepared.network,
+        prepared.events,
+        twin=twin,
+        progress=progress,
+        on_clock=recorder,
+        cadence=args.forecast_every if recorder is not None else None,
+    )
     progress.done()
-    settings = {"lateness_s": args.lateness, "cache_dir": str(args.cache_dir or default_cache_dir())}
+    settings = {
+        "lateness_s": args.lateness,
+        "cache_dir": str(args.cache_dir or default_cache_dir()),
+        "forecast_every_s": args.forecast_every,
+        "horizon_h": args.horizon,
+        "replicas": args.replicas,
+        "forecast_seed": spec.seed,
+    }
     summary = write_run(out, prepared, result, settings)
+    if recorder is not None:
+        predictions_frame(recorder.predictions).write_parquet(out / "predictions.parquet")
+        summary["forecasts"] = len(recorder.durations)
+        summary["forecast_seconds_median"] = round(sorted(recorder.durations)[len(recorder.durations) // 2], 3)
+        final = [p for p in recorder.predictions if p.as_of == twin.clock and p.kind == "order"]
+        summary["orders_predicted_late"] = sum(1 for p in final if p.p_late >= 0.5)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     _print_summary(spec.name, summary, out, prepared.manifest)
     return 0
 
@@ -48,6 +75,11 @@ def _print_summary(name: str, summary: dict, out: Path, manifest: dict) -> None:
     print(f"events rejected     {summary['rejected']:,} ({reasons})")
     print(f"orders              {summary['orders']:,} ({summary['delivered_orders']:,} delivered)")
     print(f"late orders so far  {summary['late_orders']:,}")
+    if "forecasts" in summary:
+        print(
+            f"forecasts           {summary['forecasts']} (median {summary['forecast_seconds_median']:.2f} s each); "
+            f"{summary['orders_predicted_late']} open orders predicted late at the end"
+        )
     print(f"time taken          {summary['seconds']:.2f} s ({summary['events_per_second']:,} events/s)")
     print(f"output              {out}")
 
@@ -106,6 +138,15 @@ def _parser() -> argparse.ArgumentParser:
         help=f"seconds an event may lag the twin clock and still be applied (default: {DEFAULT_LATENESS:.0f})",
     )
     run.add_argument("--regenerate", action="store_true", help="generate the scenario again even if cached")
+    run.add_argument(
+        "--forecast-every",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="forecast every this many seconds of event time; 0 turns forecasting off (default: 3600)",
+    )
+    run.add_argument("--horizon", type=float, default=12.0, metavar="HOURS", help="forecast horizon (default: 12)")
+    run.add_argument("--replicas", type=int, default=32, help="Monte Carlo replicas per forecast (default: 32)")
     run.set_defaults(func=_run)
 
     gen = sub.add_parser("generate", help="run a scenario's hidden true world and write its events and ground truth")

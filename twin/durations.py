@@ -41,6 +41,10 @@ class Durations(Protocol):
         """Travel-time multiplier currently believed for the lane (1 = nominal)."""
         ...
 
+    def lane_cause(self, lane: Lane) -> tuple[str, str]:
+        """(mechanism, entity) to blame for time on the lane beyond nominal."""
+        ...
+
     def unload(self, site: Site, orders: int, key: str) -> float:
         """Seconds a vehicle occupies a dock to unload ``orders`` orders."""
         ...
@@ -53,8 +57,16 @@ class Durations(Protocol):
 class NominalDurations:
     """Expected durations: lane travel times times the given slowdown factors, no noise."""
 
-    def __init__(self, lane_factors: dict[str, float] | None = None) -> None:
+    def __init__(
+        self, lane_factors: dict[str, float] | None = None, lane_causes: dict[str, tuple[str, str]] | None = None
+    ) -> None:
         self.lane_factors = lane_factors or {}
+        #: lanes slowed by a reported disruption: lane id -> ("disruption", disruption id)
+        self.lane_causes = lane_causes or {}
+
+    def lane_cause(self, lane: Lane) -> tuple[str, str]:
+        """A reported disruption if one is on the lane, else the lane's own slowdown."""
+        return self.lane_causes.get(lane.id, ("lane_slowdown", lane.id))
 
     def lane_factor(self, lane: Lane) -> float:
         """Known slowdown of the lane (1 when none)."""
@@ -85,8 +97,9 @@ class StochasticDurations(NominalDurations):
         replica: int,
         lane_factors: dict[str, float] | None = None,
         handling_sigma: float = 0.1,
+        lane_causes: dict[str, tuple[str, str]] | None = None,
     ) -> None:
-        super().__init__(lane_factors)
+        super().__init__(lane_factors, lane_causes)
         self.seed = seed
         self.replica = replica
         self.handling_sigma = handling_sigma

@@ -29,9 +29,39 @@ import simpy
 from twin.durations import Durations
 from twin.state import WorldState
 
-__all__ = ["Model", "ModelResult", "Observer", "OrderRun", "TripRun"]
+__all__ = ["LINK_CAUSES", "ROOT_CAUSES", "Ledger", "Model", "ModelResult", "Observer", "OrderRun", "TripRun"]
 
 Proc = Generator[simpy.Event, Any, None]
+
+#: Where delay comes from ...
+ROOT_CAUSES: frozenset[str] = frozenset({"lane_slowdown", "disruption", "dock_queue", "handling_backlog"})
+#: ... and how it travels from one trip or order to the next.
+LINK_CAUSES: frozenset[str] = frozenset({"vehicle_rotation", "held_departure", "missed_connection"})
+
+#: Recorded provenance of a delay: (mechanism, entity) -> [seconds contributed, time first seen].
+#: Root causes add up to the delay they explain; a link carries the seconds passed along it.
+Ledger = dict[tuple[str, str], list[float]]
+
+
+def _add(ledger: Ledger, mechanism: str, entity: str, seconds: float, at: float) -> None:
+    if seconds <= 0:
+        return
+    entry = ledger.get((mechanism, entity))
+    if entry is None:
+        ledger[(mechanism, entity)] = [seconds, at]
+    else:
+        entry[0] += seconds
+        entry[1] = min(entry[1], at)
+
+
+def _carry(into: Ledger, upstream: Ledger, seconds: float) -> None:
+    """Add ``upstream``'s causes, scaled so its root causes explain at most ``seconds``."""
+    roots = sum(v[0] for k, v in upstream.items() if k[0] in ROOT_CAUSES)
+    if roots <= 0 or seconds <= 0:
+        return
+    f = min(1.0, seconds / roots)
+    for (mech, entity), (secs, at) in upstream.items():
+        _add(into, mech, entity, secs * f, at)
 
 
 class Observer(Protocol):
@@ -87,6 +117,11 @@ class TripRun:
     hold_seconds: float = 0.0
     waited_for_vehicle: float = 0.0
     dock_waits: list[float] = field(default_factory=list)
+    #: running provenance of the trip's delay; per leg as it arrived; when the vehicle was freed
+    ledger: Ledger = field(default_factory=dict)
+    arrival_ledgers: dict[int, Ledger] = field(default_factory=dict)
+    release_ledger: Ledger = field(default_factory=dict)
+    dock_wait_at: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -106,7 +141,10 @@ class OrderRun:
     ready: bool = False
     delivered_at: float | None = None
     inbound_trip: str | None = None
+    inbound_leg: int = 0
     rolls: int = 0
+    sort_wait: float = 0.0
+    miss_ledger: Ledger | None = None
 
     def pending_hop(self) -> int:
         """Index of the next hop to board: the current one, or the one after the ride."""
@@ -125,6 +163,8 @@ class ModelResult:
     until: float
     trips: dict[str, TripRun]
     orders: dict[str, OrderRun]
+    #: per-entity provenance, filled in by the forecaster: ("order"|"trip", id) -> ledger
+    ledgers: dict[tuple[str, str], Ledger] = field(default_factory=dict)
 
 
 class Model:
@@ -152,6 +192,7 @@ class Model:
         self.booked: dict[tuple[str, str], dict[str, OrderRun]] = {}
         self.onboard: dict[str, list[OrderRun]] = {}
         self._waiters: dict[tuple[str, str], simpy.Event] = {}
+        self._last_ready: dict[tuple[str, str], str | None] = {}
         #: where each vehicle currently is (site id) or None while driving
         self.vehicle_site: dict[str, str | None] = {}
         #: (lane id, start time, start progress, end time) of vehicles on the road
@@ -234,6 +275,30 @@ class Model:
         """The per-trip and per-order records of this run."""
         return ModelResult(self.env.now, self.trips, self.orders)
 
+    def network_trip_legs(self, trip_id: str) -> int:
+        """How many legs a trip has."""
+        return len(self.net.trips[trip_id].legs)
+
+    def order_ledger(self, o: OrderRun) -> Ledger:
+        """Provenance of an order's delay so far: missed connections, then the trip that
+        brought it to where it is (or that it rides), the dock queue and the sorting backlog there.
+        """
+        out: Ledger = {k: list(v) for k, v in o.miss_ledger.items()} if o.miss_ledger else {}
+        if o.trip is not None:
+            for k, (secs, at) in self.trips[o.trip].ledger.items():
+                _add(out, k[0], k[1], secs, at)
+            return out
+        if o.inbound_trip is None:
+            return out
+        run = self.trips[o.inbound_trip]
+        for k, (secs, at) in run.arrival_ledgers.get(o.inbound_leg, {}).items():
+            _add(out, k[0], k[1], secs, at)
+        site = self.net.trips[o.inbound_trip].legs[o.inbound_leg].destination
+        arrived = run.arrivals[o.inbound_leg] or 0.0
+        _add(out, "dock_queue", site, run.dock_wait_at.get(o.inbound_leg, 0.0), arrived)
+        _add(out, "handling_backlog", site, o.sort_wait, arrived)
+        return out
+
     # ------------------------------------------------------------------ freight
     def _make_ready(self, o: OrderRun) -> None:
         """The order is handled and waits at its site for the trip of its current hop."""
@@ -249,6 +314,7 @@ class Model:
         self.booked.setdefault(key, {})[o.id] = o
         waiter = self._waiters.get(key)
         if waiter is not None and not waiter.triggered and not self._inbound(*key):
+            self._last_ready[key] = o.inbound_trip
             waiter.succeed()
 
     def _inbound(self, trip_id: str, site: str) -> list[OrderRun]:
@@ -305,6 +371,7 @@ class Model:
                 yield from self._drive(tid, i, vehicle_id, max(0.0, remaining))
                 yield from self._arrive(tid, i, vehicle_id)
             run.released = self.env.now
+            run.release_ledger = run.ledger
 
     def _depart(self, trip_id: str, leg_index: int) -> Proc:
         env, trip = self.env, self.net.trips[trip_id]
@@ -315,10 +382,17 @@ class Model:
         planned = leg.planned_departure
         if env.now < planned:
             yield env.timeout(planned - env.now)
-        elif leg_index == 0:
-            run.waited_for_vehicle = env.now - planned
+        elif leg_index == 0 and env.now > planned:
+            late = env.now - planned
+            run.waited_for_vehicle = late
+            prev = self.net.previous_trip(trip_id)
+            if prev is not None:
+                _carry(run.ledger, self.trips[prev].release_ledger, late)
+                _add(run.ledger, "vehicle_rotation", prev, late, env.now)
         if ts.hold_until is not None and env.now < ts.hold_until:
+            start = env.now
             yield env.timeout(ts.hold_until - env.now)
+            _add(run.ledger, "held_departure", trip_id, env.now - start, start)
         if leg_index == 0 and not ts.depart_now:
             deadline = planned + trip.hold_limit
             inbound = self._inbound(trip_id, site)
@@ -329,7 +403,13 @@ class Model:
                 yield waiter | env.timeout(deadline - env.now)
                 del self._waiters[(trip_id, site)]
                 run.hold_seconds = env.now - start
-                run.held_for = sorted({o.inbound_trip or "" for o in inbound})[0] or None
+                still = self._inbound(trip_id, site)
+                last = self._last_ready.pop((trip_id, site), None)
+                culprit = min(o.inbound_trip or "" for o in still) if still else last
+                run.held_for = culprit or None
+                if culprit:
+                    _carry(run.ledger, self.trips[culprit].release_ledger, run.hold_seconds)
+                _add(run.ledger, "held_departure", trip_id, run.hold_seconds, start)
         self._load(trip_id, leg_index, site)
         run.departures[leg_index] = env.now
         self.vehicle_site[trip.vehicle_id] = None
@@ -359,6 +439,17 @@ class Model:
         h = o.pending_hop()
         nxt = self.net.next_trip(site, o.alight(h), self.env.now, exclude=missed)
         o.rolls += 1
+        trips = self.net.trips
+        missed_dep = trips[missed].legs[max(0, self.net.leg_index(missed, site))].planned_departure
+        if nxt is not None:
+            gap = trips[nxt].legs[max(0, self.net.leg_index(nxt, site))].planned_departure - missed_dep
+        else:
+            gap = max(0.0, self.env.now + 1.0 - missed_dep)
+        ledger: Ledger = {} if o.miss_ledger is None else o.miss_ledger
+        if o.miss_ledger is None and o.inbound_trip is not None:
+            _carry(ledger, self.order_ledger(o), gap)
+        _add(ledger, "missed_connection", missed, gap, self.env.now)
+        o.miss_ledger = ledger
         self.observer.rolled(self.env.now, o.id, missed, nxt)
         if nxt is None:
             return
@@ -379,13 +470,20 @@ class Model:
         lane = self.net.lanes[self.net.trips[trip_id].legs[leg_index].lane_id]
         duration = self.durations.travel(trip_id, leg_index, lane, env.now, remaining)
         self.vehicle_leg[vehicle_id] = (lane.id, env.now, 1.0 - remaining, env.now + duration)
+        start = env.now
         yield env.timeout(duration)
         del self.vehicle_leg[vehicle_id]
+        excess = duration - lane.travel_time * remaining
+        if excess > 0:
+            mechanism, entity = self.durations.lane_cause(lane)
+            _add(self.trips[trip_id].ledger, mechanism, entity, excess, start)
 
     def _arrive(self, trip_id: str, leg_index: int, vehicle_id: str) -> Proc:
         env = self.env
         site = self.net.trips[trip_id].legs[leg_index].destination
-        self.trips[trip_id].arrivals[leg_index] = env.now
+        run = self.trips[trip_id]
+        run.arrivals[leg_index] = env.now
+        run.arrival_ledgers[leg_index] = {k: list(v) for k, v in run.ledger.items()}
         self.vehicle_site[vehicle_id] = site
         self.observer.arrived(env.now, trip_id, leg_index, vehicle_id, site)
         yield from self._unload(trip_id, leg_index, site)
@@ -401,7 +499,11 @@ class Model:
         queued = env.now
         with docks.request() as req:
             yield req
-            self.trips[trip_id].dock_waits.append(env.now - queued)
+            wait = env.now - queued
+            run = self.trips[trip_id]
+            run.dock_waits.append(wait)
+            run.dock_wait_at[leg_index] = wait
+            _add(run.ledger, "dock_queue", site, wait, queued)
             self.observer.docks(env.now, site, docks.count, int(docks.capacity))
             s = self.net.sites[site]
             yield env.timeout(self.durations.unload(s, len(alighting), f"{trip_id}/{leg_index}"))
@@ -410,6 +512,7 @@ class Model:
                 o.site = site
                 o.trip = None
                 o.inbound_trip = trip_id
+                o.inbound_leg = leg_index
                 o.hop += 1
                 self.observer.scanned(env.now, o.id, site, "unloaded", None)
         self.observer.docks(env.now, site, docks.count, int(docks.capacity))
@@ -420,8 +523,11 @@ class Model:
         env = self.env
         for o in batch:
             self._book(o)
+        queued = env.now
         with self.sorters[site].request() as req:
             yield req
+            for o in batch:
+                o.sort_wait = env.now - queued
             s = self.net.sites[site]
             yield env.timeout(self.durations.sort(s, len(batch), self.rates[site], key))
         for o in batch:
