@@ -70,6 +70,7 @@ class ForecastRecorder:
     durations: list[float] = field(default_factory=list)
 
     def __call__(self, twin: LiveTwin) -> None:
+        """Forecast from the twin's current state and keep the predictions."""
         start = time.perf_counter()
         preds = self.forecaster.forecast(twin.state)
         self.durations.append(time.perf_counter() - start)

@@ -85,8 +85,10 @@ class PredictedState:
 
 
 def lane_beliefs(state: WorldState) -> tuple[dict[str, float], dict[str, tuple[str, str]]]:
-    """The slowdown factor the twin believes for every lane, and which lanes a reported
-    disruption explains (those are blamed on the disruption, the rest on the lane)."""
+    """The slowdown factor the twin believes for every lane, and the lanes a disruption explains.
+
+    Lanes with a reported disruption are blamed on the disruption, the rest on the lane.
+    """
     factors: dict[str, float] = {}
     causes: dict[str, tuple[str, str]] = {}
     for lid, lane in state.network.lanes.items():

@@ -280,8 +280,10 @@ class Model:
         return len(self.net.trips[trip_id].legs)
 
     def order_ledger(self, o: OrderRun) -> Ledger:
-        """Provenance of an order's delay so far: missed connections, then the trip that
-        brought it to where it is (or that it rides), the dock queue and the sorting backlog there.
+        """Provenance of an order's delay so far.
+
+        Missed connections, then the trip that brought it to where it is (or that it rides),
+        the dock queue and the sorting backlog there.
         """
         out: Ledger = {k: list(v) for k, v in o.miss_ledger.items()} if o.miss_ledger else {}
         if o.trip is not None:
