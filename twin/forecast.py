@@ -113,8 +113,9 @@ class ForecastDurations(StochasticDurations):
         lane_factors: dict[str, float],
         lane_causes: dict[str, tuple[str, str]],
         memory: float = SLOWDOWN_MEMORY,
+        handling_sigma: float = 0.1,
     ) -> None:
-        super().__init__(seed, replica, lane_factors, lane_causes=lane_causes)
+        super().__init__(seed, replica, lane_factors, handling_sigma, lane_causes)
         self.now = now
         self.memory = memory
 
@@ -142,7 +143,16 @@ class _Samples:
 class Forecaster:
     """Monte Carlo forecasts of a network's cascading delays from its live state."""
 
-    def __init__(self, network: Network, *, horizon: float = 12 * 3600.0, replicas: int = 64, seed: int = 0) -> None:
+    def __init__(
+        self,
+        network: Network,
+        *,
+        horizon: float = 12 * 3600.0,
+        replicas: int = 64,
+        seed: int = 0,
+        handling_sigma: float = 0.1,
+        slowdown_memory: float = SLOWDOWN_MEMORY,
+    ) -> None:
         if horizon <= 0:
             msg = f"horizon={horizon} must be > 0 seconds"
             raise ValueError(msg)
@@ -153,6 +163,8 @@ class Forecaster:
         self.horizon = horizon
         self.replicas = replicas
         self.seed = seed
+        self.handling_sigma = handling_sigma
+        self.slowdown_memory = slowdown_memory
 
     # ------------------------------------------------------------------ running
     def run_replicas(self, state: WorldState, replicas: Sequence[int] | None = None) -> list[ModelResult]:
@@ -161,7 +173,9 @@ class Forecaster:
         until = state.clock + self.horizon
         out = []
         for r in replicas if replicas is not None else range(self.replicas):
-            durations = ForecastDurations(self.seed, r, state.clock, factors, causes)
+            durations = ForecastDurations(
+                self.seed, r, state.clock, factors, causes, self.slowdown_memory, self.handling_sigma
+            )
             model = Model(state, durations).build()
             model.run(until)
             result = model.collect()

@@ -370,10 +370,34 @@ class Model:
                     remaining = 1.0
                 else:
                     remaining = 1.0 - st.vehicle_progress(vehicle_id) if v.lane_id == leg.lane_id else 1.0
+                    self._observed_delay(tid, i, remaining)
                 yield from self._drive(tid, i, vehicle_id, max(0.0, remaining))
                 yield from self._arrive(tid, i, vehicle_id)
             run.released = self.env.now
             run.release_ledger = run.ledger
+
+    def _observed_delay(self, trip_id: str, leg_index: int, remaining: float) -> None:
+        """Provenance of the delay a trip on the road had before the snapshot.
+
+        A late first departure is put on the vehicle's previous trip when that one arrived
+        late, else on the departure itself; progress behind nominal is put on the lane.
+        """
+        run, trip = self.trips[trip_id], self.net.trips[trip_id]
+        leg = trip.legs[leg_index]
+        dep = run.departures[leg_index] or 0.0
+        if leg_index == 0 and dep > leg.planned_departure:
+            late = dep - leg.planned_departure
+            prev = self.net.previous_trip(trip_id)
+            prev_arrival = self.trips[prev].arrivals[-1] if prev is not None else None
+            if prev is not None and prev_arrival is not None and prev_arrival > self.net.trips[prev].planned_arrival:
+                _add(run.ledger, "vehicle_rotation", prev, late, dep)
+            else:
+                _add(run.ledger, "held_departure", trip_id, late, dep)
+        lane = self.net.lanes[leg.lane_id]
+        behind = (self.env.now - dep) - (1.0 - remaining) * lane.travel_time
+        if behind > 0:
+            mechanism, entity = self.durations.lane_cause(lane)
+            _add(run.ledger, mechanism, entity, behind, dep)
 
     def _depart(self, trip_id: str, leg_index: int) -> Proc:
         env, trip = self.env, self.net.trips[trip_id]

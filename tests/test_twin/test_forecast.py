@@ -1,0 +1,117 @@
+"""Forecasts: a cascade worked out by hand (zero variance), common random numbers, sanity."""
+
+from __future__ import annotations
+
+import pytest
+
+from twin.events import OrderCreated, OrderScanned, VehicleDeparted, VehiclePosition
+from twin.forecast import Cause, Forecaster
+from twin.lane import Lane, lane_id
+from twin.live import LiveTwin
+from twin.network import Network
+from twin.site import Site
+from twin.trip import Leg, Trip
+from twin.vehicle import Vehicle
+
+
+def _trip(tid, vid, a, b, dep, travel, hold=2400.0):
+    return Trip(tid, vid, (Leg(lane_id(a, b), a, b, dep, dep + travel),), hold)
+
+
+def _network() -> Network:
+    # dock time 897 s + 2 s per order; sorting 3600 orders/h = 1 s per order
+    sites = [Site(s, "hub", "r1", 2, 3600.0, dock_seconds=897.0, seconds_per_order=2.0) for s in "ABC"]
+    lanes = [Lane(lane_id(a, b), a, b, 3600.0, 0.0) for a, b in ("AB", "BA", "BC", "CB")]
+    vehicles = [Vehicle("V1", 50, "A"), Vehicle("V2", 50, "B")]
+    trips = [
+        _trip("T1", "V1", "A", "B", 0.0, 3600.0),
+        _trip("T2", "V2", "B", "C", 4500.0, 3600.0),
+        _trip("T3", "V2", "C", "B", 9000.0, 3600.0),
+    ]
+    return Network(sites, lanes, vehicles, trips)
+
+
+def _state():
+    """T1 left A on time; at 1350 s it is a quarter of the way: the lane runs 1.5x slow."""
+    twin = LiveTwin(_network())
+    events = [
+        OrderCreated(
+            id="c1", time=0.0, order_id="O1", origin="A", destination="C", promised_at=9500.0, path=("T1", "T2")
+        ),
+        OrderCreated(id="c2", time=0.0, order_id="O2", origin="B", destination="C", promised_at=10000.0, path=("T2",)),
+        OrderCreated(id="c3", time=0.0, order_id="O3", origin="C", destination="B", promised_at=13000.0, path=("T3",)),
+        OrderScanned(id="s1", time=0.0, order_id="O1", site_id="A", kind="loaded", trip_id="T1"),
+        VehicleDeparted(id="d1", time=0.0, vehicle_id="V1", trip_id="T1", leg=0, site_id="A"),
+        VehiclePosition(id="p1", time=1350.0, vehicle_id="V1", lane_id="A->B", progress=0.25),
+    ]
+    assert twin.apply_all(events) == []
+    assert twin.state.lanes["A->B"].factor(3600.0) == 1.5
+    return twin.state
+
+
+def test_hand_worked_cascade_to_the_second():
+    # T1: 0.75 of the lane left at 1.5x = 4050 s -> arrives B at 5400 (planned 3600).
+    # O1 unloaded at 5400 + 899 = 6299, sorted at 6300.
+    # T2 (planned 4500, may hold 2400 s) waits for O1 and leaves at 6300: 30 minutes late.
+    # T2 arrives C at 9900 (planned 8100); O1 and O2 unloaded at 9900 + 901, sorted (2 s): 10803.
+    # V2 is free at 10801, so T3 (planned 9000) leaves at 10801, arrives B at 14401 (planned 12600);
+    # O3 is unloaded at 14401 + 899 and sorted at 15301: 2301 s past its promise (13000).
+    fc = Forecaster(_network(), horizon=24 * 3600.0, replicas=4, seed=3, handling_sigma=0.0)
+    preds = {p.key: p for p in fc.forecast(_state())}
+    t2, t3 = preds["trip:T2"], preds["trip:T3"]
+    assert (t2.p50, t2.p_late, t2.expected_delay) == (9900.0, 1.0, 1800.0)
+    assert (t3.p50, t3.p_late, t3.expected_delay) == (14401.0, 1.0, 1801.0)
+    o1, o2, o3 = preds["order:O1"], preds["order:O2"], preds["order:O3"]
+    assert (o1.p10, o1.p50, o1.p90, o1.p_late, o1.expected_delay) == (10803.0, 10803.0, 10803.0, 1.0, 1303.0)
+    assert (o2.p50, o2.expected_delay) == (10803.0, 803.0)
+    assert (o3.p50, o3.p_late, o3.expected_delay) == (15301.0, 1.0, 2301.0)
+    # cause chains come from what happened in the replicas, upstream first: T1's lane
+    assert o3.causes == (
+        Cause("lane_slowdown", "A->B", 1800.0),
+        Cause("held_departure", "T2", 1800.0),
+        Cause("vehicle_rotation", "T2", 1801.0),
+    )
+    assert o2.causes[:2] == (Cause("lane_slowdown", "A->B", 1800.0), Cause("held_departure", "T2", 1800.0))
+    assert o1.causes[0] == Cause("lane_slowdown", "A->B", 1800.0)
+    assert t3.causes[0].entity == "A->B"
+
+
+def test_same_seed_same_forecast_and_replicas_share_draws():
+    state = _state()
+    a = Forecaster(_network(), replicas=8, seed=11).forecast(state)
+    b = Forecaster(_network(), replicas=8, seed=11).forecast(state)
+    assert a == b
+    c = Forecaster(_network(), replicas=8, seed=12).forecast(state)
+    assert a != c
+
+
+def test_common_random_numbers_isolate_an_action(mini_scenario):
+    """Two forecasts that differ in one hold differ for the held trip, not by noise elsewhere."""
+    from twin.events import DispatchCommand
+
+    twin = LiveTwin(mini_scenario.network)
+    twin.apply_all([e for e in mini_scenario.events if e.time <= 3 * 3600])
+    fc = Forecaster(mini_scenario.network, horizon=6 * 3600.0, replicas=6, seed=5)
+    base_state = LiveTwin.from_snapshot(mini_scenario.network, twin.snapshot()).state
+    base = fc.run_replicas(base_state)
+    # hold a last-mile trip of region beta that departs later; alpha's feeders are unaffected
+    target = "LM-B-01-T3"
+    planned = mini_scenario.network.trips[target].planned_departure
+    twin.apply(DispatchCommand(id="hold", time=twin.clock, trip_id=target, action="hold", until=planned + 1200))
+    held = fc.run_replicas(twin.state)
+    for b, h in zip(base, held, strict=True):
+        tb, th = b.trips[target], h.trips[target]
+        assert th.departures[0] == max(tb.departures[0], planned + 1200)
+        # the same travel draw in both: the difference is the action, not noise
+        assert th.arrivals[0] - th.departures[0] == tb.arrivals[0] - tb.departures[0]
+        for tid in b.trips:
+            if tid.startswith("FD-A"):
+                assert h.trips[tid].departures == b.trips[tid].departures
+                assert h.trips[tid].arrivals == b.trips[tid].arrivals
+
+
+def test_forecast_rejects_bad_settings():
+    with pytest.raises(ValueError, match="replicas=0"):
+        Forecaster(_network(), replicas=0)
+    with pytest.raises(ValueError, match="horizon"):
+        Forecaster(_network(), horizon=0)
