@@ -6,14 +6,20 @@ arithmetic and a model rebuilt from a snapshot reproduces the original run to th
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
-from typing import Protocol
+from statistics import NormalDist
+from typing import Final, Protocol
 
 from twin.lane import Lane
 from twin.site import Site
 
-__all__ = ["Durations", "NominalDurations", "StochasticDurations", "keyed_random", "whole"]
+__all__ = ["Durations", "NominalDurations", "StochasticDurations", "keyed_normal", "keyed_random", "whole"]
+
+_MASK: Final = (1 << 64) - 1
+_KEY_HASHES: dict[str, int] = {}
+_INV_CDF: Final = NormalDist().inv_cdf
 
 
 def whole(seconds: float) -> float:
@@ -28,6 +34,31 @@ def keyed_random(seed: int, replica: int, key: str) -> random.Random:
     still draw the same numbers for every activity they share.
     """
     return random.Random(f"{seed}/{replica}/{key}")
+
+
+def _key_hash(key: str) -> int:
+    h = _KEY_HASHES.get(key)
+    if h is None:
+        h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+        if len(_KEY_HASHES) < 1_000_000:
+            _KEY_HASHES[key] = h
+    return h
+
+
+def keyed_normal(seed: int, replica: int, key: str) -> float:
+    """A standard normal draw that depends only on (seed, replica, activity key).
+
+    The activity key is hashed once (blake2b, cached); seed and replica are mixed in with
+    SplitMix64, and the resulting uniform is mapped through the normal inverse CDF. This is
+    what makes common random numbers cheap: no generator is seeded per draw.
+    """
+    z = (_key_hash(key) ^ ((seed * 0x9E3779B97F4A7C15) & _MASK) ^ ((replica * 0xBF58476D1CE4E5B9) & _MASK)) & _MASK
+    z = (z + 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    z ^= z >> 31
+    u = ((z >> 11) + 0.5) / (1 << 53)
+    return _INV_CDF(u)
 
 
 class Durations(Protocol):
@@ -107,7 +138,7 @@ class StochasticDurations(NominalDurations):
     def _noise(self, key: str, sigma: float) -> float:
         if sigma <= 0:
             return 1.0
-        return math.exp(keyed_random(self.seed, self.replica, key).gauss(0.0, sigma))
+        return math.exp(sigma * keyed_normal(self.seed, self.replica, key))
 
     def travel(self, trip_id: str, leg: int, lane: Lane, start: float, remaining: float) -> float:
         """Nominal time times a lognormal draw for this trip leg."""

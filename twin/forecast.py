@@ -10,13 +10,16 @@ and a cause chain taken from the provenance the replicas recorded (not guessed a
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Final, Literal
+
+import numpy as np
+import numpy.typing as npt
 
 from twin.durations import StochasticDurations, whole
 from twin.lane import Lane
-from twin.model import ROOT_CAUSES, Ledger, Model, ModelResult
+from twin.model import ROOT_CAUSES, Ledger, Model, ModelResult, place
 from twin.network import Network
 from twin.state import WorldState
 
@@ -132,14 +135,6 @@ class ForecastDurations(StochasticDurations):
         return whole(lane.travel_time * self.factor_at(lane, start) * remaining * noise)
 
 
-@dataclass(slots=True)
-class _Samples:
-    values: list[float] = field(default_factory=list)
-    late: int = 0
-    delay: float = 0.0
-    ledgers: list[Ledger] = field(default_factory=list)
-
-
 class Forecaster:
     """Monte Carlo forecasts of a network's cascading delays from its live state."""
 
@@ -168,18 +163,23 @@ class Forecaster:
 
     # ------------------------------------------------------------------ running
     def run_replicas(self, state: WorldState, replicas: Sequence[int] | None = None) -> list[ModelResult]:
-        """Run the model once per replica from the state; return each replica's records."""
+        """Run the model once per replica from the state; return each replica's records.
+
+        Each result carries the provenance (ledgers) of the orders and trips that came out
+        late in that replica.
+        """
         factors, causes = lane_beliefs(state)
         until = state.clock + self.horizon
+        placement = place(state)
         out = []
         for r in replicas if replicas is not None else range(self.replicas):
             durations = ForecastDurations(
                 self.seed, r, state.clock, factors, causes, self.slowdown_memory, self.handling_sigma
             )
-            model = Model(state, durations).build()
+            model = Model(state, durations, placement=placement).build()
             model.run(until)
             result = model.collect()
-            result.ledgers = _ledgers(model)
+            result.ledgers = _late_ledgers(model, until)
             out.append(result)
         return out
 
@@ -193,80 +193,150 @@ class Forecaster:
         n = len(results)
         as_of = state.clock
         end = as_of + self.horizon
-        orders: dict[str, _Samples] = {}
-        trips: dict[str, _Samples] = {}
-        sites: dict[str, _Samples] = {}
-        for res in results:
-            ledgers = res.ledgers
-            for oid, o in res.orders.items():
-                s = orders.get(oid)
-                if s is None:
-                    s = orders[oid] = _Samples()
-                t = o.delivered_at if o.delivered_at is not None else math.inf
-                s.values.append(t)
-                lateness = (t if t != math.inf else end) - o.promised_at
-                if t > o.promised_at and (t != math.inf or end > o.promised_at):
-                    s.late += 1
-                    s.delay += max(0.0, lateness)
-                    s.ledgers.append(ledgers.get(("order", oid), {}))
-            for tid, run in res.trips.items():
-                if state.trips[tid].status in ("completed", "cancelled"):
-                    continue
-                trip = self.network.trips[tid]
-                s = trips.get(tid)
-                if s is None:
-                    s = trips[tid] = _Samples()
-                arr = run.arrivals[-1]
-                t = arr if arr is not None else math.inf
-                s.values.append(t)
-                if t > trip.planned_arrival + SCHEDULE_GRACE and (t != math.inf or end > trip.planned_arrival):
-                    s.late += 1
-                    s.delay += (t if t != math.inf else end) - trip.planned_arrival
-                    s.ledgers.append(ledgers.get(("trip", tid), {}))
-            waits: dict[str, list[float]] = {}
-            for tid, run in res.trips.items():
-                for leg, w in run.dock_wait_at.items():
-                    waits.setdefault(self.network.trips[tid].legs[leg].destination, []).append(w)
-            for sid in self.network.sites:
-                s = sites.get(sid)
-                if s is None:
-                    s = sites[sid] = _Samples()
-                ws = waits.get(sid, [])
-                s.values.extend(ws)
-                worst = max(ws, default=0.0)
-                if worst > SCHEDULE_GRACE:
-                    s.late += 1
-                    s.delay += worst
-                    s.ledgers.append({("dock_queue", sid): [worst, as_of]})
-
         out: list[PredictedState] = []
-        order_preds: dict[str, PredictedState] = {}
-        for oid in sorted(orders):
-            p = _prediction("order", oid, as_of, orders[oid], n, state.orders[oid].promised_at)
-            order_preds[oid] = p
-            out.append(p)
-        for tid in sorted(trips):
-            out.append(_prediction("trip", tid, as_of, trips[tid], n, self.network.trips[tid].planned_arrival))
-        for sid in sorted(sites):
-            s = sites[sid]
-            risk = sum(
-                1
-                for oid, o in state.orders.items()
-                if o.site_id == sid and o.trip_id is None and oid in order_preds and order_preds[oid].p_late >= 0.5
+        if n == 0:
+            return out
+        info = results[0].info
+        order_ids = sorted(info)
+        index = {oid: i for i, oid in enumerate(order_ids)}
+        promised = np.array([info[oid].promised_at for oid in order_ids], dtype=float)
+        delivered = np.full((n, len(order_ids)), np.inf)
+        for r, res in enumerate(results):
+            row = delivered[r]
+            for lot in res.lots:
+                if lot.delivered_at is not None:
+                    row[[index[oid] for oid in lot.ids]] = lot.delivered_at
+        order_preds = self._time_predictions(
+            "order",
+            order_ids,
+            delivered,
+            promised,
+            as_of,
+            end,
+            0.0,
+            results,
+            lambda res, oid: res.ledgers.get(("order", oid)),
+        )
+        out.extend(order_preds)
+        trip_ids = sorted(t for t, ts in state.trips.items() if ts.status not in ("completed", "cancelled"))
+        planned = np.array([self.network.trips[t].planned_arrival for t in trip_ids], dtype=float)
+        arrivals = np.full((n, len(trip_ids)), np.inf)
+        for r, res in enumerate(results):
+            for k, tid in enumerate(trip_ids):
+                arr = res.trips[tid].arrivals[-1]
+                if arr is not None:
+                    arrivals[r, k] = arr
+        out.extend(
+            self._time_predictions(
+                "trip", trip_ids, arrivals, planned, as_of, end, SCHEDULE_GRACE, results,
+                lambda res, tid: res.ledgers.get(("trip", tid)),
             )
-            out.append(_prediction("site", sid, as_of, s, n, None, at_risk=risk, quantiles_of_time=False))
+        )  # fmt: skip
+        late_by_order = {p.id: p.p_late for p in order_preds}
+        risk: dict[str, int] = {}
+        for oid, o in state.orders.items():
+            if o.site_id is not None and o.trip_id is None and late_by_order.get(oid, 0.0) >= 0.5:
+                risk[o.site_id] = risk.get(o.site_id, 0) + 1
+        waits: dict[str, list[float]] = {sid: [] for sid in self.network.sites}
+        worst: dict[str, list[float]] = {sid: [] for sid in self.network.sites}
+        for res in results:
+            per_site: dict[str, float] = {}
+            for tid, run in res.trips.items():
+                legs = self.network.trips[tid].legs
+                for leg, w in run.dock_wait_at.items():
+                    sid = legs[leg].destination
+                    waits[sid].append(w)
+                    per_site[sid] = max(per_site.get(sid, 0.0), w)
+            for sid in self.network.sites:
+                worst[sid].append(per_site.get(sid, 0.0))
+        for sid in sorted(self.network.sites):
+            ws = sorted(waits[sid])
+            bad = [w for w in worst[sid] if w > SCHEDULE_GRACE]
+            chain = (
+                (Cause("dock_queue", sid, round(sum(bad) / n, 1)),) if bad and sum(bad) / n >= MIN_CAUSE_SECONDS else ()
+            )
+            out.append(
+                PredictedState(
+                    "site", sid, as_of,
+                    _q(ws, 0.1), _q(ws, 0.5), _q(ws, 0.9),
+                    len(bad) / n, sum(bad) / n, chain, None, risk.get(sid, 0),
+                )
+            )  # fmt: skip
+        return out
+
+    def _time_predictions(
+        self,
+        kind: EntityKind,
+        ids: list[str],
+        times: npt.NDArray[np.float64],
+        due: npt.NDArray[np.float64],
+        as_of: float,
+        end: float,
+        grace: float,
+        results: list[ModelResult],
+        ledger_of: Callable[[ModelResult, str], Ledger | None],
+    ) -> list[PredictedState]:
+        """Quantiles, lateness probability, expected delay and causes from a replicas x entities matrix."""
+        n = times.shape[0]
+        if not ids:
+            return []
+        ordered = np.sort(times, axis=0)
+        qs = {q: _column_quantile(ordered, q) for q in (0.1, 0.5, 0.9)}
+        effective = np.where(np.isinf(times), end, times)
+        late = (times > due + grace) & (np.isfinite(times) | (end > due + grace))
+        p_late = late.sum(axis=0) / n
+        delay = np.where(late, np.maximum(effective - due, 0.0), 0.0).sum(axis=0) / n
+        out = []
+        for k, eid in enumerate(ids):
+            chain: tuple[Cause, ...] = ()
+            if p_late[k] > 0:
+                ledgers = [ledger_of(results[r], eid) for r in np.flatnonzero(late[:, k])]
+                chain = _chain([led for led in ledgers if led], n)
+            out.append(
+                PredictedState(
+                    kind, eid, as_of, qs[0.1][k], qs[0.5][k], qs[0.9][k],
+                    float(p_late[k]), float(delay[k]), chain, float(due[k]),
+                )
+            )  # fmt: skip
         return out
 
 
-def _ledgers(model: Model) -> dict[tuple[str, str], Ledger]:
-    """Per-entity provenance of one replica: orders (composed at the end) and trips."""
+def _late_ledgers(model: Model, until: float) -> dict[tuple[str, str], Ledger]:
+    """Provenance of one replica, for the orders and trips that may count as late."""
     out: dict[tuple[str, str], Ledger] = {}
-    for oid, o in model.orders.items():
-        out[("order", oid)] = model.order_ledger(o)
+    info = model.info
+    for lot in model.lots:
+        t = lot.delivered_at if lot.delivered_at is not None else math.inf
+        late = [oid for oid in lot.ids if t > info[oid].promised_at]
+        if late:
+            led = model.order_ledger(lot)
+            for oid in late:
+                out[("order", oid)] = led
     for tid, run in model.trips.items():
-        legs = model.network_trip_legs(tid)
-        out[("trip", tid)] = run.arrival_ledgers.get(legs - 1, run.ledger)
+        trip = model.net.trips[tid]
+        arr = run.arrivals[-1]
+        if arr is None or arr > trip.planned_arrival + SCHEDULE_GRACE:
+            out[("trip", tid)] = run.arrival_ledgers.get(len(trip.legs) - 1, run.ledger)
     return out
+
+
+def _column_quantile(ordered: npt.NDArray[np.float64], q: float) -> list[float | None]:
+    """Per-column quantile of column-sorted values (linear interpolation), None if infinite."""
+    n = ordered.shape[0]
+    k = (n - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    a, b = ordered[lo], ordered[hi]
+    with np.errstate(invalid="ignore"):
+        v = np.where(a == b, a, a + (b - a) * (k - lo))
+    v = np.where(np.isinf(a) | np.isinf(b), np.where(k - lo < 0.5, a, b), v)
+    return [None if math.isinf(x) or math.isnan(x) else float(x) for x in v]
+
+
+def _q(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = _quantile(values, q)
+    return None if math.isinf(v) or math.isnan(v) else v
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
@@ -297,36 +367,3 @@ def _chain(ledgers: list[Ledger], n: int) -> tuple[Cause, ...]:
         keep = sorted(items, key=lambda x: -x[2])[:MAX_CAUSES]
         items = sorted(keep, key=lambda x: (x[0], x[1][0] not in ROOT_CAUSES, x[1]))
     return tuple(Cause(key[0], key[1], round(secs, 1)) for _, key, secs in items)
-
-
-def _prediction(
-    kind: EntityKind,
-    eid: str,
-    as_of: float,
-    s: _Samples,
-    n: int,
-    planned: float | None,
-    *,
-    at_risk: int = 0,
-    quantiles_of_time: bool = True,
-) -> PredictedState:
-    values = sorted(s.values)
-
-    def q(x: float) -> float | None:
-        v = _quantile(values, x)
-        return None if math.isinf(v) or math.isnan(v) else v
-
-    denominator = n if quantiles_of_time else max(n, 1)
-    return PredictedState(
-        kind=kind,
-        id=eid,
-        as_of=as_of,
-        p10=q(0.1),
-        p50=q(0.5),
-        p90=q(0.9),
-        p_late=s.late / denominator,
-        expected_delay=s.delay / n,
-        causes=_chain(s.ledgers, n),
-        planned=planned,
-        at_risk=at_risk,
-    )

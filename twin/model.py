@@ -29,7 +29,20 @@ import simpy
 from twin.durations import Durations
 from twin.state import WorldState
 
-__all__ = ["LINK_CAUSES", "ROOT_CAUSES", "Ledger", "Model", "ModelResult", "Observer", "OrderRun", "TripRun"]
+__all__ = [
+    "LINK_CAUSES",
+    "ROOT_CAUSES",
+    "Ledger",
+    "Lot",
+    "Model",
+    "ModelResult",
+    "Observer",
+    "OrderInfo",
+    "OrderView",
+    "Placement",
+    "TripRun",
+    "place",
+]
 
 Proc = Generator[simpy.Event, Any, None]
 
@@ -125,13 +138,16 @@ class TripRun:
 
 
 @dataclass(slots=True)
-class OrderRun:
-    """An order inside the model."""
+class Lot:
+    """Orders that travel together: same place, same remaining path, same destination.
 
-    id: str
-    origin: str
+    The model moves lots, not single orders, which keeps a forecast's cost proportional to
+    the freight flows rather than to the number of orders. A lot splits when a vehicle has
+    room for only part of it (the lowest order ids board first).
+    """
+
+    ids: list[str]
     destination: str
-    promised_at: float
     path: list[str]
     boards: list[str]
     hop: int
@@ -145,26 +161,126 @@ class OrderRun:
     rolls: int = 0
     sort_wait: float = 0.0
     miss_ledger: Ledger | None = None
+    serial: int = 0
+    #: order of arrival at a site before the snapshot (unsorted freight is sorted in this order)
+    since: float = 0.0
+
+    @property
+    def id(self) -> str:
+        """The lowest order id of the lot (its name in logs and orderings)."""
+        return self.ids[0]
 
     def pending_hop(self) -> int:
         """Index of the next hop to board: the current one, or the one after the ride."""
         return self.hop + 1 if self.trip is not None else self.hop
 
     def alight(self, hop: int | None = None) -> str:
-        """Where the order leaves the trip of ``hop`` (default: the current hop)."""
+        """Where the lot leaves the trip of ``hop`` (default: the current hop)."""
         h = self.hop if hop is None else hop
         return self.boards[h + 1] if h + 1 < len(self.path) else self.destination
 
 
+@dataclass(frozen=True, slots=True)
+class OrderInfo:
+    """What the model keeps of an order besides its lot."""
+
+    origin: str
+    destination: str
+    promised_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class OrderView:
+    """One order's outcome in a run (read from its lot)."""
+
+    id: str
+    origin: str
+    destination: str
+    promised_at: float
+    stage: str
+    site: str | None
+    trip: str | None
+    delivered_at: float | None
+    rolls: int
+    path: list[str]
+
+
+@dataclass(slots=True)
+class Placement:
+    """Where the state's open freight is, grouped into lot templates (computed once per state)."""
+
+    info: dict[str, OrderInfo]
+    onboard: list[Lot]
+    unsorted: list[Lot]
+    ready: list[Lot]
+
+
+_GroupKey = tuple[str, str | None, str | None, int, tuple[str, ...], tuple[str, ...], str]
+
+
+def place(state: WorldState) -> Placement:
+    """Group the state's open orders into lots (shared by every replica of a forecast)."""
+    net = state.network
+    groups: dict[_GroupKey, list[str]] = {}
+    since: dict[_GroupKey, float] = {}
+    info: dict[str, OrderInfo] = {}
+    for oid, o in state.orders.items():
+        if o.stage in ("delivered", "cancelled"):
+            continue
+        info[oid] = OrderInfo(o.origin, o.destination, o.promised_at)
+        where = "ready"
+        trip = None
+        if o.stage == "loaded" and o.trip_id is not None:
+            leg = net.leg_index(o.trip_id, o.site_id or "")
+            if leg >= 0 and state.trips[o.trip_id].departures[leg] is not None:
+                where, trip = "onboard", o.trip_id
+        elif o.stage == "unloaded" and o.site_id is not None:
+            where = "unsorted"
+        site = o.site_id if where != "onboard" else None
+        key: _GroupKey = (where, site, trip, o.hop, tuple(o.path), tuple(o.boards), o.destination)
+        groups.setdefault(key, []).append(oid)
+        since[key] = min(since.get(key, o.obs_time), o.obs_time)
+    out = Placement(info, [], [], [])
+    for key in sorted(groups, key=lambda k: min(groups[k])):
+        where, site, trip, hop, path, boards, destination = key
+        lot = Lot(
+            sorted(groups[key]),
+            str(destination),
+            list(path),
+            list(boards),
+            hop,
+            "loaded" if where == "onboard" else ("unloaded" if where == "unsorted" else "sorted"),
+            None if where == "onboard" else str(site),
+            str(trip) if trip is not None else None,
+            since=since[key],
+        )
+        getattr(out, where).append(lot)
+    return out
+
+
 @dataclass(slots=True)
 class ModelResult:
-    """Outcome of a run: per-trip and per-order records, and where the clock stopped."""
+    """Outcome of a run: per-trip records, the lots, and where the clock stopped."""
 
     until: float
     trips: dict[str, TripRun]
-    orders: dict[str, OrderRun]
+    lots: list[Lot]
+    info: dict[str, OrderInfo]
     #: per-entity provenance, filled in by the forecaster: ("order"|"trip", id) -> ledger
     ledgers: dict[tuple[str, str], Ledger] = field(default_factory=dict)
+
+    @property
+    def orders(self) -> dict[str, OrderView]:
+        """Every order's outcome, by order id."""
+        out: dict[str, OrderView] = {}
+        for lot in self.lots:
+            for oid in lot.ids:
+                i = self.info[oid]
+                out[oid] = OrderView(
+                    oid, i.origin, i.destination, i.promised_at, lot.stage, lot.site, lot.trip,
+                    lot.delivered_at, lot.rolls, list(lot.path),
+                )  # fmt: skip
+        return out
 
 
 class Model:
@@ -177,20 +293,24 @@ class Model:
         *,
         env: simpy.Environment | None = None,
         observer: Observer | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.state = state
+        self.placement = placement
         self.net = state.network
         self.env = env if env is not None else simpy.Environment(initial_time=state.clock)
         self.durations = durations
         self.observer: Observer = observer if observer is not None else _NullObserver()
+        self._observing = observer is not None
         self.trips: dict[str, TripRun] = {}
-        self.orders: dict[str, OrderRun] = {}
+        self.lots: list[Lot] = []
+        self.info: dict[str, OrderInfo] = {}
         self.docks: dict[str, simpy.Resource] = {}
         self.sorters: dict[str, simpy.Resource] = {}
         self.rates: dict[str, float] = {}
         #: orders booked for (trip, boarding site), ready or not
-        self.booked: dict[tuple[str, str], dict[str, OrderRun]] = {}
-        self.onboard: dict[str, list[OrderRun]] = {}
+        self.booked: dict[tuple[str, str], dict[int, Lot]] = {}
+        self.onboard: dict[str, list[Lot]] = {}
         self._waiters: dict[tuple[str, str], simpy.Event] = {}
         self._last_ready: dict[tuple[str, str], str | None] = {}
         #: where each vehicle currently is (site id) or None while driving
@@ -214,41 +334,42 @@ class Model:
             self.rates[sid] = s.handling_rate if s.handling_rate > 0 else site.handling_rate
         for tid, ts in st.trips.items():
             self.trips[tid] = TripRun(list(ts.departures), list(ts.arrivals))
-        unsorted: list[tuple[float, str, OrderRun]] = []
-        for oid, o in sorted(st.orders.items()):
-            if o.stage in ("delivered", "cancelled"):
-                continue
-            run = OrderRun(
-                oid,
-                o.origin,
-                o.destination,
-                o.promised_at,
-                list(o.path),
-                list(o.boards),
-                o.hop,
-                o.stage,
-                o.site_id,
-                o.trip_id,
-            )
-            self.orders[oid] = run
-            if o.stage == "loaded" and o.trip_id is not None:
-                leg = net.leg_index(o.trip_id, o.site_id or "")
-                if leg >= 0 and st.trips[o.trip_id].departures[leg] is not None:
-                    run.site = None
-                    self.onboard.setdefault(o.trip_id, []).append(run)
-                    self._book(run)
-                    continue
-                run.stage = "sorted"
-            if run.stage == "unloaded" and run.site is not None:
-                unsorted.append((o.obs_time, oid, run))
-                continue
-            self._make_ready(run)
-        for sid in sorted({r.site for _, _, r in unsorted if r.site is not None}):
-            batch = [r for _, _, r in sorted(unsorted) if r.site == sid]
-            env.process(self._sort(sid, batch, f"init/{sid}"))
+        placement = self.placement if self.placement is not None else place(st)
+        self.info = dict(placement.info)
+        for t in placement.onboard:
+            lot = self._new_lot(t)
+            self.onboard.setdefault(lot.trip or "", []).append(lot)
+            self._book(lot)
+        batches: dict[str, list[Lot]] = {}
+        for t in sorted(placement.unsorted, key=lambda x: (x.since, x.ids[0])):
+            batches.setdefault(t.site or "", []).append(self._new_lot(t))
+        for sid in sorted(batches):
+            env.process(self._sort(sid, batches[sid], f"init/{sid}"))
+        for t in placement.ready:
+            self._make_ready(self._new_lot(t))
         for vid in sorted(net.vehicles):
             env.process(self._operate(vid))
         return self
+
+    def _new_lot(self, template: Lot) -> Lot:
+        lot = Lot(
+            template.ids, template.destination, list(template.path), template.boards, template.hop,
+            template.stage, template.site, template.trip, since=template.since, serial=len(self.lots),
+        )  # fmt: skip
+        self.lots.append(lot)
+        return lot
+
+    def _split(self, lot: Lot, n: int) -> Lot:
+        """Take the first ``n`` orders of a lot into a new lot in the same situation."""
+        part = Lot(
+            lot.ids[:n], lot.destination, list(lot.path), lot.boards, lot.hop, lot.stage, lot.site, lot.trip,
+            lot.ready, lot.delivered_at, lot.inbound_trip, lot.inbound_leg, lot.rolls, lot.sort_wait,
+            {k: list(v) for k, v in lot.miss_ledger.items()} if lot.miss_ledger else None,
+            len(self.lots), lot.since,
+        )  # fmt: skip
+        lot.ids = lot.ids[n:]
+        self.lots.append(part)
+        return part
 
     def add_order(
         self,
@@ -258,12 +379,13 @@ class Model:
         promised_at: float,
         path: list[str],
         boards: list[str],
-    ) -> OrderRun:
+    ) -> Lot:
         """A new order appears at its origin, ready for the first trip of its path."""
-        run = OrderRun(order_id, origin, destination, promised_at, path, boards, 0, "created", origin)
-        self.orders[order_id] = run
-        self._make_ready(run)
-        return run
+        self.info[order_id] = OrderInfo(origin, destination, promised_at)
+        lot = Lot([order_id], destination, path, boards, 0, "created", origin, serial=len(self.lots))
+        self.lots.append(lot)
+        self._make_ready(lot)
+        return lot
 
     def run(self, until: float) -> Model:
         """Run the model until ``until`` (seconds since epoch)."""
@@ -273,13 +395,13 @@ class Model:
 
     def collect(self) -> ModelResult:
         """The per-trip and per-order records of this run."""
-        return ModelResult(self.env.now, self.trips, self.orders)
+        return ModelResult(self.env.now, self.trips, self.lots, self.info)
 
     def network_trip_legs(self, trip_id: str) -> int:
         """How many legs a trip has."""
         return len(self.net.trips[trip_id].legs)
 
-    def order_ledger(self, o: OrderRun) -> Ledger:
+    def order_ledger(self, o: Lot) -> Ledger:
         """Provenance of an order's delay so far.
 
         Missed connections, then the trip that brought it to where it is (or that it rides),
@@ -302,7 +424,7 @@ class Model:
         return out
 
     # ------------------------------------------------------------------ freight
-    def _make_ready(self, o: OrderRun) -> None:
+    def _make_ready(self, o: Lot) -> None:
         """The order is handled and waits at its site for the trip of its current hop."""
         o.ready = True
         o.trip = None
@@ -313,13 +435,13 @@ class Model:
         if o.hop >= len(o.path):
             return
         key = (o.path[o.hop], o.site or "")
-        self.booked.setdefault(key, {})[o.id] = o
+        self.booked.setdefault(key, {})[o.serial] = o
         waiter = self._waiters.get(key)
         if waiter is not None and not waiter.triggered and not self._inbound(*key):
             self._last_ready[key] = o.inbound_trip
             waiter.succeed()
 
-    def _inbound(self, trip_id: str, site: str) -> list[OrderRun]:
+    def _inbound(self, trip_id: str, site: str) -> list[Lot]:
         """Booked freight for (trip, site) that is on its way or being handled there."""
         out = []
         for o in self.booked.get((trip_id, site), {}).values():
@@ -329,18 +451,18 @@ class Model:
                 out.append(o)
         return out
 
-    def _stops_ahead(self, o: OrderRun) -> tuple[str, ...]:
+    def _stops_ahead(self, o: Lot) -> tuple[str, ...]:
         trip = self.net.trips[o.trip or ""]
         stops = trip.stops()
         here = o.boards[o.hop] if o.hop < len(o.boards) else stops[0]
         return stops[stops.index(here) + 1 :] if here in stops else stops
 
-    def _book(self, o: OrderRun) -> None:
-        """Index an order that is not ready yet under the next hop it will board."""
+    def _book(self, o: Lot) -> None:
+        """Index a lot that is not ready yet under the next hop it will board."""
         h = o.pending_hop()
         if h < len(o.path):
             key = (o.path[h], o.boards[h])
-            self.booked.setdefault(key, {})[o.id] = o
+            self.booked.setdefault(key, {})[o.serial] = o
 
     # ------------------------------------------------------------------ processes
     def _operate(self, vehicle_id: str) -> Proc:
@@ -445,22 +567,27 @@ class Model:
         env, trip = self.env, self.net.trips[trip_id]
         booked = self.booked.pop((trip_id, site), {})
         onboard = self.onboard.setdefault(trip_id, [])
-        room = self.net.vehicles[trip.vehicle_id].capacity - len(onboard)
-        for oid in sorted(booked):
-            o = booked[oid]
-            if o.ready and room > 0:
-                room -= 1
-                o.ready = False
-                o.stage = "loaded"
-                o.site = None
-                o.trip = trip_id
-                onboard.append(o)
-                self._book(o)
-                self.observer.scanned(env.now, oid, site, "loaded", trip_id)
+        room = self.net.vehicles[trip.vehicle_id].capacity - sum(len(lot.ids) for lot in onboard)
+        for lot in sorted(booked.values(), key=lambda x: x.ids[0]):
+            if lot.ready and room > 0:
+                if len(lot.ids) > room:
+                    rest = lot
+                    lot = self._split(lot, room)
+                    self._roll(rest, trip_id, site)
+                room -= len(lot.ids)
+                lot.ready = False
+                lot.stage = "loaded"
+                lot.site = None
+                lot.trip = trip_id
+                onboard.append(lot)
+                self._book(lot)
+                if self._observing:
+                    for oid in lot.ids:
+                        self.observer.scanned(env.now, oid, site, "loaded", trip_id)
             else:
-                self._roll(o, trip_id, site)
+                self._roll(lot, trip_id, site)
 
-    def _roll(self, o: OrderRun, missed: str, site: str) -> None:
+    def _roll(self, o: Lot, missed: str, site: str) -> None:
         """The order missed ``missed`` at ``site``: rebook it on the next trip of its hop."""
         h = o.pending_hop()
         nxt = self.net.next_trip(site, o.alight(h), self.env.now, exclude=missed)
@@ -476,7 +603,9 @@ class Model:
             _carry(ledger, self.order_ledger(o), gap)
         _add(ledger, "missed_connection", missed, gap, self.env.now)
         o.miss_ledger = ledger
-        self.observer.rolled(self.env.now, o.id, missed, nxt)
+        if self._observing:
+            for oid in o.ids:
+                self.observer.rolled(self.env.now, oid, missed, nxt)
         if nxt is None:
             return
         o.path[h] = nxt
@@ -532,7 +661,8 @@ class Model:
             _add(run.ledger, "dock_queue", site, wait, queued)
             self.observer.docks(env.now, site, docks.count, int(docks.capacity))
             s = self.net.sites[site]
-            yield env.timeout(self.durations.unload(s, len(alighting), f"{trip_id}/{leg_index}"))
+            count = sum(len(o.ids) for o in alighting)
+            yield env.timeout(self.durations.unload(s, count, f"{trip_id}/{leg_index}"))
             for o in alighting:
                 o.stage = "unloaded"
                 o.site = site
@@ -540,11 +670,13 @@ class Model:
                 o.inbound_trip = trip_id
                 o.inbound_leg = leg_index
                 o.hop += 1
-                self.observer.scanned(env.now, o.id, site, "unloaded", None)
+                if self._observing:
+                    for oid in o.ids:
+                        self.observer.scanned(env.now, oid, site, "unloaded", None)
         self.observer.docks(env.now, site, docks.count, int(docks.capacity))
         env.process(self._sort(site, alighting, f"{trip_id}/{leg_index}"))
 
-    def _sort(self, site: str, batch: list[OrderRun], key: str) -> Proc:
+    def _sort(self, site: str, batch: list[Lot], key: str) -> Proc:
         """Sort a batch at the site's handling capacity (first come, first served)."""
         env = self.env
         for o in batch:
@@ -555,14 +687,19 @@ class Model:
             for o in batch:
                 o.sort_wait = env.now - queued
             s = self.net.sites[site]
-            yield env.timeout(self.durations.sort(s, len(batch), self.rates[site], key))
+            count = sum(len(o.ids) for o in batch)
+            yield env.timeout(self.durations.sort(s, count, self.rates[site], key))
         for o in batch:
             if o.site == o.destination:
                 o.stage = "delivered"
                 o.delivered_at = env.now
                 o.ready = True
-                self.observer.delivered(env.now, o.id, site)
+                if self._observing:
+                    for oid in o.ids:
+                        self.observer.delivered(env.now, oid, site)
                 continue
             o.stage = "sorted"
-            self.observer.scanned(env.now, o.id, site, "sorted", None)
+            if self._observing:
+                for oid in o.ids:
+                    self.observer.scanned(env.now, oid, site, "sorted", None)
             self._make_ready(o)
