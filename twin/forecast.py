@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -147,6 +148,7 @@ class Forecaster:
         seed: int = 0,
         handling_sigma: float = 0.1,
         slowdown_memory: float = SLOWDOWN_MEMORY,
+        workers: int = 1,
     ) -> None:
         if horizon <= 0:
             msg = f"horizon={horizon} must be > 0 seconds"
@@ -160,6 +162,24 @@ class Forecaster:
         self.seed = seed
         self.handling_sigma = handling_sigma
         self.slowdown_memory = slowdown_memory
+        if workers < 1:
+            msg = f"workers={workers} must be at least 1"
+            raise ValueError(msg)
+        #: processes that run replicas in parallel (1: run them in this process)
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def close(self) -> None:
+        """Stop the worker processes, if any."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Forecaster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ running
     def run_replicas(self, state: WorldState, replicas: Sequence[int] | None = None) -> list[ModelResult]:
@@ -168,11 +188,41 @@ class Forecaster:
         Each result carries the provenance (ledgers) of the orders and trips that came out
         late in that replica.
         """
+        ids = list(replicas) if replicas is not None else list(range(self.replicas))
+        if self.workers == 1 or len(ids) < 2:
+            return self._run_here(state, ids)
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, initializer=_init_worker, initargs=(self.network, self._settings())
+            )
+        snap = state.snapshot()
+        k = self.workers
+        chunks = [ids[i::k] for i in range(k) if ids[i::k]]
+        futures = [self._pool.submit(_run_in_worker, snap, chunk) for chunk in chunks]
+        by_replica: dict[int, ModelResult] = {}
+        for chunk, fut in zip(chunks, futures, strict=True):
+            by_replica.update(zip(chunk, fut.result(), strict=True))
+        info = place(state).info
+        out = [by_replica[r] for r in ids]
+        for res in out:
+            res.info = info
+        return out
+
+    def _settings(self) -> dict[str, float | int]:
+        return {
+            "horizon": self.horizon,
+            "replicas": self.replicas,
+            "seed": self.seed,
+            "handling_sigma": self.handling_sigma,
+            "slowdown_memory": self.slowdown_memory,
+        }
+
+    def _run_here(self, state: WorldState, ids: Sequence[int]) -> list[ModelResult]:
         factors, causes = lane_beliefs(state)
         until = state.clock + self.horizon
         placement = place(state)
         out = []
-        for r in replicas if replicas is not None else range(self.replicas):
+        for r in ids:
             durations = ForecastDurations(
                 self.seed, r, state.clock, factors, causes, self.slowdown_memory, self.handling_sigma
             )
@@ -299,6 +349,29 @@ class Forecaster:
                 )
             )  # fmt: skip
         return out
+
+
+_WORKER: dict[str, Forecaster] = {}
+
+
+def _init_worker(network: Network, settings: dict[str, float]) -> None:
+    _WORKER["forecaster"] = Forecaster(
+        network,
+        horizon=settings["horizon"],
+        replicas=int(settings["replicas"]),
+        seed=int(settings["seed"]),
+        handling_sigma=settings["handling_sigma"],
+        slowdown_memory=settings["slowdown_memory"],
+    )
+
+
+def _run_in_worker(snapshot: dict[str, object], replicas: list[int]) -> list[ModelResult]:
+    fc = _WORKER["forecaster"]
+    state = WorldState.from_snapshot(fc.network, snapshot)
+    out = fc._run_here(state, replicas)
+    for res in out:
+        res.info = {}
+    return out
 
 
 def _late_ledgers(model: Model, until: float) -> dict[tuple[str, str], Ledger]:
