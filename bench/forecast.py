@@ -1,0 +1,76 @@
+"""Forecast benchmark: a full Monte Carlo forecast of a mid-day state of the default scenario.
+
+    python bench/forecast.py [--replicas 64] [--horizon-hours 12] [--at-hours 9] [--runs 5]
+
+Replays the default scenario up to ``--at-hours`` (about 100 vehicles, 450 trips, 5,000
+orders in the system at 09:00), then times full forecasts (median of ``--runs``) on one core
+and with replicas in a 2-process pool, and prints peak memory. The naive way to keep
+predictions current is a full re-forecast after every event: its cost per event is the full
+forecast's, printed alongside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scenarios.generate import generate  # noqa: E402
+from scenarios.spec import load_scenario  # noqa: E402
+from twin.forecast import Forecaster  # noqa: E402
+from twin.live import LiveTwin  # noqa: E402
+
+
+def timed(fc: Forecaster, state, runs: int) -> list[float]:
+    fc.forecast(state)  # warm-up (and pool start)
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fc.forecast(state)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--replicas", type=int, default=64)
+    ap.add_argument("--horizon-hours", type=float, default=12.0)
+    ap.add_argument("--at-hours", type=float, default=9.0)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+
+    gen = generate(load_scenario("regional-day"))
+    twin = LiveTwin(gen.network)
+    cut = args.at_hours * 3600
+    twin.apply_all([e for e in gen.events if e.time <= cut])
+    st = twin.state
+    open_orders = sum(1 for o in st.orders.values() if o.stage not in ("delivered", "cancelled"))
+    open_trips = sum(1 for t in st.trips.values() if t.status != "completed")
+    print(
+        f"state at {args.at_hours:g} h: {len(st.vehicles)} vehicles, {open_trips} trips not completed, "
+        f"{open_orders} open orders; {args.replicas} replicas, {args.horizon_hours:g} h horizon, {args.runs} runs"
+    )
+    kwargs = {"horizon": args.horizon_hours * 3600, "replicas": args.replicas, "seed": 1}
+    one = timed(Forecaster(gen.network, **kwargs), st, args.runs)
+    with Forecaster(gen.network, workers=2, **kwargs) as pool:
+        two = timed(pool, st, args.runs)
+    m1, m2 = statistics.median(one), statistics.median(two)
+    print(f"full forecast, 1 core     : median {m1:.3f} s (runs: {', '.join(f'{x:.3f}' for x in one)})  target <= 0.5 s")
+    print(f"full forecast, 2 processes: median {m2:.3f} s (runs: {', '.join(f'{x:.3f}' for x in two)})")
+    print(f"2 processes vs 1 core     : {m1 / m2:.2f}x")
+    print(f"naive upkeep (full re-forecast after every event): {m1:.3f} s per event, {1 / m1:.2f} events/s")
+    print("incremental update after one position event: not implemented (see docs/forecasting.md)")
+    tracemalloc.start()
+    Forecaster(gen.network, **kwargs).forecast(st)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    print(f"peak memory of one forecast: {peak / 2**20:.1f} MiB (tracemalloc)")
+
+
+if __name__ == "__main__":
+    main()
