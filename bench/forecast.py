@@ -60,7 +60,9 @@ def main() -> None:
     with Forecaster(gen.network, workers=2, **kwargs) as pool:
         two = timed(pool, st, args.runs)
     m1, m2 = statistics.median(one), statistics.median(two)
-    print(f"full forecast, 1 core     : median {m1:.3f} s (runs: {', '.join(f'{x:.3f}' for x in one)})  target <= 0.5 s")
+    print(
+        f"full forecast, 1 core     : median {m1:.3f} s (runs: {', '.join(f'{x:.3f}' for x in one)})  target <= 0.5 s"
+    )
     print(f"full forecast, 2 processes: median {m2:.3f} s (runs: {', '.join(f'{x:.3f}' for x in two)})")
     print(f"2 processes vs 1 core     : {m1 / m2:.2f}x")
     print(f"naive upkeep (full re-forecast after every event): {m1:.3f} s per event, {1 / m1:.2f} events/s")
