@@ -3,7 +3,8 @@
 A scenario describes a network (sites, lanes), a fleet and schedule (services: vehicles
 running back and forth over a route), demand (how many orders, between which kinds of site,
 created when), the disruptions the twin is *not* told about, the telemetry cadence, a seed
-and a duration. See ``docs/scenarios.md`` for every field.
+and a duration. README.md lists every field; ``library/two-region-mini/scenario.toml`` is a
+commented example.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ format (CloudEvents JSON with RFC 3339 times) is only known to ``streams.codec``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import ClassVar, Final, Literal
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, ClassVar, Final, Literal
 
 __all__ = [
     "DISPATCH_ACTIONS",
@@ -30,6 +30,8 @@ __all__ = [
     "VehicleDeparted",
     "VehiclePosition",
     "event_fields",
+    "event_from_dict",
+    "event_to_dict",
 ]
 
 ScanKind = Literal["loaded", "unloaded", "sorted"]
@@ -254,6 +256,28 @@ EVENT_TYPES: Final[dict[str, type[Event]]] = {
         TripHandoff,
     )
 }
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """An event as plain JSON-able data: ``{"type": ..., "id": ..., "time": ..., fields}``."""
+    out: dict[str, Any] = {"type": event.TYPE}
+    for f in fields(event):
+        value = getattr(event, f.name)
+        if isinstance(value, tuple):
+            value = [asdict(v) if is_dataclass(v) and not isinstance(v, type) else v for v in value]
+        out[f.name] = value
+    return out
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Inverse of :func:`event_to_dict`."""
+    values = dict(data)
+    cls = EVENT_TYPES[values.pop("type")]
+    if "path" in values:
+        values["path"] = tuple(values["path"])
+    if cls is TripHandoff:
+        values["orders"] = tuple(OrderOnBoard(**{**o, "path": tuple(o["path"])}) for o in values.get("orders", ()))
+    return cls(**values)
 
 
 def event_fields(cls: type[Event]) -> tuple[str, ...]:

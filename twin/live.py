@@ -9,7 +9,7 @@ from typing import Any, Final
 
 from twin.clock import TwinEnvironment
 from twin.errors import Rejection, ValidationError
-from twin.events import Event
+from twin.events import Event, event_from_dict, event_to_dict
 from twin.network import Network
 from twin.state import PARK, WorldState
 
@@ -207,12 +207,12 @@ class LiveTwin:
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self) -> dict[str, Any]:
-        """Plain data: world state, dedup window, parked events, counters."""
+        """Plain JSON-able data: world state, dedup window, parked events, counters."""
         return {
             "state": self.state.snapshot(),
             "lateness": self.lateness,
-            "seen": list(self._seen_order),
-            "parked": [(t, key, ev) for t, key, ev in self._parked_order],
+            "seen": [[t, i] for t, i in self._seen_order],
+            "parked": [[t, key, event_to_dict(ev)] for t, key, ev in self._parked_order],
             "applied": dict(self.stats.applied),
             "rejected": dict(self.stats.rejected),
         }
@@ -224,7 +224,8 @@ class LiveTwin:
         twin = cls(network, lateness=snap["lateness"], state=state)
         twin._seen_order = deque((t, i) for t, i in snap["seen"])
         twin._seen = {i for _, i in twin._seen_order}
-        for t, key, ev in snap["parked"]:
+        for t, key, data in snap["parked"]:
+            ev = event_from_dict(data)
             twin._parked.setdefault(key, []).append(ev)
             twin._parked_order.append((t, key, ev))
             twin._parked_ids.add(ev.id)

@@ -573,7 +573,7 @@ def _slots(obj: object) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in type(obj).__slots__:  # type: ignore[attr-defined]
         value = getattr(obj, name)
-        if isinstance(value, list):
+        if isinstance(value, list | tuple):
             value = list(value)
         elif isinstance(value, dict):
             value = dict(value)
