@@ -41,7 +41,7 @@ def test_parked_events_survive_a_snapshot(mini_scenario):
     from twin.events import OrderCreated, OrderScanned
 
     twin = LiveTwin(mini_scenario.network)
-    twin.apply(OrderScanned(id="early", time=10.0, order_id="LATE-ORDER", site_id="A-WH", kind="sorted"))
+    twin.apply(OrderScanned(id="early", time=30.0, order_id="LATE-ORDER", site_id="A-WH", kind="sorted"))
     snap = _plain(twin.snapshot())
     resumed = LiveTwin.from_snapshot(mini_scenario.network, snap)
     assert resumed.stats.parked == 1
