@@ -57,3 +57,19 @@ def test_bad_scenario_is_a_clear_error(tmp_path):
     assert "twin: error:" in done.stderr and "scenario.seed: is required" in done.stderr
     done = _twin("run", "atlantis", "--cache-dir", str(tmp_path))
     assert done.returncode == 2 and "no scenario 'atlantis'" in done.stderr
+
+
+def test_two_runs_with_the_same_seed_give_identical_outputs(tmp_path):
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        done = _twin(
+            "run", "two-region-mini", "--cache-dir", str(tmp_path / f"cache-{name}"), "--out", str(out),
+            "--forecast-every", "7200", "--replicas", "8", "--quiet",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        outs.append(out)
+    for name in ("orders.parquet", "vehicles.parquet", "rejections.parquet", "predictions.parquet"):
+        a, b = pl.read_parquet(outs[0] / name), pl.read_parquet(outs[1] / name)
+        assert a.equals(b), name
+    assert pl.read_parquet(outs[0] / "predictions.parquet").height > 0
