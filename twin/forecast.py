@@ -337,11 +337,17 @@ class Forecaster:
         p_late = late.sum(axis=0) / n
         delay = np.where(late, np.maximum(effective - due, 0.0), 0.0).sum(axis=0) / n
         out = []
+        # orders of one lot share their ledgers in every replica: compute their chain once
+        memo: dict[tuple[int, ...], tuple[Cause, ...]] = {}
         for k, eid in enumerate(ids):
             chain: tuple[Cause, ...] = ()
             if p_late[k] > 0:
-                ledgers = [ledger_of(results[r], eid) for r in np.flatnonzero(late[:, k])]
-                chain = _chain([led for led in ledgers if led], n)
+                ledgers = [led for r in np.flatnonzero(late[:, k]) if (led := ledger_of(results[r], eid))]
+                key = tuple(map(id, ledgers))
+                found = memo.get(key)
+                if found is None:
+                    found = memo[key] = _chain(ledgers, n)
+                chain = found
             out.append(
                 PredictedState(
                     kind, eid, as_of, qs[0.1][k], qs[0.5][k], qs[0.9][k],

@@ -348,7 +348,11 @@ class Model:
         for t in placement.ready:
             self._make_ready(self._new_lot(t))
         for vid in sorted(net.vehicles):
-            env.process(self._operate(vid))
+            if any(self.trips[t].arrivals[-1] is None or self.onboard.get(t) for t in net.rotations[vid]):
+                env.process(self._operate(vid))
+            else:
+                v = st.vehicles[vid]
+                self.vehicle_site[vid] = v.site_id if v.status == "at_site" else None
         return self
 
     def _new_lot(self, template: Lot) -> Lot:
