@@ -15,7 +15,15 @@ from typing import Final, Protocol
 from twin.lane import Lane
 from twin.site import Site
 
-__all__ = ["Durations", "NominalDurations", "StochasticDurations", "keyed_normal", "keyed_random", "whole"]
+__all__ = [
+    "Durations",
+    "NominalDurations",
+    "StochasticDurations",
+    "keyed_normal",
+    "keyed_random",
+    "keyed_uniform",
+    "whole",
+]
 
 _MASK: Final = (1 << 64) - 1
 _KEY_HASHES: dict[str, int] = {}
@@ -45,6 +53,16 @@ def _key_hash(key: str) -> int:
     return h
 
 
+def keyed_uniform(seed: int, replica: int, key: str) -> float:
+    """A uniform draw in (0, 1) that depends only on (seed, replica, activity key)."""
+    z = (_key_hash(key) ^ ((seed * 0x9E3779B97F4A7C15) & _MASK) ^ ((replica * 0xBF58476D1CE4E5B9) & _MASK)) & _MASK
+    z = (z + 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    z ^= z >> 31
+    return ((z >> 11) + 0.5) / (1 << 53)
+
+
 def keyed_normal(seed: int, replica: int, key: str) -> float:
     """A standard normal draw that depends only on (seed, replica, activity key).
 
@@ -52,13 +70,7 @@ def keyed_normal(seed: int, replica: int, key: str) -> float:
     SplitMix64, and the resulting uniform is mapped through the normal inverse CDF. This is
     what makes common random numbers cheap: no generator is seeded per draw.
     """
-    z = (_key_hash(key) ^ ((seed * 0x9E3779B97F4A7C15) & _MASK) ^ ((replica * 0xBF58476D1CE4E5B9) & _MASK)) & _MASK
-    z = (z + 0x9E3779B97F4A7C15) & _MASK
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
-    z ^= z >> 31
-    u = ((z >> 11) + 0.5) / (1 << 53)
-    return _INV_CDF(u)
+    return _INV_CDF(keyed_uniform(seed, replica, key))
 
 
 class Durations(Protocol):
@@ -74,6 +86,10 @@ class Durations(Protocol):
 
     def lane_cause(self, lane: Lane) -> tuple[str, str]:
         """(mechanism, entity) to blame for time on the lane beyond nominal."""
+        ...
+
+    def recovery(self, site: Site, start: float) -> float | None:
+        """When a site that lost capacity gets it back (None: not within the run)."""
         ...
 
     def unload(self, site: Site, orders: int, key: str) -> float:
@@ -106,6 +122,10 @@ class NominalDurations:
     def travel(self, trip_id: str, leg: int, lane: Lane, start: float, remaining: float) -> float:
         """Nominal time for the remaining fraction, scaled by the lane's factor."""
         return whole(lane.travel_time * self.lane_factor(lane) * remaining)
+
+    def recovery(self, site: Site, start: float) -> float | None:
+        """Nominal runs assume lost capacity stays lost."""
+        return None
 
     def unload(self, site: Site, orders: int, key: str) -> float:
         """Fixed dock time plus a time per order."""

@@ -18,8 +18,9 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from twin.durations import StochasticDurations, whole
+from twin.durations import StochasticDurations, keyed_uniform, whole
 from twin.lane import Lane
+from twin.site import Site
 from twin.model import ROOT_CAUSES, Ledger, Model, ModelResult, place
 from twin.network import Network
 from twin.state import WorldState
@@ -106,6 +107,15 @@ def lane_beliefs(state: WorldState) -> tuple[dict[str, float], dict[str, tuple[s
     return factors, causes
 
 
+def lane_ends(state: WorldState) -> dict[str, float]:
+    """Reported end of the disruption on each lane that has one."""
+    out: dict[str, float] = {}
+    for d in state.disruptions.values():
+        if d.cleared_at is None and d.expected_end is not None and d.target_id in state.lanes:
+            out[d.target_id] = max(out.get(d.target_id, 0.0), d.expected_end)
+    return out
+
+
 class ForecastDurations(StochasticDurations):
     """Replica durations: keyed lognormal noise, and observed slowdowns fading with time."""
 
@@ -118,17 +128,36 @@ class ForecastDurations(StochasticDurations):
         lane_causes: dict[str, tuple[str, str]],
         memory: float = SLOWDOWN_MEMORY,
         handling_sigma: float = 0.1,
+        lane_ends: dict[str, float] | None = None,
     ) -> None:
         super().__init__(seed, replica, lane_factors, handling_sigma, lane_causes)
         self.now = now
         self.memory = memory
+        #: reported end of a disruption on a lane
+        self.lane_ends = lane_ends or {}
 
     def factor_at(self, lane: Lane, t: float) -> float:
-        """The lane's slowdown expected at time ``t``: the belief now, fading toward 1."""
+        """The lane's slowdown at time ``t`` in this replica.
+
+        The believed slowdown lasts until its reported end, or, for one only observed, for a
+        duration drawn per replica (exponential, mean ``memory``): the replicas spread over
+        how long it lasts instead of all assuming the same.
+        """
         f0 = self.lane_factor(lane)
-        if f0 == 1.0 or self.memory <= 0:
+        if f0 == 1.0:
             return f0
-        return 1.0 + (f0 - 1.0) * math.exp(-max(0.0, t - self.now) / self.memory)
+        end = self.lane_ends.get(lane.id)
+        if end is None:
+            if self.memory <= 0:
+                return f0
+            end = self.now - self.memory * math.log(keyed_uniform(self.seed, self.replica, f"recover/{lane.id}"))
+        return f0 if t < end else 1.0
+
+    def recovery(self, site: Site, start: float) -> float | None:
+        """A site's lost capacity returns after a drawn time (exponential, mean ``memory``)."""
+        if self.memory <= 0:
+            return None
+        return start - self.memory * math.log(keyed_uniform(self.seed, self.replica, f"recover/{site.id}"))
 
     def travel(self, trip_id: str, leg: int, lane: Lane, start: float, remaining: float) -> float:
         """Nominal time times the fading slowdown at departure times the keyed noise."""
@@ -220,11 +249,12 @@ class Forecaster:
     def _run_here(self, state: WorldState, ids: Sequence[int]) -> list[ModelResult]:
         factors, causes = lane_beliefs(state)
         until = state.clock + self.horizon
-        placement = place(state)
+        placement = place(state, causes)
+        ends = lane_ends(state)
         out = []
         for r in ids:
             durations = ForecastDurations(
-                self.seed, r, state.clock, factors, causes, self.slowdown_memory, self.handling_sigma
+                self.seed, r, state.clock, factors, causes, self.slowdown_memory, self.handling_sigma, ends
             )
             model = Model(state, durations, placement=placement).build()
             model.run(until)

@@ -20,6 +20,7 @@ Phases: ``build()`` -> ``run(until)`` -> ``collect()``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -41,6 +42,7 @@ __all__ = [
     "OrderView",
     "Placement",
     "TripRun",
+    "observed_history",
     "place",
 ]
 
@@ -213,12 +215,55 @@ class Placement:
     onboard: list[Lot]
     unsorted: list[Lot]
     ready: list[Lot]
+    #: provenance of delays already observed, per trip: (running ledger, ledgers at arrival per leg)
+    history: dict[str, tuple[Ledger, dict[int, Ledger]]] = field(default_factory=dict)
 
 
 _GroupKey = tuple[str, str | None, str | None, int, tuple[str, ...], tuple[str, ...], str]
 
 
-def place(state: WorldState) -> Placement:
+def observed_history(
+    state: WorldState, lane_causes: dict[str, tuple[str, str]] | None = None
+) -> dict[str, tuple[Ledger, dict[int, Ledger]]]:
+    """Provenance of the delays the state has already observed, per trip.
+
+    A late first departure goes to the vehicle's previous trip when that one arrived late
+    (carrying its history along), else to the departure itself; time on a completed leg
+    beyond the lane's nominal time goes to the lane (or to a reported disruption on it).
+    """
+    net = state.network
+    causes = lane_causes or {}
+    out: dict[str, tuple[Ledger, dict[int, Ledger]]] = {}
+    for trip in sorted(net.trips.values(), key=lambda t: (t.planned_departure, t.id)):
+        ts = state.trips[trip.id]
+        dep0 = ts.departures[0]
+        if dep0 is None:
+            continue
+        led: Ledger = {}
+        arrivals: dict[int, Ledger] = {}
+        late = dep0 - trip.planned_departure
+        if late > 0:
+            prev = net.previous_trip(trip.id)
+            prev_arrival = state.trips[prev].arrivals[-1] if prev is not None else None
+            if prev is not None and prev_arrival is not None and prev_arrival > net.trips[prev].planned_arrival:
+                if prev in out:
+                    _carry(led, out[prev][0], late)
+                _add(led, "vehicle_rotation", prev, late, dep0)
+            else:
+                _add(led, "held_departure", trip.id, late, dep0)
+        for i, leg in enumerate(trip.legs):
+            d, a = ts.departures[i], ts.arrivals[i]
+            if d is None or a is None:
+                break
+            excess = (a - d) - net.lanes[leg.lane_id].travel_time
+            mechanism, entity = causes.get(leg.lane_id, ("lane_slowdown", leg.lane_id))
+            _add(led, mechanism, entity, excess, d)
+            arrivals[i] = {k: list(v) for k, v in led.items()}
+        out[trip.id] = (led, arrivals)
+    return out
+
+
+def place(state: WorldState, lane_causes: dict[str, tuple[str, str]] | None = None) -> Placement:
     """Group the state's open orders into lots (shared by every replica of a forecast)."""
     net = state.network
     groups: dict[_GroupKey, list[str]] = {}
@@ -240,7 +285,7 @@ def place(state: WorldState) -> Placement:
         key: _GroupKey = (where, site, trip, o.hop, tuple(o.path), tuple(o.boards), o.destination)
         groups.setdefault(key, []).append(oid)
         since[key] = min(since.get(key, o.obs_time), o.obs_time)
-    out = Placement(info, [], [], [])
+    out = Placement(info, [], [], [], observed_history(state, lane_causes))
     for key in sorted(groups, key=lambda k: min(groups[k])):
         where, site, trip, hop, path, boards, destination = key
         lot = Lot(
@@ -254,6 +299,11 @@ def place(state: WorldState) -> Placement:
             str(trip) if trip is not None else None,
             since=since[key],
         )
+        if site is not None and 0 < hop <= len(path):
+            # waiting at a transfer site: remember which trip (and leg) brought it here
+            came = net.trips[path[hop - 1]]
+            lot.inbound_trip = came.id
+            lot.inbound_leg = next((i for i, lg in enumerate(came.legs) if lg.destination == site), len(came.legs) - 1)
         getattr(out, where).append(lot)
     return out
 
@@ -313,6 +363,7 @@ class Model:
         self.onboard: dict[str, list[Lot]] = {}
         self._waiters: dict[tuple[str, str], simpy.Event] = {}
         self._last_ready: dict[tuple[str, str], str | None] = {}
+        self._deadlines: dict[tuple[str, str], float] = {}
         #: where each vehicle currently is (site id) or None while driving
         self.vehicle_site: dict[str, str | None] = {}
         #: (lane id, start time, start progress, end time) of vehicles on the road
@@ -329,12 +380,21 @@ class Model:
         env, net, st = self.env, self.net, self.state
         for sid, site in net.sites.items():
             s = st.sites[sid]
-            self.docks[sid] = simpy.Resource(env, capacity=max(1, s.docks_in_service))
+            self.docks[sid] = simpy.Resource(env, capacity=max(site.docks, s.docks_in_service, 1))
             self.sorters[sid] = simpy.Resource(env, capacity=1)
             self.rates[sid] = s.handling_rate if s.handling_rate > 0 else site.handling_rate
-        for tid, ts in st.trips.items():
-            self.trips[tid] = TripRun(list(ts.departures), list(ts.arrivals))
+            lost = site.docks - max(1, s.docks_in_service)
+            if lost > 0 or self.rates[sid] < site.handling_rate:
+                env.process(self._capacity_loss(sid, max(0, lost)))
         placement = self.placement if self.placement is not None else place(st)
+        for tid, ts in st.trips.items():
+            run = self.trips[tid] = TripRun(list(ts.departures), list(ts.arrivals))
+            seen = placement.history.get(tid)
+            if seen is not None:
+                run.ledger = {k: list(v) for k, v in seen[0].items()}
+                run.arrival_ledgers = dict(seen[1])
+                if ts.arrivals[-1] is not None:
+                    run.release_ledger = run.ledger
         self.info = dict(placement.info)
         for t in placement.onboard:
             lot = self._new_lot(t)
@@ -358,7 +418,8 @@ class Model:
     def _new_lot(self, template: Lot) -> Lot:
         lot = Lot(
             template.ids, template.destination, list(template.path), template.boards, template.hop,
-            template.stage, template.site, template.trip, since=template.since, serial=len(self.lots),
+            template.stage, template.site, template.trip, inbound_trip=template.inbound_trip,
+            inbound_leg=template.inbound_leg, since=template.since, serial=len(self.lots),
         )  # fmt: skip
         self.lots.append(lot)
         return lot
@@ -438,21 +499,38 @@ class Model:
             return
         if o.hop >= len(o.path):
             return
-        key = (o.path[o.hop], o.site or "")
+        tid = o.path[o.hop]
+        leg = self.net.leg_index(tid, o.site or "")
+        if leg >= 0 and (self.trips[tid].departures[leg] is not None or self.state.trips[tid].cancelled):
+            # booked on a trip that already left (or will not run): the next one of the hop
+            self._roll(o, tid, o.site or "")
+            return
+        key = (tid, o.site or "")
         self.booked.setdefault(key, {})[o.serial] = o
         waiter = self._waiters.get(key)
-        if waiter is not None and not waiter.triggered and not self._inbound(*key):
+        if waiter is not None and not waiter.triggered and not self._inbound(*key, by=self._deadlines[key]):
             self._last_ready[key] = o.inbound_trip
             waiter.succeed()
 
-    def _inbound(self, trip_id: str, site: str) -> list[Lot]:
-        """Booked freight for (trip, site) that is on its way or being handled there."""
+    def _inbound(self, trip_id: str, site: str, by: float = math.inf) -> list[Lot]:
+        """Booked freight for (trip, site) that is being handled there, or is on a vehicle
+        whose current leg ends there before ``by`` (freight further out is not waited for).
+        """
         out = []
         for o in self.booked.get((trip_id, site), {}).values():
             if o.ready:
                 continue
-            if o.site == site or (o.trip is not None and site in self._stops_ahead(o)):
+            if o.site == site:
                 out.append(o)
+            elif o.trip is not None:
+                vid = self.net.trips[o.trip].vehicle_id
+                on_road = self.vehicle_leg.get(vid)
+                if on_road is None and self.vehicle_site.get(vid) == site:
+                    out.append(o)  # arrived, being unloaded
+                elif on_road is not None and self.net.lanes[on_road[0]].destination == site and on_road[3] < by:
+                    out.append(o)
+                elif by == math.inf and site in self._stops_ahead(o):
+                    out.append(o)
         return out
 
     def _stops_ahead(self, o: Lot) -> tuple[str, ...]:
@@ -484,6 +562,7 @@ class Model:
                 if self.onboard.get(tid):
                     yield from self._unload(tid, len(trip.legs) - 1, trip.destination)
                 run.released = self.env.now
+                run.release_ledger = run.ledger
                 continue
             if st.trips[tid].cancelled:
                 self._cancel(tid)
@@ -502,23 +581,29 @@ class Model:
             run.released = self.env.now
             run.release_ledger = run.ledger
 
-    def _observed_delay(self, trip_id: str, leg_index: int, remaining: float) -> None:
-        """Provenance of the delay a trip on the road had before the snapshot.
+    def _capacity_loss(self, site_id: str, docks: int) -> Proc:
+        """Docks out of service stay taken, and sorting stays slow, until the site recovers."""
+        site = self.net.sites[site_id]
+        back = self.durations.recovery(site, self.env.now)
+        requests = [self.docks[site_id].request() for _ in range(docks)]
+        for req in requests:
+            yield req
+        if back is None:
+            return
+        if back > self.env.now:
+            yield self.env.timeout(back - self.env.now)
+        for req in requests:
+            self.docks[site_id].release(req)
+        self.rates[site_id] = max(self.rates[site_id], site.handling_rate)
 
-        A late first departure is put on the vehicle's previous trip when that one arrived
-        late, else on the departure itself; progress behind nominal is put on the lane.
+    def _observed_delay(self, trip_id: str, leg_index: int, remaining: float) -> None:
+        """Provenance of a trip on the road: progress behind nominal so far is put on the lane.
+
+        (Its late departure, if any, is already in the observed history from ``place``.)
         """
         run, trip = self.trips[trip_id], self.net.trips[trip_id]
         leg = trip.legs[leg_index]
         dep = run.departures[leg_index] or 0.0
-        if leg_index == 0 and dep > leg.planned_departure:
-            late = dep - leg.planned_departure
-            prev = self.net.previous_trip(trip_id)
-            prev_arrival = self.trips[prev].arrivals[-1] if prev is not None else None
-            if prev is not None and prev_arrival is not None and prev_arrival > self.net.trips[prev].planned_arrival:
-                _add(run.ledger, "vehicle_rotation", prev, late, dep)
-            else:
-                _add(run.ledger, "held_departure", trip_id, late, dep)
         lane = self.net.lanes[leg.lane_id]
         behind = (self.env.now - dep) - (1.0 - remaining) * lane.travel_time
         if behind > 0:
@@ -547,15 +632,16 @@ class Model:
             _add(run.ledger, "held_departure", trip_id, env.now - start, start)
         if leg_index == 0 and not ts.depart_now:
             deadline = planned + trip.hold_limit
-            inbound = self._inbound(trip_id, site)
+            inbound = self._inbound(trip_id, site, by=deadline)
             if inbound and env.now < deadline:
                 waiter = env.event()
                 self._waiters[(trip_id, site)] = waiter
+                self._deadlines[(trip_id, site)] = deadline
                 start = env.now
                 yield waiter | env.timeout(deadline - env.now)
                 del self._waiters[(trip_id, site)]
                 run.hold_seconds = env.now - start
-                still = self._inbound(trip_id, site)
+                still = self._inbound(trip_id, site, by=deadline)
                 last = self._last_ready.pop((trip_id, site), None)
                 culprit = min(o.inbound_trip or "" for o in still) if still else last
                 run.held_for = culprit or None
@@ -594,10 +680,11 @@ class Model:
     def _roll(self, o: Lot, missed: str, site: str) -> None:
         """The order missed ``missed`` at ``site``: rebook it on the next trip of its hop."""
         h = o.pending_hop()
-        nxt = self.net.next_trip(site, o.alight(h), self.env.now, exclude=missed)
-        o.rolls += 1
         trips = self.net.trips
         missed_dep = trips[missed].legs[max(0, self.net.leg_index(missed, site))].planned_departure
+        # strictly later than the missed trip's plan: rolling always moves forward
+        nxt = self.net.next_trip(site, o.alight(h), max(self.env.now, missed_dep + 1e-6), exclude=missed)
+        o.rolls += 1
         if nxt is not None:
             gap = trips[nxt].legs[max(0, self.net.leg_index(nxt, site))].planned_departure - missed_dep
         else:

@@ -117,20 +117,35 @@ def test_held_connection_cascade_to_the_second():
 
 
 def test_missed_connection_rolls_to_next_trip():
-    # Same, but T2 may only be held 600 s: it leaves at 5100 without O1, which rolls to T4
-    # (planned 9000), arrives 12600, unloads until 13202, is delivered after 1 s of sorting.
+    # Same, but T2 may only be held 600 s (until 5100) and T1 only reaches B at 5400: waiting
+    # cannot help, so T2 leaves on time at 4500 and O1 rolls to T4 (planned 9000). T4 arrives
+    # at 12600; O1 is unloaded (602 s) and sorted (1 s): delivered at 13203.
     net = _abc_network(hold=600.0)
     rec = Recorder()
     model = Model(WorldState(net), NominalDurations({"A->B": 1.5}), observer=rec).build()
     model.add_order("O1", "A", "C", 99999, ["T1", "T2"], ["A", "B"])
     model.run(30000)
     res = model.collect()
-    assert res.trips["T2"].departures == [5100.0]
-    assert (5100.0, "rolled:T2->T4", "O1") in rec.log
+    assert res.trips["T2"].departures == [4500.0]
+    assert res.trips["T2"].hold_seconds == 0.0
+    assert (4500.0, "rolled:T2->T4", "O1") in rec.log
     assert res.orders["O1"].path == ["T1", "T4"]
     assert res.trips["T4"].departures == [9000.0]
     assert res.orders["O1"].delivered_at == 12600.0 + 602.0 + 1.0
     assert res.orders["O1"].rolls == 1
+
+
+def test_hold_waits_only_for_freight_due_before_the_deadline():
+    # T1 is slowed 1.2x: it reaches B at 4320, before T2's hold deadline (4500 + 600 = 5100).
+    # O1 is unloaded at 4922 and sorted at 4923: T2 waits for it and leaves at 4923.
+    net = _abc_network(hold=600.0)
+    model = Model(WorldState(net), NominalDurations({"A->B": 1.2})).build()
+    model.add_order("O1", "A", "C", 99999, ["T1", "T2"], ["A", "B"])
+    model.run(30000)
+    res = model.collect()
+    assert res.trips["T1"].arrivals == [4320.0]
+    assert res.trips["T2"].departures == [4923.0]
+    assert res.orders["O1"].rolls == 0
 
 
 def test_dock_contention_queues_bunched_arrivals():
