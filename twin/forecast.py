@@ -20,9 +20,9 @@ import numpy.typing as npt
 
 from twin.durations import StochasticDurations, keyed_uniform, whole
 from twin.lane import Lane
-from twin.site import Site
 from twin.model import ROOT_CAUSES, Ledger, Model, ModelResult, place
 from twin.network import Network
+from twin.site import Site
 from twin.state import WorldState
 
 __all__ = [

@@ -513,8 +513,10 @@ class Model:
             waiter.succeed()
 
     def _inbound(self, trip_id: str, site: str, by: float = math.inf) -> list[Lot]:
-        """Booked freight for (trip, site) that is being handled there, or is on a vehicle
-        whose current leg ends there before ``by`` (freight further out is not waited for).
+        """Booked freight for (trip, site) that can make it before ``by``.
+
+        That is freight being handled at the site, or on a vehicle there or whose current leg
+        ends there before ``by``; freight further out is not waited for.
         """
         out = []
         for o in self.booked.get((trip_id, site), {}).values():
