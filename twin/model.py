@@ -220,6 +220,8 @@ class Placement:
 
 
 _GroupKey = tuple[str, str | None, str | None, int, tuple[str, ...], tuple[str, ...], str]
+#: Time freight normally spends between unloading and sorted; beyond it is a handling backlog.
+SORT_ALLOWANCE = 600.0
 
 
 def observed_history(
@@ -250,6 +252,16 @@ def observed_history(
                     _carry(led, out[prev][0], late)
                 _add(led, "vehicle_rotation", prev, late, dep0)
             else:
+                # the vehicle was there: it waited for freight; at a site running below its
+                # nominal capacity at the time, that freight was stuck in its dock or sorting queue
+                site = state.sites[trip.origin]
+                if (
+                    site.degraded_from is not None
+                    and site.degraded_to is not None
+                    and (site.degraded_from <= dep0 <= site.degraded_to + 2 * 3600.0)
+                ):
+                    short_docks = site.docks_in_service < net.sites[trip.origin].docks
+                    _add(led, "dock_queue" if short_docks else "handling_backlog", trip.origin, late, dep0)
                 _add(led, "held_departure", trip.id, late, dep0)
         for i, leg in enumerate(trip.legs):
             d, a = ts.departures[i], ts.arrivals[i]
@@ -263,11 +275,30 @@ def observed_history(
     return out
 
 
+def _observed_misses(state: WorldState, misses: list[list[object]]) -> Ledger:
+    """Missed connections seen in the live state, with the site's condition as their cause."""
+    net = state.network
+    led: Ledger = {}
+    for booked, site, at in misses:
+        b, where, t = str(booked), str(site), float(at)  # type: ignore[arg-type]
+        leg = net.leg_index(b, where)
+        planned = net.trips[b].legs[max(0, leg)].planned_departure
+        # it left at ``t`` (the loaded scan) instead of the booked trip's planned departure
+        gap = t - planned
+        s = state.sites[where]
+        if s.degraded_from is not None and s.degraded_to is not None and s.degraded_from <= t <= s.degraded_to + 7200.0:
+            short_docks = s.docks_in_service < net.sites[where].docks
+            _add(led, "dock_queue" if short_docks else "handling_backlog", where, gap, planned)
+        _add(led, "missed_connection", b, gap, planned)
+    return led
+
+
 def place(state: WorldState, lane_causes: dict[str, tuple[str, str]] | None = None) -> Placement:
     """Group the state's open orders into lots (shared by every replica of a forecast)."""
     net = state.network
     groups: dict[_GroupKey, list[str]] = {}
     since: dict[_GroupKey, float] = {}
+    misses: dict[_GroupKey, list[list[object]]] = {}
     info: dict[str, OrderInfo] = {}
     for oid, o in state.orders.items():
         if o.stage in ("delivered", "cancelled"):
@@ -281,9 +312,18 @@ def place(state: WorldState, lane_causes: dict[str, tuple[str, str]] | None = No
                 where, trip = "onboard", o.trip_id
         elif o.stage == "unloaded" and o.site_id is not None:
             where = "unsorted"
+            # freight unloaded together is sorted together: keep unloadings apart
+            trip = f"@{o.obs_time!r}"
+        elif o.stage == "sorted" and o.unloaded_at is not None and o.sorted_at is not None:
+            # how long it waited for the sorter beyond a normal turn (10 minutes)
+            trip = f"~{max(0, round(o.sorted_at - o.unloaded_at - SORT_ALLOWANCE))}"
         site = o.site_id if where != "onboard" else None
+        if o.misses:
+            trip = f"{trip}|" + "|".join(f"{m[0]}@{m[1]}" for m in o.misses)
         key: _GroupKey = (where, site, trip, o.hop, tuple(o.path), tuple(o.boards), o.destination)
         groups.setdefault(key, []).append(oid)
+        if o.misses:
+            misses[key] = o.misses
         since[key] = min(since.get(key, o.obs_time), o.obs_time)
     out = Placement(info, [], [], [], observed_history(state, lane_causes))
     for key in sorted(groups, key=lambda k: min(groups[k])):
@@ -296,9 +336,13 @@ def place(state: WorldState, lane_causes: dict[str, tuple[str, str]] | None = No
             hop,
             "loaded" if where == "onboard" else ("unloaded" if where == "unsorted" else "sorted"),
             None if where == "onboard" else str(site),
-            str(trip) if trip is not None else None,
+            trip.split("|")[0] if where == "onboard" and trip is not None else None,
             since=since[key],
         )
+        if trip is not None and trip.startswith("~"):
+            lot.sort_wait = float(trip.split("|")[0][1:])
+        if key in misses:
+            lot.miss_ledger = _observed_misses(state, misses[key])
         if site is not None and 0 < hop <= len(path):
             # waiting at a transfer site: remember which trip (and leg) brought it here
             came = net.trips[path[hop - 1]]
@@ -400,11 +444,16 @@ class Model:
             lot = self._new_lot(t)
             self.onboard.setdefault(lot.trip or "", []).append(lot)
             self._book(lot)
-        batches: dict[str, list[Lot]] = {}
+        # freight unloaded before the snapshot and not sorted yet: one batch per unloading, in
+        # the order they were unloaded; the sorter has been at the first one since it arrived
+        batches: dict[tuple[str, float], list[Lot]] = {}
         for t in sorted(placement.unsorted, key=lambda x: (x.since, x.ids[0])):
-            batches.setdefault(t.site or "", []).append(self._new_lot(t))
-        for sid in sorted(batches):
-            env.process(self._sort(sid, batches[sid], f"init/{sid}"))
+            batches.setdefault((t.site or "", t.since), []).append(self._new_lot(t))
+        started: set[str] = set()
+        for sid, since in sorted(batches, key=lambda k: (k[1], k[0])):
+            credit = 0.0 if sid in started else max(0.0, env.now - since)
+            started.add(sid)
+            env.process(self._sort(sid, batches[(sid, since)], f"init/{sid}/{since!r}", credit))
         for t in placement.ready:
             self._make_ready(self._new_lot(t))
         for vid in sorted(net.vehicles):
@@ -419,7 +468,9 @@ class Model:
         lot = Lot(
             template.ids, template.destination, list(template.path), template.boards, template.hop,
             template.stage, template.site, template.trip, inbound_trip=template.inbound_trip,
-            inbound_leg=template.inbound_leg, since=template.since, serial=len(self.lots),
+            inbound_leg=template.inbound_leg, sort_wait=template.sort_wait, since=template.since,
+            miss_ledger={k: list(v) for k, v in template.miss_ledger.items()} if template.miss_ledger else None,
+            serial=len(self.lots),
         )  # fmt: skip
         self.lots.append(lot)
         return lot
@@ -769,8 +820,11 @@ class Model:
         self.observer.docks(env.now, site, docks.count, int(docks.capacity))
         env.process(self._sort(site, alighting, f"{trip_id}/{leg_index}"))
 
-    def _sort(self, site: str, batch: list[Lot], key: str) -> Proc:
-        """Sort a batch at the site's handling capacity (first come, first served)."""
+    def _sort(self, site: str, batch: list[Lot], key: str, credit: float = 0.0) -> Proc:
+        """Sort a batch at the site's handling capacity (first come, first served).
+
+        ``credit`` is sorting already done on the batch before the model started.
+        """
         env = self.env
         for o in batch:
             self._book(o)
@@ -781,7 +835,7 @@ class Model:
                 o.sort_wait = env.now - queued
             s = self.net.sites[site]
             count = sum(len(o.ids) for o in batch)
-            yield env.timeout(self.durations.sort(s, count, self.rates[site], key))
+            yield env.timeout(max(1.0, self.durations.sort(s, count, self.rates[site], key) - credit))
         for o in batch:
             if o.site == o.destination:
                 o.stage = "delivered"

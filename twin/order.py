@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 __all__ = ["ORDER_STAGES", "OrderState", "stage_rank"]
@@ -38,6 +38,11 @@ class OrderState:
     trip_id: str | None = None
     hop: int = 0
     delivered_at: float | None = None
+    #: latest unloaded and sorted scans (how long the freight waited for the sorter)
+    unloaded_at: float | None = None
+    sorted_at: float | None = None
+    #: connections it missed, seen from loaded scans on later trips: [booked trip, site, time]
+    misses: list[list[object]] = field(default_factory=list)
     obs_time: float = float("-inf")
     obs_id: str = ""
 

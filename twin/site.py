@@ -40,3 +40,11 @@ class SiteState:
     dock_obs_id: str = ""
     rate_obs_time: float = float("-inf")
     rate_obs_id: str = ""
+    #: first and last time a reading showed the site below its nominal docks or handling rate
+    degraded_from: float | None = None
+    degraded_to: float | None = None
+
+    def degraded(self, time: float) -> None:
+        """Record a reading below nominal capacity (kept as an interval: order does not matter)."""
+        self.degraded_from = time if self.degraded_from is None else min(self.degraded_from, time)
+        self.degraded_to = time if self.degraded_to is None else max(self.degraded_to, time)

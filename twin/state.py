@@ -229,6 +229,8 @@ class WorldState:
             return _unknown("site", ev.site_id)
         if ev.in_service < 0 or not 0 <= ev.occupied <= max(ev.in_service, ev.occupied):
             return _invalid(f"docks occupied={ev.occupied}, in_service={ev.in_service} must be >= 0")
+        if ev.in_service < self.network.sites[ev.site_id].docks:
+            s.degraded(ev.time)
         if ev.time > s.dock_obs_time or (ev.time == s.dock_obs_time and ev.id > s.dock_obs_id):
             s.docks_occupied = ev.occupied
             s.docks_in_service = ev.in_service
@@ -242,6 +244,8 @@ class WorldState:
             return _unknown("site", ev.site_id)
         if not ev.rate_per_hour > 0:
             return _invalid(f"rate_per_hour={ev.rate_per_hour} must be > 0 orders per hour")
+        if ev.rate_per_hour < 0.9 * self.network.sites[ev.site_id].handling_rate:
+            s.degraded(ev.time)
         if ev.time > s.rate_obs_time or (ev.time == s.rate_obs_time and ev.id > s.rate_obs_id):
             s.handling_rate = ev.rate_per_hour
             s.rate_obs_time = ev.time
@@ -367,6 +371,10 @@ class WorldState:
                 return _invalid("a 'loaded' scan needs the trip_id the order is loaded on")
             if ev.trip_id not in self.trips:
                 return _unknown("trip", ev.trip_id)
+        if ev.kind == "unloaded" and (o.unloaded_at is None or ev.time > o.unloaded_at):
+            o.unloaded_at = ev.time
+        elif ev.kind == "sorted" and (o.sorted_at is None or ev.time > o.sorted_at):
+            o.sorted_at = ev.time
         if not o.newer(ev.kind, ev.time, ev.id):
             return None
         o.stage = ev.kind
@@ -375,6 +383,10 @@ class WorldState:
         if ev.kind == "loaded":
             assert ev.trip_id is not None
             if ev.trip_id not in o.path[o.hop :]:
+                booked = next((o.path[i] for i in range(o.hop, len(o.path)) if o.boards[i] == ev.site_id), None)
+                if booked is not None and booked != ev.trip_id:
+                    # it left on a later trip than booked: a missed connection, kept for cause chains
+                    o.misses.append([booked, ev.site_id, ev.time])
                 self._rebook(o, ev.site_id, ev.trip_id)
             o.hop = o.path.index(ev.trip_id, o.hop) if ev.trip_id in o.path[o.hop :] else o.hop
             o.site_id = ev.site_id
@@ -562,7 +574,9 @@ class WorldState:
             for k, v in snap["trips"].items()
         }
         state.orders = {
-            k: OrderState(**{**v, "path": list(v["path"]), "boards": list(v["boards"])})
+            k: OrderState(
+                **{**v, "path": list(v["path"]), "boards": list(v["boards"]), "misses": [list(m) for m in v["misses"]]}
+            )
             for k, v in snap["orders"].items()
         }
         state.disruptions = {k: DisruptionState(**v) for k, v in snap["disruptions"].items()}
