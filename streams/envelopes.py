@@ -1,0 +1,128 @@
+"""The internal shard topic's messages, and the snapshot blobs of the snapshot table.
+
+Nothing outside the worker reads these, so they are compact msgpack (``msgspec.msgpack``), not
+CloudEvents. Three kinds of message travel on the shard topic, each to the partition of the
+shard(s) it is for:
+
+``batch``
+    What the ingest stage read from the input topics in one poll, for the shards of one
+    partition: the records routed there (the original bytes, key, headers, source topic,
+    partition and offset, and which copy is accountable) and the progress of *every* input
+    partition the ingest instance owns (last offset read, newest event time, caught up or not).
+    A batch with no records is a heartbeat.
+``handoff``
+    A :class:`~twin.events.TripHandoff` from one shard to another (CloudEvents JSON, via the
+    codec, so it is as inspectable as any event).
+``progress``
+    "Shard S has applied every event before time T and emitted its handoffs before T": what
+    another shard waits for before it moves past T (event-time alignment across shards).
+
+Snapshots are a msgpack document compressed with zlib; see ``streams.host``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Final
+
+import msgspec
+
+__all__ = [
+    "ACCOUNTABLE",
+    "BROADCAST_DYNAMIC",
+    "COPY",
+    "Batch",
+    "Handoff",
+    "Progress",
+    "SourceMark",
+    "WireRecord",
+    "decode_message",
+    "decode_snapshot",
+    "encode_message",
+    "encode_snapshot",
+]
+
+#: ``WireRecord.accountable`` values: the copy that counts, a broadcast copy, or decided later.
+COPY: Final = 0
+ACCOUNTABLE: Final = 1
+BROADCAST_DYNAMIC: Final = 2
+
+
+class WireRecord(msgspec.Struct, array_like=True, frozen=True):
+    """One input message routed to a shard (or, with ``reason``, refused by the codec)."""
+
+    shard: str
+    accountable: int
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
+    value: bytes
+    reason: str | None = None
+    detail: str = ""
+
+
+class SourceMark(msgspec.Struct, array_like=True, frozen=True):
+    """Where the ingest stage is in one input partition."""
+
+    topic: str
+    partition: int
+    #: last offset read (-1: none yet)
+    offset: int
+    #: newest event time read from this partition (-inf: none yet)
+    max_time: float
+    #: every event of this partition before this time has been read (see ``streams.ingest``)
+    watermark: float
+
+
+class Batch(msgspec.Struct, tag="batch", frozen=True):
+    """Records for the shards of one partition, and the ingest instance's input progress."""
+
+    source: str
+    records: list[WireRecord]
+    marks: list[SourceMark]
+    #: wall time (Unix seconds) the batch was produced
+    sent_at: float
+
+
+class Handoff(msgspec.Struct, tag="handoff", frozen=True):
+    """A trip handed from one shard to another."""
+
+    to_shard: str
+    event: bytes
+
+
+class Progress(msgspec.Struct, tag="progress", frozen=True):
+    """A shard's alignment promise: everything before ``time`` is applied and handed off."""
+
+    from_shard: str
+    time: float
+
+
+Message = Batch | Handoff | Progress
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_DECODER: Final = msgspec.msgpack.Decoder(Message)
+
+
+def encode_message(message: Batch | Handoff | Progress) -> bytes:
+    """The bytes of a shard-topic message."""
+    return _ENCODER.encode(message)
+
+
+def decode_message(raw: bytes) -> Batch | Handoff | Progress:
+    """A shard-topic message; raises ``msgspec.DecodeError`` if it is not one."""
+    message: Batch | Handoff | Progress = _DECODER.decode(raw)
+    return message
+
+
+def encode_snapshot(doc: dict[str, Any]) -> bytes:
+    """A snapshot document as compressed msgpack."""
+    return zlib.compress(_ENCODER.encode(doc), 1)
+
+
+def decode_snapshot(blob: bytes) -> dict[str, Any]:
+    """Inverse of :func:`encode_snapshot`."""
+    doc: dict[str, Any] = msgspec.msgpack.decode(zlib.decompress(blob))
+    return doc
