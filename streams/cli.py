@@ -11,8 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from scenarios.predictions import ForecastRecorder, predictions_frame
-from scenarios.replay import default_cache_dir, prepare, replay, write_run
+from scenarios.replay import Prepared, default_cache_dir, prepare, replay, write_run
 from scenarios.spec import ScenarioError, load_scenario
+from streams.errors import StreamsError
+from streams.kafka_cli import add_kafka_commands
 from streams.progress import ProgressPrinter
 from twin import __version__
 from twin.errors import TwinError
@@ -33,6 +35,8 @@ def _run(args: argparse.Namespace) -> int:
     progress.done()
     stamp = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or Path("runs") / f"{spec.name}-{stamp}"
+    if args.sharded:
+        return _run_sharded(args, prepared, out, progress)
     twin = LiveTwin(prepared.network, lateness=args.lateness)
     recorder = None
     if args.forecast_every > 0:
@@ -67,6 +71,52 @@ def _run(args: argparse.Namespace) -> int:
         summary["orders_predicted_late"] = sum(1 for p in final if p.p_late >= 0.5)
         (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     _print_summary(spec.name, summary, out, prepared.manifest)
+    return 0
+
+
+def _run_sharded(args: argparse.Namespace, prepared: Prepared, out: Path, progress: ProgressPrinter) -> int:
+    from streams.sharded_run import run_sharded
+    from streams.shards import ForecastSettings
+
+    forecast = None
+    if args.forecast_every > 0:
+        forecast = ForecastSettings(
+            cadence=args.forecast_every,
+            horizon=args.horizon * 3600.0,
+            replicas=args.replicas,
+            seed=prepared.spec.seed,
+        )
+    settings = {
+        "lateness_s": args.lateness,
+        "cache_dir": str(args.cache_dir or default_cache_dir()),
+        "forecast_every_s": args.forecast_every,
+        "horizon_h": args.horizon,
+        "replicas": args.replicas,
+        "forecast_seed": prepared.spec.seed,
+    }
+    summary, _ = run_sharded(
+        prepared, out, lateness=args.lateness, forecast=forecast, settings=settings, progress=progress
+    )
+    progress.done()
+    reasons = ", ".join(f"{k}: {v}" for k, v in summary["dead_lettered_by_reason"].items()) or "none"
+    print(f"scenario            {prepared.spec.name} (sharded: {', '.join(summary['shards'])})")
+    print(f"events applied      {summary['applied']:,} of {summary['events']:,}")
+    print(f"events rejected     {summary['dead_lettered']:,} ({reasons})")
+    for name, shard in summary["shards"].items():
+        print(
+            f"  shard {name:<12} applied {sum(shard['applied'].values()):,}, "
+            f"handoffs sent {shard['handoffs_sent']:,} received {shard['handoffs_received']:,}"
+        )
+    if forecast is not None:
+        print(
+            f"forecasts           {summary['forecasts']} ({summary['forecast_seconds']:.1f} s in all); "
+            f"{summary['predictions']:,} live predictions at the end"
+        )
+    print(
+        f"time taken          {summary['seconds']:.2f} s "
+        f"({summary['events_per_second']:,} events/s applied, forecasts excluded)"
+    )
+    print(f"output              {out}")
     return 0
 
 
@@ -173,6 +223,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--horizon", type=float, default=12.0, metavar="HOURS", help="forecast horizon (default: 12)")
     run.add_argument("--replicas", type=int, default=32, help="Monte Carlo replicas per forecast (default: 32)")
+    run.add_argument(
+        "--sharded",
+        action="store_true",
+        help=(
+            "run one twin per region with trip handoffs, as `twin worker` does on Kafka; writes "
+            "final_predictions.parquet (what twin.predictions holds at the end) besides predictions.parquet"
+        ),
+    )
     run.set_defaults(func=_run)
 
     gen = sub.add_parser("generate", help="run a scenario's hidden true world and write its events and ground truth")
@@ -210,6 +268,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     bt.add_argument("--quiet", action="store_true", help="no progress output")
     bt.set_defaults(func=_backtest)
+    add_kafka_commands(sub)
     return parser
 
 
@@ -223,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (ScenarioError, TwinError) as exc:
+    except (ScenarioError, TwinError, StreamsError) as exc:
         print(f"twin: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

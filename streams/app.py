@@ -1,0 +1,367 @@
+"""The Kafka worker: a Faust app built by a factory (no module-level app).
+
+Data flow (DESIGN.md, "Layers and the way data flows")::
+
+    logistics.sensors / .orders / .dispatch      raw CloudEvents JSON bytes
+        |  ingest (aiokafka consumer group, polls of thousands, codec.decode_many, ShardRouter)
+        v
+    <app id>-shards   (internal, one partition per shard group)  Batch | Handoff | Progress
+        |  Faust agent "shards" (concurrency 1, manual acks) -> ShardHost.step()
+        v
+    twin.predictions (compacted, key kind:id)   twin.dlq (original bytes + twin.dlq.* headers)
+    <app id>-snapshots-changelog                per-shard snapshots (Faust table, memory store)
+
+Why the ingest stage is not a Faust agent: Faust's consumer costs about 200 microseconds per
+message here (see ``streams.ingest``); the shard topic carries one message per poll and
+partition, so the Faust agent's per-message cost is paid per batch, not per event.
+
+Delivery is at-least-once everywhere; application is idempotent: the ingest stage commits input
+offsets after the broker has its batches, the shard agent acks shard-topic messages only once a
+snapshot that includes them is on the changelog (so Faust's committed offset never passes the
+newest snapshot), shards drop redelivered records by source offset and repeated handoffs by id,
+and predictions are keyed by entity on a compacted topic. Faust's exactly-once mode is not used
+(FAUST-NOTES.md). Faust's web server is off (its ``/table`` and ``/router`` endpoints would expose
+table data); metrics are served by prometheus-client on ``--metrics-port``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from scenarios.build import build_network
+from scenarios.spec import load_scenario
+from streams.codec import Codec
+from streams.envelopes import Batch
+from streams.host import HostOutput, HostSettings, ShardHost, input_name
+from streams.ingest import BatchBuilder, Ingest
+from streams.metrics import TwinMetrics
+from streams.settings import WorkerSettings
+from streams.shards import ForecastSettings, ShardRouter
+from twin.events import Event
+from twin.network import Network
+from twin.state import WorldState
+
+__all__ = ["TwinWorker", "create_app", "prepare_topics"]
+
+log = logging.getLogger(__name__)
+
+
+async def prepare_topics(settings: WorkerSettings) -> list[str]:
+    """Create the input, predictions and DLQ topics if missing; return the input partitions' names.
+
+    Input topics must exist before the ingest stage subscribes (a consumer does not see a
+    topic created later by a producer's auto-creation until its next metadata refresh).
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker, **settings.security.aiokafka())
+    await admin.start()
+    try:
+        t = settings.topics
+        existing = set(await admin.list_topics())
+        wanted = {name: NewTopic(name, settings.input_partitions, settings.replication) for name in t.inputs}
+        wanted[t.dlq] = NewTopic(t.dlq, settings.input_partitions, settings.replication)
+        wanted[t.predictions] = NewTopic(
+            t.predictions,
+            settings.partitions,
+            settings.replication,
+            topic_configs={"cleanup.policy": "compact"},
+        )
+        missing = [nt for name, nt in wanted.items() if name not in existing]
+        if missing:
+            await admin.create_topics(missing)
+        described = await admin.describe_topics(list(t.inputs))
+        names: list[str] = []
+        for desc in described:
+            for part in desc.get("partitions", []):
+                names.append(input_name(desc["topic"], part["partition"]))
+        return sorted(names)
+    finally:
+        await admin.close()
+
+
+@dataclass
+class TwinWorker:
+    """A built worker: the Faust app and the parts it drives (for the CLI and for tests)."""
+
+    settings: WorkerSettings
+    network: Network
+    codec: Codec
+    app: Any
+    host: ShardHost
+    ingest: Ingest
+    registry: CollectorRegistry
+    metrics: TwinMetrics
+    table: Any
+    executor: ThreadPoolExecutor
+    #: the shard host is driven by the agent and by the ingest stage's direct batches: one at a time
+    lock: asyncio.Lock
+    unacked: dict[int, list[Any]] = field(default_factory=lambda: defaultdict(list))
+
+    def run(self) -> None:
+        """Run the worker until it is stopped (SIGTERM/SIGINT); blocks."""
+        import faust
+
+        faust.Worker(self.app, loglevel=self.settings.log_level, quiet=True).execute_from_commandline()
+
+
+def create_app(
+    settings: WorkerSettings,
+    inputs: Sequence[str],
+    *,
+    registry: CollectorRegistry | None = None,
+) -> TwinWorker:
+    """Build the worker's Faust app (nothing runs until :meth:`TwinWorker.run`)."""
+    import faust
+    from aiokafka import AIOKafkaConsumer
+
+    spec = load_scenario(settings.scenario)
+    network = build_network(spec)
+    codec = Codec(spec.epoch)
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = TwinMetrics.create(registry)
+    data_dir = settings.data_dir or tempfile.mkdtemp(prefix=f"{settings.app_id}-")
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{h.strip()}" for h in settings.broker.split(",")],
+        broker_credentials=settings.security.faust(),
+        store="memory://",
+        datadir=data_dir,
+        web_enabled=False,
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        producer_acks=-1,
+        producer_max_request_size=16 * 1024 * 1024,
+        worker_redirect_stdouts=False,
+        # Shard-topic messages stay unacked until a snapshot includes them; a rebalance must not
+        # wait for them (it would wait forever): they are read again after it, from the last
+        # commit, which is never past the newest snapshot.
+        stream_wait_empty=False,
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=settings.session_timeout / 10,
+    )
+    _faust_sensors(app, registry)
+    shard_topic = app.topic(
+        settings.shard_topic,
+        partitions=settings.partitions,
+        key_serializer="raw",
+        value_serializer="raw",
+        internal=True,
+    )
+    table = app.Table(
+        "snapshots",
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+        help="Per-shard snapshots (shard name -> compressed msgpack), with the shard-topic offset.",
+    )
+    forecast = None
+    if settings.forecast_every > 0:
+        forecast = ForecastSettings(
+            cadence=settings.forecast_every,
+            horizon=settings.horizon * 3600.0,
+            replicas=settings.replicas,
+            seed=spec.seed if settings.seed < 0 else settings.seed,
+        )
+    host_settings = HostSettings(
+        partitions=settings.partitions,
+        lateness=settings.lateness,
+        cadence=forecast.cadence if forecast is not None else None,
+        skew=settings.skew,
+        idle_after=settings.idle_after,
+        refresh_every=settings.refresh_every,
+        shard_topic=settings.shard_topic,
+        dlq_topic=settings.topics.dlq,
+    )
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast")
+
+    async def run_forecast(name: str, state: WorldState, incremental: bool) -> Sequence[Any]:
+        fc = host.forecasters[name]
+        fn = getattr(fc, "update", None) if incremental else None
+        call = fn if callable(fn) else fc.forecast
+        result: Sequence[Any] = await asyncio.get_running_loop().run_in_executor(executor, call, state)
+        return result
+
+    host = ShardHost(
+        network,
+        codec,
+        inputs=inputs,
+        settings=host_settings,
+        forecasters=(lambda _name: forecast.build(network)) if forecast is not None else None,
+        runner=run_forecast,
+        metrics=metrics,
+    )
+    # The source names this process's batches (their shard-topic keys are "<source>:<number>"):
+    # unique per process, so that a batch of another worker, or of this worker before a restart,
+    # is never taken for the copy of a batch handed over directly.
+    source = f"{settings.app_id}-ingest-{uuid.uuid4().hex[:12]}"
+    builder = BatchBuilder(ShardRouter(network), codec, settings.partitions, source=source)
+
+    async def send(topic: str, key: bytes | None, value: bytes, partition: int) -> Any:
+        return await app.producer.send(topic, key, value, partition, None, None)
+
+    def consumer() -> Any:
+        return AIOKafkaConsumer(
+            bootstrap_servers=settings.broker,
+            group_id=f"{settings.app_id}-ingest",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
+            session_timeout_ms=int(settings.session_timeout * 1000),
+            heartbeat_interval_ms=int(settings.session_timeout * 100),
+            **settings.security.aiokafka(),
+        )
+
+    lock = asyncio.Lock()
+
+    async def direct(key: bytes, batches: dict[int, Batch], events: dict[int, list[Event | None]]) -> None:
+        async with lock:
+            taken = [host.offer_direct(part, key, batch, events[part]) for part, batch in sorted(batches.items())]
+            if any(taken):
+                await _send(worker, await host.step())
+        # Backpressure: while a local shard waits to read a batch back from the topic, the ingest
+        # stage waits too (running ahead would only queue batches it cannot hand over directly).
+        deadline = time.monotonic() + 2.0
+        while host.direct_blocked() and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+
+    ingest = Ingest(
+        builder,
+        consumer_factory=consumer,
+        send=send,
+        topics=settings.topics.inputs,
+        shard_topic=settings.shard_topic,
+        max_records=settings.max_batch,
+        direct=direct,
+        on_assigned=host.reset_direct,
+    )
+    worker = TwinWorker(settings, network, codec, app, host, ingest, registry, metrics, table, executor, lock)
+
+    @app.agent(shard_topic, name="shards")
+    async def shards(stream: Any) -> None:
+        manual = stream.noack()
+        async for event in manual.events():
+            async with worker.lock:
+                await _on_message(worker, manual, event)
+
+    @app.task
+    async def run_ingest() -> None:
+        await ingest.run()
+
+    @app.task
+    async def serve_metrics() -> None:
+        if settings.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)  # noqa: S104
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        async with lock:
+            host.reset_direct()
+            for tp in revoked:
+                if tp.topic == settings.shard_topic:
+                    host.release(tp.partition)
+                    worker.unacked.pop(tp.partition, None)
+
+    return worker
+
+
+async def _on_message(worker: TwinWorker, stream: Any, event: Any) -> None:
+    host = worker.host
+    message = event.message
+    part = message.partition
+    if part not in host.hosted_partitions():
+        blobs = {name: worker.table.get(name.encode()) for name in host.shards_on(part)}
+        host.host(part, blobs)
+        for name in host.shards_on(part):
+            slot = host.slots[name]
+            how = f"restored at offset {slot.offset}" if blobs.get(name) else "with no snapshot: new"
+            log.info(
+                "shard %s (partition %d) %s, clock %s; first message offset %d",
+                name, part, how, slot.shard.clock, message.offset,
+            )  # fmt: skip
+    expected = host.next_offset(part)
+    if message.offset > expected:
+        # A gap: Faust kept its position across a rebalance, but the snapshot the shards were
+        # restored from is older. The messages in between are still on the topic (they were
+        # never acked): read them directly, then go on with this one.
+        log.info("partition %d: reading offsets %d-%d again", part, expected, message.offset - 1)
+        for offset, key, value in await _read_range(worker, part, expected, message.offset):
+            host.receive(part, offset, value, key)
+    if not host.receive(part, message.offset, event.value, event.key):
+        await stream.ack(event)  # already inside the restored snapshot
+        return
+    worker.unacked[part].append(event)
+    out = await host.step()
+    await _send(worker, out)
+    if host.snapshot_due(part, worker.settings.snapshot_every, len(worker.unacked[part])):
+        for name, blob in host.snapshot(part).items():
+            worker.table[name.encode()] = blob
+        await worker.app.producer.flush()
+        for ev in worker.unacked.pop(part, []):
+            await stream.ack(ev)
+
+
+async def _read_range(worker: TwinWorker, partition: int, start: int, end: int) -> list[tuple[int, Any, bytes]]:
+    """Messages ``start`` to ``end - 1`` of a shard-topic partition, read with a plain consumer."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    s = worker.settings
+    tp = TopicPartition(s.shard_topic, partition)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=s.broker, group_id=None, enable_auto_commit=False, **s.security.aiokafka()
+    )
+    await consumer.start()
+    out: list[tuple[int, Any, bytes]] = []
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        while not out or out[-1][0] < end - 1:
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            for m in batch.get(tp, []):
+                if m.offset < end:
+                    out.append((m.offset, m.key, m.value))
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def _send(worker: TwinWorker, out: HostOutput) -> None:
+    producer = worker.app.producer
+    topics = worker.settings.topics
+    delivered = []
+    for letter in out.dead_letters:
+        delivered.append(await producer.send(topics.dlq, letter.key, letter.value, None, None, letter.headers))
+    for key, value in out.predictions:
+        delivered.append(await producer.send(topics.predictions, key, value, None, None, None))
+    if out.shard_messages:
+        if delivered:
+            # Predictions before the handoffs and progress that let other shards move on.
+            await asyncio.gather(*delivered)
+        for part, key, value in out.shard_messages:
+            await producer.send(worker.settings.shard_topic, key, value, part, None, None)
+
+
+def _faust_sensors(app: Any, registry: CollectorRegistry) -> None:
+    """Faust's own Prometheus sensors, on the worker's registry (served with the twin's metrics)."""
+    from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+
+    app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "faust"))

@@ -1,0 +1,872 @@
+"""The shard stage of a worker: the shards it hosts, fed from the shard topic, in event time.
+
+Kafka-agnostic: the Faust agent (``streams.app``) hands :meth:`ShardHost.receive` every message
+of the shard topic and sends what :meth:`ShardHost.step` returns. Tests drive it directly.
+
+Per hosted shard (a *slot*) the host keeps:
+
+- a buffer of routed events, one queue per input partition in arrival order, and the incoming
+  handoffs; the next event applied is the queue head (or handoff) with the earliest event time,
+  so events of different topics interleave in event time whatever the fetch order, while an
+  event that arrives late within its own partition is still late (Kafka Streams' rule);
+- the progress of every input partition (from the ingest stage's marks): an event at time t is
+  applied only when every input partition has reached t or is caught up (the input watermark),
+  so events from different topics interleave in event time whatever the fetch order;
+- the progress every other shard has announced: a shard does not run more than ``skew``
+  seconds of event time ahead of the slowest other shard, and never fires a forecast tick at T
+  before every other shard has passed T, so handoffs always arrive in time and a tick sees
+  exactly the events before it (the same state as in the in-process pipeline);
+- the highest source offset seen per input partition, to drop records the ingest stage
+  delivers twice (at-least-once), and the ids of the handoffs received, to drop repeats;
+- the original bytes of parked events, to dead-letter them if their entity never shows up.
+
+Shards hosted by the same worker see each other's progress and handoffs in memory (no round
+trip through Kafka); the handoff is still written to the shard topic so a restored shard finds it.
+
+Snapshots (:meth:`ShardHost.snapshot`) capture a slot completely: the shard (twin, ownership,
+ticks, counters), its buffer, input and peer progress, and the shard-topic offset it has
+consumed through. Restored, a slot skips shard-topic messages up to that offset and continues
+exactly where it was; everything it sends again on the way is deduplicated downstream (handoff
+ids) or idempotent (predictions keyed by entity).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import msgspec
+
+from streams.codec import Codec
+from streams.deadletter import DLQ_TOPIC, DeadLetter, DlqMessage, to_message
+from streams.envelopes import (
+    Batch,
+    Handoff,
+    Progress,
+    WireRecord,
+    decode_message,
+    decode_snapshot,
+    encode_message,
+    encode_snapshot,
+)
+from streams.errors import DecodeError
+from streams.metrics import TwinMetrics
+from streams.predictions import encode_prediction
+from streams.shards import CLEAN, ForecasterLike, Publication, Shard, ShardRouter
+from twin.errors import Rejection
+from twin.events import Event, TripHandoff, event_from_dict, event_to_dict
+from twin.live import DEFAULT_LATENESS
+from twin.network import Network
+from twin.state import WorldState
+
+__all__ = ["DEFAULT_SKEW", "HostOutput", "HostSettings", "ShardHost", "input_name", "shard_partitions"]
+
+log = logging.getLogger(__name__)
+
+#: WireRecord.accountable -> the ``accountable`` argument of ``Shard.apply``.
+_ACCOUNTABILITY: Final = (False, True, None)
+#: How far (event-time seconds) a shard may run ahead of the slowest other shard.
+DEFAULT_SKEW: Final = 300.0
+SNAPSHOT_VERSION: Final = 1
+#: How long (event-time seconds) received handoff ids are remembered, to drop repeats.
+HANDOFF_MEMORY: Final = 2 * 86400.0
+_NEG_INF: Final = -math.inf
+
+#: ``forecast(shard, state, incremental) -> predictions``; the worker runs it off the event loop.
+ForecastRunner = Callable[[str, WorldState, bool], Awaitable[Sequence[Any]]]
+
+
+def input_name(topic: str, partition: int) -> str:
+    """How an input partition is named in marks, offsets and snapshots: ``topic/partition``."""
+    return f"{topic}/{partition}"
+
+
+def shard_partitions(regions: Sequence[str], partitions: int) -> dict[str, int]:
+    """Shard -> partition of the shard topic: region ``i`` (sorted) on partition ``i % partitions``."""
+    if partitions < 1:
+        msg = f"partitions={partitions} must be at least 1"
+        raise ValueError(msg)
+    return {region: i % partitions for i, region in enumerate(sorted(regions))}
+
+
+@dataclass(frozen=True, slots=True)
+class HostSettings:
+    """How the shard stage behaves (the worker fills it from its settings)."""
+
+    #: shard-topic partitions (shard ``i`` lives on partition ``i % partitions``)
+    partitions: int = 1
+    lateness: float = DEFAULT_LATENESS
+    #: forecast tick cadence in event time (None: no forecasts)
+    cadence: float | None = 3600.0
+    skew: float = DEFAULT_SKEW
+    #: publish a full forecast after this many seconds without new events (the quiet-time refresh)
+    idle_after: float = 1.0
+    #: also publish at least this often (wall seconds) while events flow; 0: only at ticks and when idle
+    refresh_every: float = 0.0
+    #: re-announce progress to the other shards this often (wall seconds) even if it did not move
+    announce_every: float = 1.0
+    shard_topic: str = "twin.shards"
+    dlq_topic: str = DLQ_TOPIC
+
+
+@dataclass(slots=True)
+class HostOutput:
+    """What a step produced, in the order it must be sent."""
+
+    dead_letters: list[DlqMessage] = field(default_factory=list)
+    #: (key, value or None for a tombstone) for the predictions topic
+    predictions: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    #: (partition, key, value) for the shard topic: handoffs, then progress announcements
+    shard_messages: list[tuple[int, bytes, bytes]] = field(default_factory=list)
+    #: produce timestamps (Unix seconds) of the input records applied in this step, per publication
+    publication_lags: list[float] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.dead_letters or self.predictions or self.shard_messages)
+
+
+#: A routed record waiting in an inbox: (event time, arrival seq, record, decoded event).
+_Item = tuple[float, int, WireRecord, Event]
+
+
+class _Inbox:
+    """Routed records per input partition, each queue in arrival order."""
+
+    __slots__ = ("queues", "size")
+
+    def __init__(self) -> None:
+        self.queues: dict[str, deque[_Item]] = {}
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def queue(self, source: str) -> deque[_Item]:
+        q = self.queues.get(source)
+        if q is None:
+            q = self.queues[source] = deque()
+        return q
+
+    def head(self) -> tuple[float, int, str]:
+        """(time, seq, source) of the earliest queue head; (inf, 0, "") when empty."""
+        best_t, best_seq, best_src = math.inf, 0, ""
+        for source, q in self.queues.items():
+            if q:
+                t, seq = q[0][0], q[0][1]
+                if t < best_t or (t == best_t and seq < best_seq):
+                    best_t, best_seq, best_src = t, seq, source
+        return best_t, best_seq, best_src
+
+    def second(self, source: str) -> float:
+        """Earliest head time among the queues other than ``source``."""
+        best = math.inf
+        for src, q in self.queues.items():
+            if q and src != source and q[0][0] < best:
+                best = q[0][0]
+        return best
+
+    def items(self) -> list[tuple[str, _Item]]:
+        return [(src, item) for src, q in sorted(self.queues.items()) for item in q]
+
+
+class _Slot:
+    """One hosted shard and its stream state."""
+
+    def __init__(self, shard: Shard, partition: int) -> None:
+        self.shard = shard
+        self.partition = partition
+        self.routed = _Inbox()
+        self.handoffs: list[tuple[float, int, TripHandoff]] = []
+        self.seq = 0
+        #: input partition -> [last offset seen, newest event time, watermark]
+        self.sources: dict[str, list[Any]] = {}
+        #: other shard -> progress it announced
+        self.peers: dict[str, float] = {}
+        #: handoff id -> its event time (dedup)
+        self.handoff_ids: dict[str, float] = {}
+        #: event id -> the record of a parked accountable event (to dead-letter it later)
+        self.parked: dict[str, WireRecord] = {}
+        #: last shard-topic offset consumed into this slot (-1: none)
+        self.offset = -1
+        self.announced = _NEG_INF
+        self.announced_at = 0.0
+        self.dirty = False
+        self.last_apply = 0.0
+        self.last_publish = 0.0
+        self.last_snapshot = time.time()
+        self.want_snapshot = False
+        #: something besides input marks changed since the last snapshot
+        self.changed = False
+        #: produce times (Unix seconds) of records applied since the last publication
+        self.unpublished: list[float] = []
+
+    @property
+    def name(self) -> str:
+        return self.shard.name
+
+
+class ShardHost:
+    """The shards a worker hosts (see the module docstring)."""
+
+    def __init__(
+        self,
+        network: Network,
+        codec: Codec,
+        *,
+        inputs: Iterable[str],
+        settings: HostSettings,
+        forecasters: Callable[[str], ForecasterLike] | None = None,
+        runner: ForecastRunner | None = None,
+        metrics: TwinMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.network = network
+        self.codec = codec
+        self.epoch = codec.epoch
+        self.router = ShardRouter(network)
+        self.inputs = sorted(inputs)
+        if not self.inputs:
+            msg = "ShardHost needs the names of its input partitions (topic/partition); got none"
+            raise ValueError(msg)
+        self.settings = settings
+        self.partition_of = shard_partitions(self.router.regions, settings.partitions)
+        self.slots: dict[str, _Slot] = {}
+        self._forecaster_factory = forecasters
+        self.forecasters: dict[str, ForecasterLike] = {}
+        self.runner = runner if runner is not None else self._run_inline
+        self.metrics = metrics
+        self.clock = clock
+        self._reported: dict[str, Counter[str]] = {}
+        #: dead letters decided while receiving (codec refusals), sent with the next step's
+        self._pending_letters: list[DlqMessage] = []
+        #: keys of ingest batches taken directly, per partition, whose shard-topic copy is still to come
+        self._direct: dict[int, set[bytes]] = {}
+        self.direct_batches = 0
+        #: keys of ingest batches sent through the topic only, not read back yet, per partition
+        self._awaiting: dict[int, set[bytes]] = {}
+        #: partitions whose next ingest batch must go through the topic
+        self._barrier: set[int] = set(range(settings.partitions))
+        self.forecast_seconds: list[float] = []
+
+    # ------------------------------------------------------------------ hosting
+    def shards_on(self, partition: int) -> list[str]:
+        """The shards that live on a partition of the shard topic."""
+        return sorted(s for s, p in self.partition_of.items() if p == partition)
+
+    def host(self, partition: int, snapshots: dict[str, bytes | None] | None = None) -> None:
+        """Start hosting the shards of ``partition``, restored from their snapshot blobs when given."""
+        for name in self.shards_on(partition):
+            if name in self.slots:
+                continue
+            blob = (snapshots or {}).get(name)
+            slot = self._restore(name, blob) if blob else _Slot(self._new_shard(name), partition)
+            self.slots[name] = slot
+            self._barrier.add(partition)
+            self._attach_forecaster(slot)
+
+    def release(self, partition: int) -> None:
+        """Stop hosting the shards of ``partition`` (revoked); their snapshots carry on elsewhere."""
+        self._direct.pop(partition, None)
+        self._awaiting.pop(partition, None)
+        for name in self.shards_on(partition):
+            self.slots.pop(name, None)
+            self.forecasters.pop(name, None)
+
+    def hosted_partitions(self) -> set[int]:
+        """Partitions whose shards are hosted here."""
+        return {s.partition for s in self.slots.values()}
+
+    def _new_shard(self, name: str) -> Shard:
+        s = self.settings
+        return Shard(name, self.network, self.router, lateness=s.lateness, cadence=s.cadence)
+
+    def _attach_forecaster(self, slot: _Slot) -> None:
+        if self._forecaster_factory is None or self.settings.cadence is None:
+            return
+        fc = self._forecaster_factory(slot.name)
+        self.forecasters[slot.name] = fc
+        mark = getattr(fc, "mark", None)
+        if callable(mark):
+            slot.shard.marker = mark
+
+    # ------------------------------------------------------------------ input
+    def next_offset(self, partition: int) -> int:
+        """The shard-topic offset the partition's shards need next (messages are contiguous)."""
+        offsets = [self.slots[n].offset for n in self.shards_on(partition) if n in self.slots]
+        return min(offsets) + 1 if offsets else 0
+
+    def offer_direct(self, partition: int, key: bytes, batch: Batch, events: Sequence[Event | None]) -> bool:
+        """Take an ingest batch straight from the ingest stage in this process (already decoded).
+
+        Its copy on the shard topic, recognised by ``key``, is then skipped. Only when nothing
+        else is pending on the partition: the partition is hosted, every batch sent since the
+        last :meth:`reset_direct` without being taken directly has been read from the topic
+        (so no older batch can come after this one). Otherwise the batch is left to the topic
+        and False returned.
+        """
+        slots = [self.slots[n] for n in self.shards_on(partition) if n in self.slots]
+        if not slots:
+            return False  # hosted elsewhere (or not yet): its host reads it from the topic
+        awaiting = self._awaiting.setdefault(partition, set())
+        if awaiting or partition in self._barrier:
+            awaiting.add(key)
+            self._barrier.discard(partition)
+            return False
+        for slot in slots:
+            self._take_batch(slot, batch, events)
+        self._direct.setdefault(partition, set()).add(key)
+        self.direct_batches += 1
+        return True
+
+    def direct_blocked(self) -> bool:
+        """True while a hosted partition waits for a batch to be read back from the topic."""
+        return any(self._awaiting.get(s.partition) for s in self.slots.values())
+
+    def reset_direct(self) -> None:
+        """Input or shard partitions changed hands: the next batches go through the topic.
+
+        Direct batches resume on a partition once its next batch has been read back from the
+        topic (everything sent before it has then been read too).
+        """
+        self._barrier = set(range(self.settings.partitions))
+
+    def receive(self, partition: int, offset: int, value: bytes, key: bytes | None = None) -> bool:
+        """Take one shard-topic message; False if it was already consumed (a redelivery)."""
+        slots = [self.slots[n] for n in self.shards_on(partition) if n in self.slots]
+        if not slots:
+            msg = f"partition {partition} is not hosted here; call host({partition}) first"
+            raise KeyError(msg)
+        fresh = [s for s in slots if offset > s.offset]
+        if not fresh:
+            return False
+        direct = self._direct.get(partition)
+        if key is not None and direct and key in direct:
+            direct.discard(key)
+            for slot in fresh:
+                slot.offset = offset
+            return True
+        if key is not None:
+            self._awaiting.get(partition, set()).discard(key)
+        try:
+            message = decode_message(value)
+        except msgspec.DecodeError:
+            # Not ours (someone wrote to the internal topic): skip it, never crash.
+            for slot in fresh:
+                slot.offset = offset
+            return True
+        for slot in fresh:
+            slot.offset = offset
+            if isinstance(message, Batch):
+                self._take_batch(slot, message)
+            elif isinstance(message, Handoff):
+                if message.to_shard == slot.name:
+                    self._take_handoff_bytes(slot, message.event)
+            elif message.from_shard != slot.name:
+                prev = slot.peers.get(message.from_shard, _NEG_INF)
+                slot.peers[message.from_shard] = max(prev, message.time)
+        return True
+
+    def _take_batch(self, slot: _Slot, batch: Batch, decoded: Sequence[Event | None] | None = None) -> None:
+        sources = slot.sources
+        name = slot.name
+        good: list[WireRecord] = []
+        known: list[Event] = []
+        last_key: tuple[str, int] | None = None
+        floor = -1
+        for i, rec in enumerate(batch.records):
+            if rec.shard != name:
+                continue
+            key = (rec.topic, rec.partition)
+            if key != last_key:
+                last_key = key
+                src = sources.get(input_name(*key))
+                floor = src[0] if src is not None else -1
+            if rec.offset <= floor:
+                continue  # delivered twice by the ingest stage
+            if rec.reason is not None:
+                self._dead_letter_decode(slot, rec)
+            else:
+                good.append(rec)
+                if decoded is not None:
+                    ev = decoded[i]
+                    assert ev is not None
+                    known.append(ev)
+        if good:
+            if decoded is not None:
+                events, errors = known, []
+            else:
+                events, errors = self.codec.decode_many(rec.value for rec in good)
+            bad = {i for i, _ in errors}
+            for i, err in errors:
+                self._dead_letter_decode(slot, _with_reason(good[i], err))
+            it = iter(events)
+            inbox = slot.routed
+            seq = slot.seq
+            last_key = None
+            queue: deque[_Item] | None = None
+            for i, rec in enumerate(good):
+                if i in bad:
+                    continue
+                ev = next(it)
+                key = (rec.topic, rec.partition)
+                if key != last_key or queue is None:
+                    last_key = key
+                    queue = inbox.queue(input_name(*key))
+                seq += 1
+                queue.append((ev.time, seq, rec, ev))
+            inbox.size += len(good) - len(bad)
+            slot.seq = seq
+            slot.changed = True
+        for mark in batch.marks:
+            mkey = input_name(mark.topic, mark.partition)
+            src = sources.get(mkey)
+            if src is None:
+                sources[mkey] = [mark.offset, mark.max_time, mark.watermark]
+            elif mark.offset >= src[0]:
+                src[0] = mark.offset
+                src[1] = max(src[1], mark.max_time)
+                src[2] = mark.watermark
+
+    def _take_handoff_bytes(self, slot: _Slot, raw: bytes) -> None:
+        try:
+            ev = self.codec.decode(raw)
+        except DecodeError:
+            return
+        if isinstance(ev, TripHandoff):
+            self._take_handoff(slot, ev)
+
+    def _take_handoff(self, slot: _Slot, handoff: TripHandoff) -> None:
+        if handoff.id in slot.handoff_ids:
+            return
+        slot.handoff_ids[handoff.id] = handoff.time
+        slot.changed = True
+        slot.seq += 1
+        heapq.heappush(slot.handoffs, (handoff.time, slot.seq, handoff))
+
+    # ------------------------------------------------------------------ watermarks
+    def input_watermark(self, slot: _Slot) -> float:
+        """Every routed event before this time has been received (min over input partitions)."""
+        wm = math.inf
+        sources = slot.sources
+        for name in self.inputs:
+            src = sources.get(name)
+            if src is None:
+                return _NEG_INF
+            if src[2] < wm:
+                wm = src[2]
+        return wm
+
+    def progress(self, slot: _Slot) -> float:
+        """The slot has applied every routed event before this time (its alignment promise).
+
+        Never beyond the newest event time the slot knows was read: an idle input says nothing
+        about events not written yet, so another shard that has read newer events must still
+        wait for this one to read them too.
+        """
+        wm = self.input_watermark(slot)
+        if slot.routed.size:
+            wm = min(wm, slot.routed.head()[0])
+        if wm == math.inf:
+            wm = max((src[1] for src in slot.sources.values()), default=_NEG_INF)
+        return wm
+
+    def _peer_floor(self, slot: _Slot, out: HostOutput) -> float:
+        floor = math.inf
+        for other in self.router.regions:
+            if other == slot.name:
+                continue
+            peer = self.slots.get(other)
+            if peer is not None:
+                p = self.progress(peer)
+                self._emit_handoffs(peer, p, out)
+            else:
+                p = slot.peers.get(other, _NEG_INF)
+            floor = min(floor, p)
+        return floor
+
+    # ------------------------------------------------------------------ stepping
+    async def step(self) -> HostOutput:
+        """Apply everything the watermarks allow, publish, hand off, announce progress."""
+        out = HostOutput(dead_letters=self._pending_letters)
+        self._pending_letters = []
+        moved = True
+        while moved:
+            moved = False
+            for name in sorted(self.slots):
+                if await self._release(self.slots[name], out):
+                    moved = True
+        now = self.clock()
+        for name in sorted(self.slots):
+            slot = self.slots[name]
+            self._emit_handoffs(slot, self.progress(slot), out)
+        for name in sorted(self.slots):
+            slot = self.slots[name]
+            await self._maybe_refresh(slot, now, out)
+            self._announce(slot, now, out)
+        await self._maybe_refresh_busy(now, out)
+        self._report(now)
+        return out
+
+    async def _release(self, slot: _Slot, out: HostOutput) -> bool:
+        shard = slot.shard
+        floor = self._peer_floor(slot, out)
+        limit = min(self.input_watermark(slot), floor + self.settings.skew)
+        inbox = slot.routed
+        handoffs = slot.handoffs
+        moved = False
+        while inbox.size or handoffs:
+            t_r, seq_r, source = inbox.head() if inbox.size else (math.inf, 0, "")
+            t_h = handoffs[0][0] if handoffs else math.inf
+            t = min(t_r, t_h)
+            if t > limit:
+                break
+            if t >= shard.next_tick:
+                if shard.next_tick > floor:
+                    break  # a tick sees every handoff before it: wait for the other shards
+                self._emit_handoffs(slot, t, out)
+                await self._publish(slot, out, full=True)
+                shard.ticked(t)
+            moved = True
+            if handoffs and (t_h, handoffs[0][1]) < (t_r, seq_r):
+                self._emit_handoffs(slot, t_h, out)
+                _, _, handoff = heapq.heappop(handoffs)
+                result = shard.receive(handoff)
+                if result.rejected is not None:
+                    log.warning(
+                        "shard %s could not take handoff %s of trip %s from %s: %s (%s)",
+                        slot.name, handoff.id, handoff.trip_id, handoff.from_shard,
+                        result.rejected.reason, result.rejected.detail,
+                    )  # fmt: skip
+                self._settle(slot, result.settled, result.dead_letters, None, out)
+                continue
+            # A run of events from one input partition, up to the next event of any other kind.
+            bound = min(limit, t_h, inbox.second(source), shard.next_tick)
+            self._apply_run(slot, inbox.queues[source], t_r, bound, out)
+        if moved:
+            slot.dirty = True
+            slot.changed = True
+            slot.last_apply = self.clock()
+        return moved
+
+    def _apply_run(self, slot: _Slot, queue: deque[_Item], first: float, bound: float, out: HostOutput) -> None:
+        """Apply the queue's events from its head while their time is within ``bound`` (the head always)."""
+        shard = slot.shard
+        apply = shard.apply
+        unpublished = slot.unpublished
+        popleft = queue.popleft
+        inbox = slot.routed
+        n = 0
+        while queue:
+            t, _, rec, ev = queue[0]
+            if n and (t > bound or t >= shard.next_tick):
+                break
+            popleft()
+            n += 1
+            if shard.has_pending_handoffs:
+                self._emit_handoffs(slot, t, out)
+            acct = _ACCOUNTABILITY[rec.accountable]
+            result = apply(ev, accountable=acct)
+            if result is not CLEAN:
+                if result.parked and acct is not False:
+                    slot.parked[ev.id] = rec
+                self._settle(slot, result.settled, result.dead_letters, rec, out)
+            ts = rec.timestamp
+            if ts is not None:
+                unpublished.append(ts / 1000.0)
+        inbox.size -= n
+
+    def _settle(
+        self,
+        slot: _Slot,
+        settled: list[str],
+        dead: list[Rejection],
+        current: WireRecord | None,
+        out: HostOutput,
+    ) -> None:
+        records: dict[str, WireRecord] = {}
+        for eid in settled:
+            rec = slot.parked.pop(eid, None)
+            if rec is not None:
+                records[eid] = rec
+        for rej in dead:
+            rec = records.get(rej.event_id)
+            if rec is None and current is not None:
+                rec = current
+            if rec is None:  # pragma: no cover - every accountable rejection has its record
+                continue
+            out.dead_letters.append(self._letter(rec, rej.reason, rej.detail))
+            if self.metrics is not None:
+                self.metrics.dlq.labels(rej.reason).inc()
+                self.metrics.events.labels(slot.name, rej.event_type, "dead-lettered").inc()
+
+    def _dead_letter_decode(self, slot: _Slot, rec: WireRecord) -> None:
+        assert rec.reason is not None
+        slot.shard.stats.dead_lettered[rec.reason] += 1
+        slot.dirty = True
+        self._pending_letters.append(self._letter(rec, rec.reason, rec.detail))
+        if self.metrics is not None:
+            self.metrics.dlq.labels(rec.reason).inc()
+            self.metrics.events.labels(slot.name, "unknown", "dead-lettered").inc()
+
+    def _letter(self, rec: WireRecord, reason: str, detail: str) -> DlqMessage:
+        letter = DeadLetter(
+            value=rec.value,
+            reason=reason,
+            detail=detail,
+            time=datetime.fromtimestamp(self.clock(), tz=UTC),
+            headers=tuple(rec.headers),
+            key=rec.key,
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+        )
+        return to_message(letter, topic=self.settings.dlq_topic)
+
+    # ------------------------------------------------------------------ handoffs and progress
+    def _emit_handoffs(self, slot: _Slot, frontier: float, out: HostOutput) -> None:
+        if not slot.shard.has_pending_handoffs or not slot.shard.handoff_due(frontier):
+            return
+        for handoff in slot.shard.take_handoffs(frontier):
+            raw = self.codec.encode(handoff)
+            dest = self.slots.get(handoff.to_shard)
+            if dest is not None:
+                self._take_handoff(dest, handoff)
+            part = self.partition_of[handoff.to_shard]
+            out.shard_messages.append(
+                (part, handoff.to_shard.encode(), encode_message(Handoff(to_shard=handoff.to_shard, event=raw)))
+            )
+
+    def _announce(self, slot: _Slot, now: float, out: HostOutput) -> None:
+        p = self.progress(slot)
+        if p == _NEG_INF or p == slot.announced and now - slot.announced_at < self.settings.announce_every:
+            return
+        slot.announced = p
+        slot.announced_at = now
+        raw = encode_message(Progress(from_shard=slot.name, time=p))
+        for part in sorted({self.partition_of[r] for r in self.router.regions if r != slot.name}):
+            out.shard_messages.append((part, slot.name.encode(), raw))
+
+    # ------------------------------------------------------------------ forecasting and publishing
+    async def _maybe_refresh(self, slot: _Slot, now: float, out: HostOutput) -> None:
+        if not slot.dirty:
+            return
+        if slot.name not in self.forecasters:
+            if not slot.routed.size and not slot.handoffs and now - slot.last_apply >= self.settings.idle_after:
+                slot.dirty = False
+                slot.want_snapshot = True  # quiet: persist the state even without forecasts
+            return
+        idle = not slot.routed.size and not slot.handoffs and now - slot.last_apply >= self.settings.idle_after
+        if idle:
+            await self._publish(slot, out, full=True)
+            slot.want_snapshot = True
+
+    async def _maybe_refresh_busy(self, now: float, out: HostOutput) -> None:
+        """While events flow: refresh the stalest due shard (one per step, so applying never stalls long)."""
+        every = self.settings.refresh_every
+        if every <= 0:
+            return
+        due = [
+            s for s in self.slots.values() if s.dirty and s.name in self.forecasters and now - s.last_publish >= every
+        ]
+        if not due:
+            return
+        slot = min(due, key=lambda s: (s.last_publish, s.name))
+        incremental = callable(getattr(self.forecasters[slot.name], "update", None))
+        await self._publish(slot, out, full=not incremental)
+
+    async def _publish(self, slot: _Slot, out: HostOutput, *, full: bool) -> None:
+        if slot.name not in self.forecasters:
+            return
+        start = time.perf_counter()
+        preds = await self.runner(slot.name, slot.shard.state, not full)
+        took = time.perf_counter() - start
+        self.forecast_seconds.append(took)
+        pubs = slot.shard.publish(preds, full=full)
+        offsets = self.applied_offsets(slot)
+        for pub in pubs:
+            out.predictions.append(self._encode_publication(pub, offsets))
+        now = self.clock()
+        out.publication_lags.extend(now - t for t in slot.unpublished)
+        slot.unpublished = []
+        slot.last_publish = now
+        if full:
+            slot.dirty = False
+        m = self.metrics
+        if m is not None:
+            m.forecast_duration.labels(slot.name).observe(took)
+            for pub in pubs:
+                if pub.prediction is not None:
+                    m.predictions_published.labels(pub.prediction.kind).inc()
+            if full:
+                late = sum(1 for p in preds if p.kind == "order" and p.p_late >= 0.5 and slot.shard.owns(p.key))
+                m.predicted_late_orders.labels(slot.name).set(late)
+                for p in preds:
+                    if p.kind == "site" and slot.shard.owns(p.key):
+                        m.at_risk_orders.labels(p.id).set(p.at_risk)
+                replicas = getattr(self.forecasters[slot.name], "replicas", None)
+                if isinstance(replicas, int):
+                    m.forecast_replicas.labels(slot.name).set(replicas)
+
+    @staticmethod
+    def applied_offsets(slot: _Slot) -> dict[str, int]:
+        """Per input partition, the offset up to which every record for this shard is applied."""
+        out: dict[str, int] = {}
+        for name, src in sorted(slot.sources.items()):
+            q = slot.routed.queues.get(name)
+            out[name] = q[0][2].offset - 1 if q else int(src[0])
+        return out
+
+    def _encode_publication(self, pub: Publication, offsets: dict[str, int]) -> tuple[bytes, bytes | None]:
+        key = pub.key.encode()
+        if pub.prediction is None:
+            return key, None
+        return key, encode_prediction(pub.prediction, epoch=self.epoch, shard=pub.shard, offsets=offsets)
+
+    async def _run_inline(self, name: str, state: WorldState, incremental: bool) -> Sequence[Any]:
+        fc = self.forecasters[name]
+        if incremental:
+            update = getattr(fc, "update", None)
+            if callable(update):
+                result: Sequence[Any] = update(state)
+                return result
+        return fc.forecast(state)
+
+    # ------------------------------------------------------------------ metrics
+    def _report(self, now: float) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        for name, slot in self.slots.items():
+            seen = self._reported.setdefault(name, Counter())
+            for etype, n in slot.shard.stats.applied.items():
+                if n > seen[etype]:
+                    m.events.labels(name, etype, "applied").inc(n - seen[etype])
+                    seen[etype] = n
+            clock = slot.shard.clock
+            if math.isfinite(clock) and clock > 0:
+                wall = (self.epoch + timedelta(seconds=clock)).timestamp()
+                m.clock.labels(name).set(wall)
+                m.event_lag.labels(name).set(now - wall)
+            m.snapshot_age.labels(name).set(now - slot.last_snapshot)
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot_due(self, partition: int, every: float, unacked: int = 0, max_unacked: int = 1000) -> bool:
+        """True if the partition's shards should be snapshotted now.
+
+        When something changed and the last snapshot is older than ``every`` seconds, after a
+        quiet-time publication, or when ``unacked`` messages (input marks only, say) pile up.
+        """
+        now = self.clock()
+        for name in self.shards_on(partition):
+            slot = self.slots.get(name)
+            if slot is None:
+                continue
+            if slot.want_snapshot or unacked >= max_unacked:
+                return True
+            if slot.changed and now - slot.last_snapshot >= every:
+                return True
+        return False
+
+    def snapshot(self, partition: int) -> dict[str, bytes]:
+        """Snapshot blobs of the shards of ``partition`` (table key -> value)."""
+        out: dict[str, bytes] = {}
+        now = self.clock()
+        for name in self.shards_on(partition):
+            slot = self.slots.get(name)
+            if slot is None:
+                continue
+            out[name] = encode_snapshot(self._snapshot_doc(slot))
+            slot.last_snapshot = now
+            slot.want_snapshot = False
+            slot.changed = False
+        return out
+
+    def _snapshot_doc(self, slot: _Slot) -> dict[str, Any]:
+        # A restored peer re-sends the handoffs made since its snapshot, which may be hours of
+        # event time back: remember ids for two days of event time (handoffs are few).
+        horizon = slot.shard.clock - HANDOFF_MEMORY
+        slot.handoff_ids = {k: t for k, t in slot.handoff_ids.items() if t >= horizon}
+        return {
+            "version": SNAPSHOT_VERSION,
+            "shard": slot.shard.snapshot(),
+            "partition": slot.partition,
+            "offset": slot.offset,
+            "seq": slot.seq,
+            "sources": {k: list(v) for k, v in sorted(slot.sources.items())},
+            "peers": dict(sorted(slot.peers.items())),
+            "handoff_ids": dict(sorted(slot.handoff_ids.items())),
+            "routed": [[src, t, seq, _record_list(rec)] for src, (t, seq, rec, _) in slot.routed.items()],
+            "handoffs": [[t, seq, event_to_dict(h)] for t, seq, h in sorted(slot.handoffs)],
+            "parked": {eid: _record_list(rec) for eid, rec in sorted(slot.parked.items())},
+            "saved_at": self.clock(),
+            #: False once the state has been published after it last changed (quiet time)
+            "dirty": slot.dirty,
+            "buffered": len(slot.routed) + len(slot.handoffs),
+        }
+
+    def _restore(self, name: str, blob: bytes) -> _Slot:
+        doc = decode_snapshot(blob)
+        if doc.get("version") != SNAPSHOT_VERSION:
+            msg = f"snapshot of shard {name!r} has version {doc.get('version')!r}; this worker reads {SNAPSHOT_VERSION}"
+            raise ValueError(msg)
+        shard = Shard.from_snapshot(self.network, doc["shard"], self.router)
+        slot = _Slot(shard, self.partition_of[name])
+        slot.offset = doc["offset"]
+        slot.seq = doc["seq"]
+        # Idleness is a fact about the moment a mark was made, not about now: until the ingest
+        # stage says otherwise, an input is only known to be read up to its newest event.
+        slot.sources = {k: [v[0], v[1], min(v[2], v[1])] for k, v in doc["sources"].items()}
+        slot.peers = dict(doc["peers"])
+        slot.handoff_ids = dict(doc["handoff_ids"])
+        for src, t, seq, values in doc["routed"]:
+            rec = _record_from_list(values)
+            slot.routed.queue(src).append((t, seq, rec, self.codec.decode(rec.value)))
+            slot.routed.size += 1
+        slot.handoffs = [(t, seq, _as_handoff(event_from_dict(d))) for t, seq, d in doc["handoffs"]]
+        heapq.heapify(slot.handoffs)
+        slot.parked = {eid: _record_from_list(r) for eid, r in doc["parked"].items()}
+        slot.dirty = True
+        slot.last_snapshot = doc["saved_at"]
+        return slot
+
+    # ------------------------------------------------------------------ reading
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per hosted shard: counters, clock, buffer sizes, watermarks."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, slot in sorted(self.slots.items()):
+            out[name] = slot.shard.stats.as_dict() | {
+                "clock": slot.shard.clock,
+                "buffered": len(slot.routed) + len(slot.handoffs),
+                "input_watermark": self.input_watermark(slot),
+                "progress": self.progress(slot),
+                "offset": slot.offset,
+            }
+        return out
+
+
+def _with_reason(rec: WireRecord, err: DecodeError) -> WireRecord:
+    return msgspec.structs.replace(rec, reason=err.reason, detail=err.detail)
+
+
+def _record_list(rec: WireRecord) -> list[Any]:
+    return list(msgspec.structs.astuple(rec))
+
+
+def _record_from_list(values: list[Any]) -> WireRecord:
+    vals = list(values)
+    vals[7] = [tuple(h) for h in vals[7]]
+    return WireRecord(*vals)
+
+
+def _as_handoff(ev: Event) -> TripHandoff:
+    if not isinstance(ev, TripHandoff):  # pragma: no cover - only handoffs are stored as handoffs
+        msg = f"expected a TripHandoff in the snapshot, got {type(ev).__name__}"
+        raise TypeError(msg)
+    return ev

@@ -1,0 +1,292 @@
+"""The ingest stage: input topics -> events re-keyed by shard on the shard topic.
+
+Faust's own consumer path costs about 200 microseconds per message on these machines (a task
+and an event-loop round trip per message), which caps a worker near 5,000 events/s. So the
+input topics are read with a plain aiokafka consumer in its own consumer group, in polls of up
+to thousands of messages: each poll is decoded with the codec in one pass, routed
+(``streams.shards.ShardRouter``), and written to the shard topic as *one* message per shard
+partition (``streams.envelopes.Batch``), which the Faust agent then handles as one event.
+Bytes the codec refuses go along too, with the reason, so the shard that accounts for them
+dead-letters them (and counts them exactly once, in its snapshot).
+
+Every batch also carries the progress of every input partition this instance owns, so shards
+know how far each input has been read; when nothing arrives, a batch with no records goes out
+every ``heartbeat`` seconds. A partition's *watermark* says "every event of this partition
+before this time has been read", assuming each partition is written in event-time order and
+producers write in event-time order overall:
+
+- until it has had no new message for ``idle_after`` seconds: the newest event time read
+  from it, even when it is caught up (nothing more to read right now). Being caught up says
+  nothing about what the producers are about to write: a producer writing several topics in
+  event-time order sends them in separate batches, so the broker may hold a sensor reading at
+  T while the order event just before T is still on its way. Replayed faster than real time
+  (a day in seconds), a few milliseconds of that race are many minutes of event time, beyond
+  the lateness;
+- once it is caught up and has had no new message for ``idle_after`` seconds: no bound at all
+  (an idle input does not hold the others back; Kafka Streams' ``max.task.idle.ms``).
+
+So an input that goes quiet holds the others back for at most ``idle_after`` wall seconds.
+
+Shards hosted by the same worker take each poll's batches directly, decoded events included, so
+the shard topic's copy is only read back (and skipped, by its key) or replayed after a restart.
+
+Delivery is at-least-once: input offsets are committed only after the batches made from them
+are acknowledged by the broker; a record delivered twice is dropped by the shard (it keeps the
+highest source offset it has seen per input partition).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from streams.codec import Codec
+from streams.envelopes import ACCOUNTABLE, BROADCAST_DYNAMIC, COPY, Batch, SourceMark, WireRecord, encode_message
+from streams.errors import DecodeError
+from streams.host import input_name, shard_partitions
+from streams.shards import ShardRouter
+from twin.events import Event
+
+__all__ = ["BatchBuilder", "Ingest", "SourceMessage"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_RECORDS: Final = 5000
+#: Shared by every record without headers (never mutated; msgpack writes it as an empty array).
+_NO_HEADERS: Final[list[tuple[str, bytes]]] = []
+DEFAULT_HEARTBEAT: Final = 0.5
+
+#: ``send(topic, key, value, partition) -> awaitable delivery``
+Send = Callable[[str, bytes | None, bytes, int], Awaitable[Awaitable[Any]]]
+#: ``direct(key, batches, events)``: hand a poll's batches to the shards hosted in this process
+Direct = Callable[[bytes, dict[int, Batch], dict[int, list[Event | None]]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceMessage:
+    """One input message (aiokafka's ``ConsumerRecord`` has the same attributes and is used as is)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None
+    key: bytes | None
+    value: bytes
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+@dataclass(slots=True)
+class _Source:
+    offset: int = -1
+    max_time: float = -math.inf
+    #: wall time of its newest message (or of when it was first seen, if it has none)
+    last_message: float | None = None
+
+
+@dataclass(slots=True)
+class BatchBuilder:
+    """Decode and route a poll of input messages into one :class:`Batch` per shard partition (pure)."""
+
+    router: ShardRouter
+    codec: Codec
+    partitions: int
+    #: seconds caught up after which a partition no longer bounds the watermark
+    idle_after: float = 1.0
+    source: str = field(default_factory=lambda: f"ingest-{uuid.uuid4().hex[:8]}")
+    sources: dict[tuple[str, int], _Source] = field(default_factory=dict)
+    partition_of: dict[str, int] = field(init=False)
+    #: the decoded events of the last build, per partition, aligned with its batch's records
+    #: (None for a record the codec refused): a local shard host takes them without decoding
+    last_events: dict[int, list[Event | None]] = field(default_factory=dict)
+    batches: int = 0
+
+    def __post_init__(self) -> None:
+        self.partition_of = shard_partitions(self.router.regions, self.partitions)
+
+    def forget(self, tps: Iterable[tuple[str, int]]) -> None:
+        """Input partitions no longer owned (revoked)."""
+        for tp in tps:
+            self.sources.pop(tp, None)
+
+    def build(
+        self,
+        messages: Sequence[Any],
+        positions: dict[tuple[str, int], tuple[int, bool]],
+        now: float | None = None,
+    ) -> dict[int, Batch]:
+        """One batch per shard partition (every partition, records or not).
+
+        ``positions``: for every input partition owned, (next offset to read, caught up).
+        """
+        now = time.time() if now is None else now
+        by_part: dict[int, list[WireRecord]] = {p: [] for p in range(self.partitions)}
+        evs_part: dict[int, list[Event | None]] = {p: [] for p in range(self.partitions)}
+        events, errors = self.codec.decode_many(m.value for m in messages)
+        failed = dict(errors)
+        it = iter(events)
+        route = self.router.route
+        part_of = self.partition_of
+        sources = self.sources
+        for i, m in enumerate(messages):
+            src = sources.get((m.topic, m.partition))
+            if src is None:
+                src = sources[(m.topic, m.partition)] = _Source()
+            src.last_message = now
+            headers = [(k, v) for k, v in m.headers] if m.headers else _NO_HEADERS
+            err: DecodeError | None = failed.get(i)
+            if err is not None:
+                shard = self.router.fallback(input_name(m.topic, m.partition))
+                rec = WireRecord(
+                    shard, ACCOUNTABLE, m.topic, m.partition, m.offset, m.timestamp, m.key, headers, m.value,
+                    err.reason, err.detail,
+                )  # fmt: skip
+                by_part[part_of[shard]].append(rec)
+                evs_part[part_of[shard]].append(None)
+                continue
+            ev = next(it)
+            if ev.time > src.max_time:
+                src.max_time = ev.time
+            r = route(ev)
+            for name in r.shards:
+                if r.accountable is None:
+                    acct = BROADCAST_DYNAMIC
+                else:
+                    acct = ACCOUNTABLE if name == r.accountable else COPY
+                part = part_of[name]
+                by_part[part].append(
+                    WireRecord(name, acct, m.topic, m.partition, m.offset, m.timestamp, m.key, headers, m.value)
+                )
+                evs_part[part].append(ev)
+        sent_at = now
+        marks = []
+        for (topic, part), (position, caught_up) in sorted(positions.items()):
+            src = sources.get((topic, part))
+            if src is None:
+                src = sources[(topic, part)] = _Source()
+            src.offset = max(src.offset, position - 1)
+            if src.last_message is None:
+                src.last_message = now
+            if caught_up and now - src.last_message >= self.idle_after:
+                watermark = math.inf
+            else:
+                watermark = src.max_time
+            marks.append(SourceMark(topic, part, src.offset, src.max_time, watermark))
+        self.last_events = evs_part
+        self.batches += 1
+        return {p: Batch(self.source, recs, marks, sent_at) for p, recs in by_part.items()}
+
+    def batch_key(self) -> bytes:
+        """The shard-topic key of the last build's batches: ``<source>:<build number>``."""
+        return f"{self.source}:{self.batches}".encode()
+
+
+class Ingest:
+    """Reads the input topics with aiokafka (its own consumer group) and feeds the shard topic."""
+
+    def __init__(
+        self,
+        builder: BatchBuilder,
+        *,
+        consumer_factory: Callable[[], Any],
+        send: Send,
+        topics: Sequence[str],
+        shard_topic: str,
+        max_records: int = DEFAULT_MAX_RECORDS,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        on_batch: Callable[[int, float], None] | None = None,
+        direct: Direct | None = None,
+        on_assigned: Callable[[], None] | None = None,
+    ) -> None:
+        self.builder = builder
+        self.consumer_factory = consumer_factory
+        self.send = send
+        self.topics = list(topics)
+        self.shard_topic = shard_topic
+        self.max_records = max_records
+        self.heartbeat = heartbeat
+        self.on_batch = on_batch
+        self.direct = direct
+        self.on_assigned = on_assigned
+        self.consumer: Any = None
+        self._inflight: list[tuple[list[Awaitable[Any]], dict[Any, int]]] = []
+        self._stopping = asyncio.Event()
+        self.messages = 0
+
+    async def run(self) -> None:
+        """Poll, route, forward, commit, until :meth:`stop`."""
+        from aiokafka import ConsumerRebalanceListener
+
+        ingest = self
+
+        class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            async def on_partitions_revoked(self, revoked: Any) -> None:
+                await ingest._drain()
+                ingest.builder.forget((tp.topic, tp.partition) for tp in revoked)
+
+            async def on_partitions_assigned(self, assigned: Any) -> None:
+                if ingest.on_assigned is not None:
+                    ingest.on_assigned()
+
+        self.consumer = consumer = self.consumer_factory()
+        consumer.subscribe(self.topics, listener=_Listener())
+        await consumer.start()
+        last_sent = 0.0
+        try:
+            while not self._stopping.is_set():
+                records = await consumer.getmany(timeout_ms=int(self.heartbeat * 500), max_records=self.max_records)
+                messages = [m for tp_records in records.values() for m in tp_records]
+                now = time.time()
+                if not messages and now - last_sent < self.heartbeat:
+                    continue
+                await self._forward(messages, now)
+                last_sent = now
+        finally:
+            with contextlib.suppress(Exception):
+                await self._drain()
+            await consumer.stop()
+
+    async def stop(self) -> None:
+        """Finish the current poll and stop."""
+        self._stopping.set()
+
+    async def _forward(self, messages: list[Any], now: float) -> None:
+        consumer = self.consumer
+        positions: dict[tuple[str, int], tuple[int, bool]] = {}
+        commit: dict[Any, int] = {}
+        for tp in consumer.assignment():
+            pos = await consumer.position(tp)
+            hw = consumer.highwater(tp)
+            positions[(tp.topic, tp.partition)] = (pos, hw is not None and pos >= hw)
+            commit[tp] = pos
+        batches = self.builder.build(messages, positions, now)
+        key = self.builder.batch_key()
+        futures = []
+        for part, batch in sorted(batches.items()):
+            futures.append(await self.send(self.shard_topic, key, encode_message(batch), part))
+        if self.direct is not None:
+            # Shards hosted here take the batch now (the copy on the shard topic is for recovery
+            # and for shards hosted elsewhere; a host skips the copy of a batch it took directly).
+            await self.direct(key, batches, self.builder.last_events)
+        self.messages += len(messages)
+        if self.on_batch is not None:
+            self.on_batch(len(messages), now)
+        # Commit the previous poll's offsets once its batches are on the broker (keeps one in flight).
+        await self._drain()
+        self._inflight.append((futures, commit))
+
+    async def _drain(self) -> None:
+        while self._inflight:
+            futures, commit = self._inflight.pop(0)
+            await asyncio.gather(*futures)
+            if commit and self.consumer is not None:
+                try:
+                    await self.consumer.commit(commit)
+                except Exception as exc:  # a rebalance: the next owner reads from the last commit
+                    log.warning("ingest: offset commit failed (%s); records may be read again", exc)

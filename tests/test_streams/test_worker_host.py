@@ -1,0 +1,393 @@
+"""The worker's shard stage without a broker: ingest batches -> hosts -> predictions.
+
+An in-memory stand-in for the topics drives the real ``BatchBuilder`` and ``ShardHost``; the
+in-process ``ShardedPipeline`` is the reference. The same stage runs on the real broker in
+``test_kafka_pipeline.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections import Counter, defaultdict
+
+import pytest
+
+from scenarios.generate import generate
+from scenarios.spec import load_scenario
+from streams.codec import Codec
+from streams.deadletter import from_message
+from streams.envelopes import Batch, decode_snapshot, encode_message
+from streams.host import HostSettings, ShardHost, input_name
+from streams.ingest import BatchBuilder, SourceMessage
+from streams.predictions import decode_prediction, prediction_fields
+from streams.shards import ForecastSettings, ShardedPipeline, ShardRouter
+from streams.topics import Topics, input_topic
+from twin.events import DockStatus, OrderScanned, VehiclePosition
+
+FAST = ForecastSettings(cadence=3600.0, horizon=6 * 3600.0, replicas=4, seed=7)
+CUT = 6 * 3600.0
+TOPICS = Topics()
+
+
+@pytest.fixture(scope="module")
+def mini():
+    return generate(load_scenario("two-region-mini"))
+
+
+@pytest.fixture(scope="module")
+def events(mini):
+    return [ev for ev in mini.events if ev.time < CUT]
+
+
+@pytest.fixture(scope="module")
+def reference(mini, events):
+    return ShardedPipeline(mini.network, forecast=FAST).run(events)
+
+
+class Cluster:
+    """Input topics, the shard topic and the output topics in memory, and the workers' hosts."""
+
+    def __init__(self, mini, *, partitions=2, workers=None, skew=300.0, direct=None):
+        self.net = mini.network
+        self.codec = Codec(mini.spec.epoch)
+        self.partitions = partitions
+        self.now = [1000.0]
+        self.settings = HostSettings(
+            partitions=partitions, cadence=FAST.cadence, skew=skew, idle_after=1e9, announce_every=1e9
+        )
+        self.inputs: dict[tuple[str, int], list[SourceMessage]] = {(t, 0): [] for t in TOPICS.inputs}
+        self.read: dict[tuple[str, int], int] = dict.fromkeys(self.inputs, 0)
+        self.builder = BatchBuilder(ShardRouter(self.net), self.codec, partitions)
+        #: partition -> [(key, value)]
+        self.shard_log: dict[int, list[tuple[bytes | None, bytes]]] = {p: [] for p in range(partitions)}
+        #: the worker whose ingest stage hands its batches to its own host directly (None: nobody)
+        self.direct = direct
+        self.predictions: list[tuple[bytes, bytes | None]] = []
+        self.dlq = []
+        self.workers = workers or {"w1": set(range(partitions))}
+        self.hosts = {w: self._new_host() for w in self.workers}
+        self.consumed = {w: dict.fromkeys(parts, 0) for w, parts in self.workers.items()}
+        self.snapshots: dict[str, bytes] = {}
+
+    def _new_host(self):
+        names = [input_name(t, p) for t, p in self.inputs]
+        return ShardHost(
+            self.net,
+            self.codec,
+            inputs=names,
+            settings=self.settings,
+            forecasters=lambda _name: FAST.build(self.net),
+            clock=lambda: self.now[0],
+        )
+
+    # ------------------------------------------------------------------ producing and ingesting
+    def produce(self, events, raw=None):
+        for ev in events:
+            topic = input_topic(ev, TOPICS)
+            log = self.inputs[(topic, 0)]
+            value = raw if raw is not None else self.codec.encode(ev)
+            log.append(SourceMessage(topic, 0, len(log), int(self.now[0] * 1000), ev.subject.encode(), value))
+
+    def produce_raw(self, topic, value):
+        log = self.inputs[(topic, 0)]
+        log.append(SourceMessage(topic, 0, len(log), int(self.now[0] * 1000), None, value, [("h", b"1")]))
+
+    def ingest(self, take: dict[str, int] | None = None, *, again: int = 0):
+        """One poll: up to ``take[topic]`` messages of each input (all by default)."""
+        msgs = []
+        for (topic, part), log in self.inputs.items():
+            start = self.read[(topic, part)] - again
+            n = len(log) - start if take is None else take.get(topic, 0)
+            chunk = log[max(0, start) : start + n]
+            msgs.extend(chunk)
+            self.read[(topic, part)] = max(self.read[(topic, part)], start + len(chunk))
+        positions = {tp: (self.read[tp], self.read[tp] >= len(log)) for tp, log in self.inputs.items()}
+        batches = self.builder.build(msgs, positions, self.now[0])
+        key = self.builder.batch_key()
+        for part, batch in batches.items():
+            self.shard_log[part].append((key, _encode(batch)))
+        if self.direct is not None:
+            host = self.hosts[self.direct]
+            for part, batch in batches.items():
+                host.offer_direct(part, key, batch, self.builder.last_events[part])
+
+    # ------------------------------------------------------------------ workers
+    def pump(self, rounds=50):
+        for _ in range(rounds):
+            busy = False
+            for w, host in self.hosts.items():
+                for part in sorted(self.consumed[w]):
+                    log = self.shard_log[part]
+                    if part not in host.hosted_partitions():
+                        host.host(part, {n: self.snapshots.get(n) for n in host.shards_on(part)})
+                    while self.consumed[w][part] < len(log):
+                        off = self.consumed[w][part]
+                        host.receive(part, off, log[off][1], log[off][0])
+                        self.consumed[w][part] += 1
+                        busy = True
+                out = asyncio.run(host.step())
+                self.dlq.extend(out.dead_letters)
+                self.predictions.extend(out.predictions)
+                for part, key, value in out.shard_messages:
+                    self.shard_log[part].append((key, value))
+                    busy = True
+            if not busy:
+                return
+
+    def quiet(self):
+        """Time passes with no input: the ingest stage's heartbeat marks every input idle, and
+        every shard publishes its final set."""
+        self.now[0] += 1e10
+        self.ingest({})
+        self.pump()
+        self.now[0] += 1e10
+        self.pump()
+
+    def snapshot_all(self):
+        for host in self.hosts.values():
+            for part in host.hosted_partitions():
+                self.snapshots.update(host.snapshot(part))
+
+    def crash(self, worker, *, rewind=50):
+        """The worker dies; it restarts from its snapshots and re-reads from their offsets.
+
+        Its ingest stage restarts too (state lost), ``rewind`` records before where it was on
+        every input (its last commits), and reads unevenly again.
+        """
+        self.builder = BatchBuilder(ShardRouter(self.net), self.codec, self.partitions)
+        for tp in self.read:
+            self.read[tp] = max(0, self.read[tp] - rewind)
+        self.hosts[worker] = self._new_host()
+        for part in self.consumed[worker]:
+            names = [n for n in self.hosts[worker].shards_on(part) if n in self.snapshots]
+            offs = [decode_snapshot(self.snapshots[n])["offset"] for n in names]
+            self.consumed[worker][part] = min(offs) + 1 if offs else 0
+
+    def final(self):
+        out = {}
+        for key, value in self.predictions:
+            if value is None:
+                out.pop(key.decode(), None)
+            else:
+                out[key.decode()] = prediction_fields(decode_prediction(value))
+        return out
+
+    def states(self):
+        return {n: s.shard.state.snapshot() for h in self.hosts.values() for n, s in h.slots.items()}
+
+
+def _encode(batch: Batch) -> bytes:
+    return encode_message(batch)
+
+
+def _ref_final(result):
+    return {k: prediction_fields(p) for k, p in result.final_predictions().items()}
+
+
+def _ref_states(result):
+    return {n: s.state.snapshot() for n, s in result.shards.items()}
+
+
+def _feed_skewed(cluster, events, rng, polls=40):
+    """Sensors and orders read in uneven chunks: one topic runs hours ahead of the other."""
+    cluster.produce(events)
+    sizes = {t: len(cluster.inputs[(t, 0)]) for t in TOPICS.inputs}
+    for _ in range(polls):
+        take = {t: rng.randint(0, max(1, 3 * sizes[t] // polls)) for t in TOPICS.inputs}
+        cluster.ingest(take)
+        cluster.pump()
+    cluster.ingest()
+    cluster.pump()
+    cluster.quiet()
+
+
+# ---------------------------------------------------------------------------------- equivalence
+
+
+def test_one_worker_equals_the_in_process_pipeline_whatever_the_fetch_order(mini, events, reference):
+    cluster = Cluster(mini)
+    _feed_skewed(cluster, events, random.Random(3))
+    assert cluster.states() == _ref_states(reference)
+    assert cluster.final() == _ref_final(reference)
+    assert len(cluster.final()) > 100
+    assert cluster.dlq == []
+    # Every tick publication of the reference was published, in the same order per key.
+    published = defaultdict(list)
+    for key, value in cluster.predictions:
+        if value is not None:
+            published[key.decode()].append(prediction_fields(decode_prediction(value)))
+    for pub in reference.publications:
+        if pub.prediction is not None:
+            assert prediction_fields(pub.prediction) in published[pub.key], pub.key
+
+
+def test_a_caught_up_input_holds_the_others_back_until_it_is_idle(mini, events, reference):
+    """A producer writing two topics in event-time order: the broker may already have the
+    sensor readings of the next hours while the orders before them are still on their way. An
+    input that is caught up for the moment must not let the others run past it (the race that a
+    day replayed in seconds turns into hours of event time) until it has been quiet for
+    ``idle_after``."""
+    cluster = Cluster(mini)
+    cluster.builder.idle_after = 5.0
+    half = events[len(events) // 2].time
+    orders_late = [ev for ev in events if input_topic(ev, TOPICS) == TOPICS.orders and ev.time >= half]
+    cluster.produce([ev for ev in events if ev not in orders_late])
+    cluster.ingest()  # everything there is, read: every input is caught up
+    cluster.pump()
+    held = max(s.shard.clock for h in cluster.hosts.values() for s in h.slots.values())
+    assert held < half
+    cluster.now[0] += 1.0  # less than idle_after: the orders input is still a bound
+    cluster.produce(orders_late)
+    cluster.ingest()
+    cluster.pump()
+    cluster.quiet()
+    assert cluster.dlq == []
+    assert cluster.states() == _ref_states(reference)
+    assert cluster.final() == _ref_final(reference)
+
+
+def test_batches_taken_directly_by_the_local_host_give_the_same_result(mini, events, reference):
+    cluster = Cluster(mini, direct="w1")
+    _feed_skewed(cluster, events, random.Random(4))
+    assert cluster.states() == _ref_states(reference)
+    assert cluster.final() == _ref_final(reference)
+    host = cluster.hosts["w1"]
+    assert host.direct_batches > 20
+    assert not any(host._direct.values()), "every directly taken batch was matched by its copy"
+
+
+def test_two_workers_on_separate_partitions_agree(mini, events, reference):
+    cluster = Cluster(mini, workers={"w1": {0}, "w2": {1}})
+    _feed_skewed(cluster, events, random.Random(5))
+    assert cluster.states() == _ref_states(reference)
+    assert cluster.final() == _ref_final(reference)
+
+
+def test_shards_sharing_one_partition(mini, events, reference):
+    cluster = Cluster(mini, partitions=1)
+    _feed_skewed(cluster, events, random.Random(7))
+    assert cluster.states() == _ref_states(reference)
+    assert cluster.final() == _ref_final(reference)
+
+
+def test_a_shard_never_runs_more_than_the_skew_ahead(mini, events):
+    cluster = Cluster(mini, workers={"w1": {0}, "w2": {1}}, skew=120.0)
+    cluster.produce(events)
+    # Only w1 runs: its shard may not get more than the skew past where w2's shard has announced.
+    cluster.ingest()
+    host = cluster.hosts["w1"]
+    for _ in range(3):
+        for part in (0,):
+            if part not in host.hosted_partitions():
+                host.host(part)
+            log = cluster.shard_log[part]
+            while cluster.consumed["w1"][part] < len(log):
+                off = cluster.consumed["w1"][part]
+                host.receive(part, off, log[off][1], log[off][0])
+                cluster.consumed["w1"][part] += 1
+        asyncio.run(host.step())
+    (slot,) = host.slots.values()
+    assert slot.shard.clock == -float("inf") or slot.shard.clock <= 0  # nothing: beta never announced
+    cluster.pump()
+    cluster.quiet()
+    assert max(s.shard.clock for h in cluster.hosts.values() for s in h.slots.values()) == max(e.time for e in events)
+
+
+# ---------------------------------------------------------------------------------- recovery
+
+
+@pytest.mark.parametrize("direct", [None, "w1"])
+def test_restart_from_snapshots_mid_stream_gives_the_uninterrupted_result(mini, events, reference, direct):
+    rng = random.Random(9)
+    cluster = Cluster(mini, workers={"w1": {0}, "w2": {1}}, direct=direct)
+    cluster.produce(events)
+    sizes = {t: len(cluster.inputs[(t, 0)]) for t in TOPICS.inputs}
+    for i in range(30):
+        take = {t: rng.randint(0, max(1, 3 * sizes[t] // 30)) for t in TOPICS.inputs}
+        cluster.ingest(take)
+        if i % 7 == 3:
+            cluster.ingest(take, again=rng.randint(1, 40))  # the ingest stage reads some records again
+        cluster.pump()
+        if i % 5 == 0:
+            cluster.snapshot_all()
+        if i in (12, 21):
+            cluster.crash("w2" if i == 12 else "w1")
+    cluster.ingest()
+    cluster.pump()
+    cluster.quiet()
+    assert cluster.states() == _ref_states(reference)
+    assert cluster.final() == _ref_final(reference)
+    stats = [s.shard.stats for h in cluster.hosts.values() for s in h.slots.values()]
+    assert sum(sum(s.applied.values()) for s in stats) == len(events)
+
+
+def test_snapshot_blob_holds_the_whole_slot(mini, events):
+    cluster = Cluster(mini)
+    cluster.produce(events[:3000])
+    cluster.ingest({TOPICS.sensors: 5000, TOPICS.orders: 200})  # orders lag: sensors wait in the buffer
+    cluster.pump()
+    host = cluster.hosts["w1"]
+    assert sum(len(s.routed) for s in host.slots.values()) > 100
+    blobs = {}
+    for part in host.hosted_partitions():
+        blobs.update(host.snapshot(part))
+    again = cluster._new_host()
+    for part in host.hosted_partitions():
+        again.host(part, blobs)
+    for name, slot in host.slots.items():
+        other = again.slots[name]
+        assert other.shard.state.snapshot() == slot.shard.state.snapshot()
+        assert [(src, t, seq) for src, (t, seq, _, _) in other.routed.items()] == [
+            (src, t, seq) for src, (t, seq, _, _) in slot.routed.items()
+        ]
+        assert other.offset == slot.offset
+        # Offsets and newest times survive; idleness does not (it was true when the mark was made).
+        assert {k: v[:2] for k, v in other.sources.items()} == {k: v[:2] for k, v in slot.sources.items()}
+        assert all(v[2] <= v[1] for v in other.sources.values())
+
+
+# ---------------------------------------------------------------------------------- dead letters
+
+
+def test_bad_input_is_dead_lettered_with_its_bytes_headers_and_reason(mini, events):
+    cluster = Cluster(mini)
+    good = events[:2500]
+    pos = next(e for e in good[1000:] if isinstance(e, VehiclePosition))
+    cluster.produce(good[:1200])
+    cluster.produce_raw(TOPICS.sensors, b"{not json")
+    unknown = (
+        b'{"specversion":"1.0","id":"x","source":"/s","type":"no.such.type",'
+        b'"time":"2026-03-02T01:00:00Z","subject":"s","data":{}}'
+    )
+    cluster.produce_raw(TOPICS.sensors, unknown)
+    cluster.produce_raw(TOPICS.orders, cluster.codec.encode(pos).replace(b'"vehicle_id"', b'"vehicle"'))
+    cluster.produce([pos])  # a duplicate of an event already produced
+    cluster.produce([dataclasses.replace(pos, id="unknown-vehicle", vehicle_id="NOPE")])
+    cluster.produce([DockStatus(id="too-late", time=5.0, site_id="A-HUB", occupied=0, in_service=3)])
+    cluster.produce([OrderScanned(id="ghost-scan", time=pos.time, order_id="GHOST", site_id="A-HUB", kind="sorted")])
+    cluster.produce(good[1200:])
+    cluster.ingest()
+    cluster.pump()
+    cluster.quiet()
+    letters = [from_message(m.value, m.headers, m.key) for m in cluster.dlq]
+    reasons = Counter(x.reason for x in letters)
+    assert reasons == {
+        "malformed-json": 1,
+        "unknown-type": 1,
+        "schema": 1,
+        "duplicate": 1,
+        "unknown-entity": 2,
+        "too-late": 1,
+    }
+    raw = {x.value for x in letters}
+    assert b"{not json" in raw
+    bad = next(x for x in letters if x.reason == "malformed-json")
+    assert bad.headers == (("h", b"1"),) and bad.topic == TOPICS.sensors and bad.offset is not None
+    consumed = sum(len(log) for log in cluster.inputs.values())
+    stats = [s.shard.stats for h in cluster.hosts.values() for s in h.slots.values()]
+    applied = sum(sum(s.applied.values()) for s in stats)
+    dead = sum(sum(s.dead_lettered.values()) for s in stats)
+    assert applied + dead == consumed
+    assert dead == len(letters) == 7

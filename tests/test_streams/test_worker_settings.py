@@ -1,0 +1,113 @@
+"""Settings of the Kafka commands, the CLI around them, and how the worker's Faust app is built."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streams.errors import ConfigurationError
+from streams.settings import MASK, KafkaSecurity, ReplaySettings, TailSettings, WorkerSettings, add_options
+
+
+def _parse(cls, argv, env=None):
+    parser = argparse.ArgumentParser()
+    add_options(parser, cls.OPTIONS)
+    return cls.from_args(parser.parse_args(argv), env or {})
+
+
+def test_flags_win_over_environment_and_environment_over_defaults():
+    s = _parse(WorkerSettings, ["--partitions", "6"], {"TWIN_PARTITIONS": "3", "TWIN_REPLICAS": "8"})
+    assert (s.partitions, s.replicas, s.broker) == (6, 8, "127.0.0.1:9092")
+    assert s.shard_topic == "logistics-twin-shards"
+
+
+def test_the_sasl_password_comes_from_the_environment_and_is_masked_when_printed():
+    s = _parse(
+        WorkerSettings,
+        ["--security-protocol", "SASL_SSL", "--sasl-mechanism", "SCRAM-SHA-512", "--sasl-username", "twin"],
+        {"TWIN_SASL_PASSWORD": "hunter2"},
+    )
+    assert s.security.sasl_password == "hunter2"
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.masked())
+    assert s.masked()["sasl_password"] == MASK
+    kw = s.security.aiokafka()
+    assert kw["sasl_plain_password"] == "hunter2" and kw["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert kw["ssl_context"] is not None
+    assert "hunter2" not in repr(s.security)
+
+
+@pytest.mark.parametrize(
+    ("security", "needle"),
+    [
+        ({"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN"}, "--sasl-username"),
+        ({"security_protocol": "PLAINTEXT", "sasl_username": "u"}, "SASL options need"),
+        (
+            {"security_protocol": "SASL_SSL", "sasl_mechanism": "MD5", "sasl_username": "u", "sasl_password": "p"},
+            "one of",
+        ),  # noqa: E501
+        ({"security_protocol": "SSL", "ssl_certfile": "c.pem"}, "go together"),
+        ({"security_protocol": "TLS"}, "must be one of"),
+    ],
+)
+def test_bad_security_settings_say_the_rule_and_the_fix(security, needle):
+    with pytest.raises(ConfigurationError, match=needle):
+        KafkaSecurity(**security)
+
+
+def test_bad_worker_settings_are_refused_with_the_flag_name():
+    with pytest.raises(ConfigurationError, match="--partitions=0"):
+        WorkerSettings(partitions=0)
+    with pytest.raises(ConfigurationError, match="--skew"):
+        WorkerSettings(skew=1000.0, lateness=900.0)
+    with pytest.raises(ConfigurationError, match="TWIN_REPLICAS"):
+        _parse(WorkerSettings, [], {"TWIN_REPLICAS": "many"})
+
+
+def test_replay_and_tail_settings():
+    r = _parse(ReplaySettings, ["--speed", "60"], {"TWIN_SENSORS_TOPIC": "s"})
+    assert (r.speed, r.rate, r.topics.sensors) == (60.0, 0.0, "s")
+    t = _parse(TailSettings, ["--from-beginning"])
+    assert t.from_beginning is True
+    assert _parse(TailSettings, [], {"TWIN_FROM_BEGINNING": "true"}).from_beginning is True
+
+
+@pytest.mark.parametrize("command", ["worker", "replay", "tail"])
+def test_help_shows_every_option_with_its_environment_variable(command):
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", command, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    cls = {"worker": WorkerSettings, "replay": ReplaySettings, "tail": TailSettings}[command]
+    for opt in cls.OPTIONS:
+        assert opt.flag in text, opt.flag
+        assert f"[env: {opt.env}]" in text, opt.env
+
+
+def test_worker_app_is_built_by_a_factory_with_the_table_and_router_endpoints_off(tmp_path):
+    from streams.app import create_app
+
+    settings = WorkerSettings(app_id="factory-test", scenario="two-region-mini", partitions=3, data_dir=str(tmp_path))
+    inputs = ["logistics.sensors/0", "logistics.orders/0", "logistics.dispatch/0"]
+    a = create_app(settings, inputs, registry=CollectorRegistry())
+    b = create_app(settings, inputs, registry=CollectorRegistry())
+    assert a.app is not b.app
+    conf = a.app.conf
+    assert conf.web_enabled is False and conf.web_tables_enabled is False and conf.web_router_enabled is False
+    assert conf.stream_wait_empty is False
+    assert a.table.name == "snapshots" and a.table.partitions == 3
+    assert sorted(a.host.partition_of.values()) == [0, 1]
+    names = {m.name for m in a.registry.collect()}
+    assert {"twin_events", "twin_event_lag_seconds", "twin_dlq_events", "twin_snapshot_age_seconds"} <= names
+    assert "twin_forecast_duration_seconds" in names
+    assert any(n.startswith("faust_") for n in names)
+    # Two workers of one app (or one worker before and after a restart) never name their
+    # shard-topic batches alike: a host tells the copy of a batch it took directly by its key.
+    assert a.ingest.builder.source != b.ingest.builder.source
+    assert a.ingest.builder.source.startswith("factory-test-ingest-")
+    a.executor.shutdown()
+    b.executor.shutdown()
