@@ -564,6 +564,8 @@ class Shard:
         for oid in ids:
             self._moved[f"order:{oid}"] = False
         self.stats.handoffs_sent += 1
+        previous = self.network.previous_trip(p.trip_id)
+        previous_arrived_at = self.state.trips[previous].arrivals[-1] if previous is not None else None
         return TripHandoff(
             id=p.id,
             time=p.time,
@@ -574,6 +576,7 @@ class Shard:
             from_shard=self.name,
             to_shard=to_shard,
             orders=on_board,
+            previous_arrived_at=previous_arrived_at,
         )
 
     def receive(self, handoff: TripHandoff) -> ShardResult:

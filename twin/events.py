@@ -224,7 +224,9 @@ class TripHandoff(Event):
 
     Emitted by the origin shard when a vehicle departs on a leg that ends in another region;
     carries the departure and the orders on board, so the destination shard knows what is
-    coming before the vehicle arrives.
+    coming before the vehicle arrives. ``previous_arrived_at`` is when the vehicle's previous
+    trip (in its rotation) arrived, as the origin shard saw it: the destination shard may have
+    handed that trip off itself and never seen it arrive.
     """
 
     TYPE: ClassVar[str] = "logistics.twin.handoff.v1"
@@ -236,6 +238,7 @@ class TripHandoff(Event):
     from_shard: str
     to_shard: str
     orders: tuple[OrderOnBoard, ...] = ()
+    previous_arrived_at: float | None = None
 
 
 EVENT_TYPES: Final[dict[str, type[Event]]] = {

@@ -478,6 +478,12 @@ class WorldState:
         found = self._leg_event(departed, arriving=False)
         if len(found) == 2:
             return found
+        previous = self.network.previous_trip(ev.trip_id)
+        if ev.previous_arrived_at is not None and previous is not None:
+            prev = self.trips[previous]
+            if prev.arrivals[-1] is None and not prev.cancelled:
+                # This shard handed the previous trip off and never saw it arrive.
+                prev.arrivals[-1] = ev.previous_arrived_at
         for ob in ev.orders:
             if ob.order_id not in self.orders:
                 boards = self._boards(ob.origin, ob.destination, ob.path)

@@ -203,6 +203,27 @@ def test_every_cross_region_departure_hands_the_trip_and_its_orders_over(mini):
         assert oid in result.shards[dest_region].state.orders
 
 
+def test_a_shard_learns_that_the_trip_it_handed_off_arrived(mini):
+    """A vehicle shuttling between regions: the shard that handed trip T off never sees T arrive,
+    but the handoff of the vehicle's next trip back carries T's arrival. Without it the shard
+    would forecast the next trips of that vehicle behind a trip it believes still on the road."""
+    single = LiveTwin(mini.network)
+    single.apply_all(mini.events)
+    result = ShardedPipeline(mini.network).run(mini.events)
+    net = mini.network
+    checked = 0
+    for name, shard in result.shards.items():
+        st = shard.state
+        for tid, ts in st.trips.items():
+            nxt = [t for t in net.rotations[net.trips[tid].vehicle_id] if net.previous_trip(t) == tid]
+            if not nxt or ts.departures[0] is None:
+                continue
+            if st.trips[nxt[0]].departures[0] is not None:  # the vehicle left on its next trip
+                assert ts.arrivals[-1] == single.state.trips[tid].arrivals[-1], (name, tid)
+                checked += 1
+    assert checked > 20
+
+
 def test_order_of_equal_time_events_does_not_change_the_outcome(mini, mini_cut):
     base = ShardedPipeline(mini.network, forecast=FAST).run(mini_cut)
     rng = random.Random(11)
