@@ -288,6 +288,11 @@ async def _on_message(worker: TwinWorker, stream: Any, event: Any) -> None:
     host = worker.host
     message = event.message
     part = message.partition
+    if not host.shards_on(part):
+        # No shard lives on this partition (more partitions than regions): nothing of ours is
+        # written here; whatever is, is skipped.
+        await stream.ack(event)
+        return
     if part not in host.hosted_partitions():
         blobs = {name: worker.table.get(name.encode()) for name in host.shards_on(part)}
         host.host(part, blobs)

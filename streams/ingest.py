@@ -102,6 +102,7 @@ class BatchBuilder:
     source: str = field(default_factory=lambda: f"ingest-{uuid.uuid4().hex[:8]}")
     sources: dict[tuple[str, int], _Source] = field(default_factory=dict)
     partition_of: dict[str, int] = field(init=False)
+    used_partitions: list[int] = field(init=False)
     #: the decoded events of the last build, per partition, aligned with its batch's records
     #: (None for a record the codec refused): a local shard host takes them without decoding
     last_events: dict[int, list[Event | None]] = field(default_factory=dict)
@@ -109,6 +110,8 @@ class BatchBuilder:
 
     def __post_init__(self) -> None:
         self.partition_of = shard_partitions(self.router.regions, self.partitions)
+        #: the shard-topic partitions some shard lives on (more partitions than shards leaves some empty)
+        self.used_partitions = sorted(set(self.partition_of.values()))
 
     def forget(self, tps: Iterable[tuple[str, int]]) -> None:
         """Input partitions no longer owned (revoked)."""
@@ -121,13 +124,14 @@ class BatchBuilder:
         positions: dict[tuple[str, int], tuple[int, bool]],
         now: float | None = None,
     ) -> dict[int, Batch]:
-        """One batch per shard partition (every partition, records or not).
+        """One batch per shard-topic partition that holds a shard (records or not).
 
         ``positions``: for every input partition owned, (next offset to read, caught up).
         """
         now = time.time() if now is None else now
-        by_part: dict[int, list[WireRecord]] = {p: [] for p in range(self.partitions)}
-        evs_part: dict[int, list[Event | None]] = {p: [] for p in range(self.partitions)}
+        used = self.used_partitions
+        by_part: dict[int, list[WireRecord]] = {p: [] for p in used}
+        evs_part: dict[int, list[Event | None]] = {p: [] for p in used}
         events, errors = self.codec.decode_many(m.value for m in messages)
         failed = dict(errors)
         it = iter(events)

@@ -53,18 +53,20 @@ def _replay(args: argparse.Namespace) -> int:
     from streams.codec import Codec
     from streams.progress import ProgressPrinter
     from streams.replayer import replay_to_kafka
-    from streams.shards import ShardedPipeline
 
+    if not args.to_kafka:
+        print(
+            "twin replay: error: it writes a scenario's events to Kafka: add --to-kafka "
+            "(to replay in process, use `twin run SCENARIO --sharded`)",
+            file=sys.stderr,
+        )
+        return 2
     progress = ProgressPrinter(quiet=args.quiet)
     spec = load_scenario(args.scenario)
     if args.seed is not None:
         spec = dataclasses.replace(spec, seed=args.seed)
     prepared = prepare(spec, args.cache_dir, progress=progress)
     progress.done()
-    if not args.to_kafka:
-        result = ShardedPipeline(prepared.network).run(prepared.events)
-        print(json.dumps(result.summary(), indent=2, sort_keys=True))
-        return 0
     settings = ReplaySettings.from_args(args)
     _print_settings("twin replay", settings.masked())
     report = asyncio.run(replay_to_kafka(prepared.events, Codec(spec.epoch), settings, progress=progress))
@@ -109,11 +111,11 @@ def add_kafka_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
 
     replay = sub.add_parser(
         "replay",
-        help="replay a scenario's events: to Kafka (--to-kafka, paced), or through the in-process shards",
+        help="write a scenario's events to the Kafka input topics (--to-kafka), paced by event time",
         description=(
             "With --to-kafka, write a scenario's events to the input topics, paced by event time "
-            "(--speed) or at a fixed rate (--rate), or as fast as possible. Without it, run them "
-            "through the in-process sharded pipeline and print its summary."
+            "(--speed) or at a fixed rate (--rate), or as fast as possible. To replay a scenario "
+            "in process instead, use `twin run SCENARIO` (or `--sharded`, as the workers do)."
         ),
     )
     replay.add_argument("scenario", help="library scenario name or path to a scenario .toml")

@@ -272,6 +272,15 @@ def test_shards_sharing_one_partition(mini, events, reference):
     assert cluster.final() == _ref_final(reference)
 
 
+def test_more_partitions_than_shards(mini, events, reference):
+    """The worker's default is 4 shard-topic partitions; the mini network has 2 regions."""
+    cluster = Cluster(mini, partitions=4)
+    _feed_skewed(cluster, events, random.Random(8))
+    assert all(not cluster.shard_log[p] for p in (2, 3))  # nothing is written where no shard lives
+    assert cluster.states() == _ref_states(reference)
+    assert cluster.final() == _ref_final(reference)
+
+
 def test_a_shard_never_runs_more_than_the_skew_ahead(mini, events):
     cluster = Cluster(mini, workers={"w1": {0}, "w2": {1}}, skew=120.0)
     cluster.produce(events)
