@@ -396,9 +396,14 @@ def run_backtest(
     forecast_seed: int | None = None,
     lead_times: Sequence[float] = DEFAULT_LEAD_TIMES,
     progress: Progress | None = None,
+    along: Callable[..., pl.DataFrame] = forecast_along,
+    label: str = "whole-network twin",
 ) -> tuple[BacktestResult, pl.DataFrame]:
     """Generate the scenario (and its calm twin), forecast along its replay, and backtest.
 
+    ``along`` makes the predictions (default :func:`forecast_along`: one twin of the whole
+    network; ``streams`` passes its per-region shards), called as
+    ``along(gen, forecaster_kwargs, cadence, progress=...)``; ``label`` names it in the config.
     Returns the result (with its config: scenario, seed, code version, settings) and the
     predictions frame it scored.
     """
@@ -412,7 +417,7 @@ def run_backtest(
     seed = spec.seed if forecast_seed is None else forecast_seed
     kwargs = {"horizon": horizon, "replicas": replicas, "seed": seed}
     forecast_start = time.perf_counter()
-    predictions = forecast_along(gen, kwargs, cadence, progress=say)
+    predictions = along(gen, kwargs, cadence, progress=say)
     forecast_seconds = time.perf_counter() - forecast_start
     targets = disruption_targets(spec)
     result = backtest(
@@ -431,6 +436,7 @@ def run_backtest(
         "code_version": __version__,
         "python": platform.python_version(),
         "disruption_targets": list(targets),
+        "forecasts_by": label,
         "settings": {
             "replicas": replicas,
             "cadence_s": cadence,

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from scenarios.predictions import ForecastRecorder, predictions_frame
 from scenarios.replay import Prepared, default_cache_dir, prepare, replay, write_run
@@ -160,8 +161,13 @@ def _backtest(args: argparse.Namespace) -> int:
     spec = load_scenario(args.scenario)
     if args.seed is not None:
         spec = dataclasses.replace(spec, seed=args.seed)
+    extra: dict[str, Any] = {}
+    if args.sharded:
+        from streams.sharded_run import sharded_forecast_along
+
+        extra = {"along": sharded_forecast_along, "label": "per-region shards (twin run --sharded)"}
     result, predictions = run_backtest(
-        spec, replicas=args.replicas, cadence=args.cadence, horizon=args.horizon * 3600.0, progress=progress
+        spec, replicas=args.replicas, cadence=args.cadence, horizon=args.horizon * 3600.0, progress=progress, **extra
     )
     progress.done()
     stamp = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -267,6 +273,11 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="output folder (default: runs/backtest-<scenario>-<UTC time>)"
     )
     bt.add_argument("--quiet", action="store_true", help="no progress output")
+    bt.add_argument(
+        "--sharded",
+        action="store_true",
+        help="score the per-region shards' predictions (what Kafka workers publish), not one whole-network twin",
+    )
     bt.set_defaults(func=_backtest)
     add_kafka_commands(sub)
     return parser

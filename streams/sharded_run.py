@@ -22,7 +22,7 @@ from scenarios.replay import Prepared
 from streams.shards import ForecastSettings, PipelineResult, ShardedPipeline
 from twin import __version__
 
-__all__ = ["run_sharded"]
+__all__ = ["run_sharded", "sharded_forecast_along"]
 
 Progress = Callable[[str, float], None]
 
@@ -94,3 +94,32 @@ def run_sharded(
         final = result.final_predictions()
         predictions_frame(final[k] for k in sorted(final)).write_parquet(out / "final_predictions.parquet")
     return summary, result
+
+
+def sharded_forecast_along(
+    gen: Any,
+    forecaster_kwargs: dict[str, Any],
+    cadence: float,
+    progress: Progress | None = None,
+) -> pl.DataFrame:
+    """What the Kafka workers would publish along a scenario's replay, as a predictions frame.
+
+    The sharded counterpart of ``scenarios.backtest.forecast_along`` (``twin backtest
+    --sharded``): every shard forecasts every ``cadence`` seconds of event time and publishes
+    what it owns.
+    """
+    say = progress or (lambda _m, _f: None)
+    settings = ForecastSettings(cadence=cadence, **forecaster_kwargs)
+    pipeline = ShardedPipeline(gen.network, forecast=settings)
+    events = gen.events
+    n = len(events)
+    step = max(1, n // 200)
+    try:
+        for i, ev in enumerate(events):
+            pipeline.apply(ev)
+            if i % step == 0:
+                say(f"sharded forecasts: {pipeline.forecasts} at {ev.time / 3600:.2f} h", i / n * 0.999)
+        result = pipeline.finish()
+    finally:
+        pipeline.close()
+    return predictions_frame(p.prediction for p in result.publications if p.prediction is not None)

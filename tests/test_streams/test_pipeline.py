@@ -357,3 +357,20 @@ def test_bad_events_are_dead_lettered_once_and_the_counts_add_up(mini, mini_cut)
     assert sum(s.dropped_copies for s in stats) >= 2
     origin = result.shards[mini.network.sites[created.origin].region]
     assert origin.stats.applied["logistics.order.cancelled.v1"] == 1
+
+
+def test_twin_backtest_sharded_scores_what_the_shards_publish(mini, tmp_path):
+    from scenarios.predictions import predictions_frame
+    from streams.cli import main
+
+    out = tmp_path / "bt"
+    argv = ["backtest", "two-region-mini", "--sharded", "--replicas", "4", "--cadence", "3600"]
+    assert main([*argv, "--horizon", "8", "--out", str(out), "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["forecasts_by"].startswith("per-region shards")
+    settings = ForecastSettings(cadence=3600.0, horizon=8 * 3600.0, replicas=4, seed=mini.spec.seed)
+    result = ShardedPipeline(mini.network, forecast=settings).run(mini.events)
+    want = predictions_frame(p.prediction for p in result.publications if p.prediction is not None)
+    got = pl.read_parquet(out / "predictions.parquet")
+    assert got.height == want.height > 1000
+    assert got.sort("as_of", "kind", "id").equals(want.sort("as_of", "kind", "id"))
