@@ -29,7 +29,7 @@ from twin.events import Event
 from twin.live import DEFAULT_LATENESS, LiveTwin
 from twin.network import Network
 
-__all__ = ["Prepared", "ReplayResult", "default_cache_dir", "prepare", "replay", "write_run"]
+__all__ = ["Prepared", "ReplayResult", "default_cache_dir", "prepare", "replay", "write_config", "write_run"]
 
 Progress = Callable[[str, float], None]
 
@@ -149,8 +149,8 @@ def replay(
     return ReplayResult(live, n, rejections, time.perf_counter() - start)
 
 
-def write_run(folder: Path, prepared: Prepared, result: ReplayResult, settings: dict[str, Any]) -> dict[str, Any]:
-    """Write config (what produced the run) and results (summary, final state, rejections)."""
+def write_config(folder: Path, prepared: Prepared, settings: dict[str, Any]) -> None:
+    """``config.json``: what produced a run (scenario, seed, code version, settings)."""
     folder.mkdir(parents=True, exist_ok=True)
     config = {
         "scenario": prepared.spec.name,
@@ -164,6 +164,11 @@ def write_run(folder: Path, prepared: Prepared, result: ReplayResult, settings: 
         "settings": settings,
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def write_run(folder: Path, prepared: Prepared, result: ReplayResult, settings: dict[str, Any]) -> dict[str, Any]:
+    """Write config (what produced the run) and results (summary, final state, rejections)."""
+    write_config(folder, prepared, settings)
     summary = result.summary()
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     st = result.twin.state

@@ -52,15 +52,7 @@ def _run(args: argparse.Namespace) -> int:
         cadence=args.forecast_every if recorder is not None else None,
     )
     progress.done()
-    settings = {
-        "lateness_s": args.lateness,
-        "cache_dir": str(args.cache_dir or default_cache_dir()),
-        "forecast_every_s": args.forecast_every,
-        "horizon_h": args.horizon,
-        "replicas": args.replicas,
-        "forecast_seed": spec.seed,
-    }
-    summary = write_run(out, prepared, result, settings)
+    summary = write_run(out, prepared, result, _run_settings(args, prepared))
     if recorder is not None:
         predictions_frame(recorder.predictions).write_parquet(out / "predictions.parquet")
         summary["forecasts"] = len(recorder.durations)
@@ -75,6 +67,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_settings(args: argparse.Namespace, prepared: Prepared) -> dict[str, Any]:
+    """The settings of a ``twin run``, for its config.json."""
+    return {
+        "lateness_s": args.lateness,
+        "cache_dir": str(args.cache_dir or default_cache_dir()),
+        "forecast_every_s": args.forecast_every,
+        "horizon_h": args.horizon,
+        "replicas": args.replicas,
+        "forecast_seed": prepared.spec.seed,
+    }
+
+
 def _run_sharded(args: argparse.Namespace, prepared: Prepared, out: Path, progress: ProgressPrinter) -> int:
     from streams.sharded_run import run_sharded
     from streams.shards import ForecastSettings
@@ -87,14 +91,7 @@ def _run_sharded(args: argparse.Namespace, prepared: Prepared, out: Path, progre
             replicas=args.replicas,
             seed=prepared.spec.seed,
         )
-    settings = {
-        "lateness_s": args.lateness,
-        "cache_dir": str(args.cache_dir or default_cache_dir()),
-        "forecast_every_s": args.forecast_every,
-        "horizon_h": args.horizon,
-        "replicas": args.replicas,
-        "forecast_seed": prepared.spec.seed,
-    }
+    settings = _run_settings(args, prepared)
     summary, _ = run_sharded(
         prepared, out, lateness=args.lateness, forecast=forecast, settings=settings, progress=progress
     )

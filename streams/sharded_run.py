@@ -9,7 +9,6 @@ checks it).
 from __future__ import annotations
 
 import json
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +17,8 @@ from typing import Any
 import polars as pl
 
 from scenarios.predictions import predictions_frame
-from scenarios.replay import Prepared
+from scenarios.replay import Prepared, write_config
 from streams.shards import ForecastSettings, PipelineResult, ShardedPipeline
-from twin import __version__
 
 __all__ = ["run_sharded", "sharded_forecast_along"]
 
@@ -61,18 +59,7 @@ def run_sharded(
     seconds = time.perf_counter() - start
     say(f"sharded replay: {n:,} events in {seconds:.1f} s", 1.0)
 
-    out.mkdir(parents=True, exist_ok=True)
-    config = {
-        "scenario": prepared.spec.name,
-        "scenario_file": prepared.spec.source,
-        "seed": prepared.spec.seed,
-        "epoch": prepared.spec.epoch.isoformat().replace("+00:00", "Z"),
-        "code_version": __version__,
-        "python": platform.python_version(),
-        "generated_data": str(prepared.folder),
-        "settings": settings | {"sharded": True, "shards": list(result.shards)},
-    }
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_config(out, prepared, settings | {"sharded": True, "shards": list(result.shards)})
     summary = result.summary()
     summary["seconds"] = round(seconds, 3)
     ingest = max(seconds - result.forecast_seconds, 1e-9)
