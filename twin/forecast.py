@@ -9,18 +9,20 @@ and a cause chain taken from the provenance the replicas recorded (not guessed a
 
 from __future__ import annotations
 
+import gc
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from twin.durations import StochasticDurations, keyed_uniform, whole
+from twin.durations import DrawTable, StochasticDurations, whole
 from twin.lane import Lane
-from twin.model import ROOT_CAUSES, Ledger, Model, ModelResult, place
+from twin.model import ROOT_CAUSES, Ledger, Model, ModelResult, OrderInfo, place
 from twin.network import Network
 from twin.site import Site
 from twin.state import WorldState
@@ -129,12 +131,15 @@ class ForecastDurations(StochasticDurations):
         memory: float = SLOWDOWN_MEMORY,
         handling_sigma: float = 0.1,
         lane_ends: dict[str, float] | None = None,
+        draws: DrawTable | None = None,
     ) -> None:
-        super().__init__(seed, replica, lane_factors, handling_sigma, lane_causes)
+        super().__init__(seed, replica, lane_factors, handling_sigma, lane_causes, draws)
         self.now = now
         self.memory = memory
         #: reported end of a disruption on a lane
         self.lane_ends = lane_ends or {}
+        #: end of each slowed lane's slowdown in this replica (drawn once per lane)
+        self._ends: dict[str, float] = {}
 
     def factor_at(self, lane: Lane, t: float) -> float:
         """The lane's slowdown at time ``t`` in this replica.
@@ -146,18 +151,21 @@ class ForecastDurations(StochasticDurations):
         f0 = self.lane_factor(lane)
         if f0 == 1.0:
             return f0
-        end = self.lane_ends.get(lane.id)
+        end = self._ends.get(lane.id)
         if end is None:
-            if self.memory <= 0:
-                return f0
-            end = self.now - self.memory * math.log(keyed_uniform(self.seed, self.replica, f"recover/{lane.id}"))
+            end = self.lane_ends.get(lane.id)
+            if end is None:
+                if self.memory <= 0:
+                    return f0
+                end = self.now - self.memory * math.log(self._uniform(f"recover/{lane.id}"))
+            self._ends[lane.id] = end
         return f0 if t < end else 1.0
 
     def recovery(self, site: Site, start: float) -> float | None:
         """A site's lost capacity returns after a drawn time (exponential, mean ``memory``)."""
         if self.memory <= 0:
             return None
-        return start - self.memory * math.log(keyed_uniform(self.seed, self.replica, f"recover/{site.id}"))
+        return start - self.memory * math.log(self._uniform(f"recover/{site.id}"))
 
     def travel(self, trip_id: str, leg: int, lane: Lane, start: float, remaining: float) -> float:
         """Nominal time times the fading slowdown at departure times the keyed noise."""
@@ -247,25 +255,32 @@ class Forecaster:
         }
 
     def _run_here(self, state: WorldState, ids: Sequence[int]) -> list[ModelResult]:
+        with _gc_paused():
+            return self._run_replicas_here(state, ids)
+
+    def _run_replicas_here(self, state: WorldState, ids: Sequence[int]) -> list[ModelResult]:
         factors, causes = lane_beliefs(state)
         until = state.clock + self.horizon
         placement = place(state, causes)
         ends = lane_ends(state)
+        draws = DrawTable(self.seed, ids, _draw_keys(state))
+        lots = _LotIndex(placement.info)
         out = []
         for r in ids:
             durations = ForecastDurations(
-                self.seed, r, state.clock, factors, causes, self.slowdown_memory, self.handling_sigma, ends
+                self.seed, r, state.clock, factors, causes, self.slowdown_memory, self.handling_sigma, ends, draws
             )
             model = Model(state, durations, placement=placement).build()
             model.run(until)
             result = model.collect()
-            result.ledgers = _late_ledgers(model, until)
+            result.ledgers, result.lot_ledgers = _late_ledgers(model, until, lots)
             out.append(result)
         return out
 
     def forecast(self, state: WorldState) -> list[PredictedState]:
         """Full forecast: every open order, every trip not yet completed, every site."""
-        return self.aggregate(state, self.run_replicas(state))
+        with _gc_paused():
+            return self.aggregate(state, self.run_replicas(state))
 
     # ------------------------------------------------------------------ aggregation
     def aggregate(self, state: WorldState, results: list[ModelResult]) -> list[PredictedState]:
@@ -278,40 +293,41 @@ class Forecaster:
             return out
         info = results[0].info
         order_ids = sorted(info)
-        index = {oid: i for i, oid in enumerate(order_ids)}
+        lots = _LotIndex(info, order_ids)
         promised = np.array([info[oid].promised_at for oid in order_ids], dtype=float)
         delivered = np.full((n, len(order_ids)), np.inf)
+        # which recorded ledger explains each (replica, order): an index into ``found``, or -1
+        found: list[Ledger] = []
+        which = np.full((n, len(order_ids)), -1, dtype=np.intp)
         for r, res in enumerate(results):
-            row = delivered[r]
-            for lot in res.lots:
+            row, led_row = delivered[r], which[r]
+            for lot, led in zip(res.lots, _lot_ledgers(res), strict=True):
+                cols = lots.columns(lot.ids)
                 if lot.delivered_at is not None:
-                    row[[index[oid] for oid in lot.ids]] = lot.delivered_at
+                    row[cols] = lot.delivered_at
+                if led:
+                    led_row[cols] = len(found)
+                    found.append(led)
         order_preds = self._time_predictions(
-            "order",
-            order_ids,
-            delivered,
-            promised,
-            as_of,
-            end,
-            0.0,
-            results,
-            lambda res, oid: res.ledgers.get(("order", oid)),
-        )
+            "order", order_ids, delivered, promised, as_of, end, 0.0, which, found
+        )  # fmt: skip
         out.extend(order_preds)
         trip_ids = sorted(t for t, ts in state.trips.items() if ts.status not in ("completed", "cancelled"))
         planned = np.array([self.network.trips[t].planned_arrival for t in trip_ids], dtype=float)
         arrivals = np.full((n, len(trip_ids)), np.inf)
+        which = np.full((n, len(trip_ids)), -1, dtype=np.intp)
         for r, res in enumerate(results):
             for k, tid in enumerate(trip_ids):
                 arr = res.trips[tid].arrivals[-1]
                 if arr is not None:
                     arrivals[r, k] = arr
+                led = res.ledgers.get(("trip", tid))
+                if led:
+                    which[r, k] = len(found)
+                    found.append(led)
         out.extend(
-            self._time_predictions(
-                "trip", trip_ids, arrivals, planned, as_of, end, SCHEDULE_GRACE, results,
-                lambda res, tid: res.ledgers.get(("trip", tid)),
-            )
-        )  # fmt: skip
+            self._time_predictions("trip", trip_ids, arrivals, planned, as_of, end, SCHEDULE_GRACE, which, found)
+        )
         late_by_order = {p.id: p.p_late for p in order_preds}
         risk: dict[str, int] = {}
         for oid, o in state.orders.items():
@@ -353,10 +369,14 @@ class Forecaster:
         as_of: float,
         end: float,
         grace: float,
-        results: list[ModelResult],
-        ledger_of: Callable[[ModelResult, str], Ledger | None],
+        which: npt.NDArray[np.intp],
+        found: list[Ledger],
     ) -> list[PredictedState]:
-        """Quantiles, lateness probability, expected delay and causes from a replicas x entities matrix."""
+        """Quantiles, lateness probability, expected delay and causes from a replicas x entities matrix.
+
+        ``which[r, k]`` is the index in ``found`` of the ledger replica ``r`` recorded for
+        entity ``k`` (-1: none); the chain averages those of the replicas where it was late.
+        """
         n = times.shape[0]
         if not ids:
             return []
@@ -366,18 +386,20 @@ class Forecaster:
         late = (times > due + grace) & (np.isfinite(times) | (end > due + grace))
         p_late = late.sum(axis=0) / n
         delay = np.where(late, np.maximum(effective - due, 0.0), 0.0).sum(axis=0) / n
+        # per entity, the ledgers of the replicas in which it was late (-1: none)
+        chosen = np.ascontiguousarray(np.where(late, which, -1).T)
         out = []
         # orders of one lot share their ledgers in every replica: compute their chain once
-        memo: dict[tuple[int, ...], tuple[Cause, ...]] = {}
+        memo: dict[bytes, tuple[Cause, ...]] = {}
         for k, eid in enumerate(ids):
             chain: tuple[Cause, ...] = ()
             if p_late[k] > 0:
-                ledgers = [led for r in np.flatnonzero(late[:, k]) if (led := ledger_of(results[r], eid))]
-                key = tuple(map(id, ledgers))
-                found = memo.get(key)
-                if found is None:
-                    found = memo[key] = _chain(ledgers, n)
-                chain = found
+                col = chosen[k]
+                key = col.tobytes()
+                known = memo.get(key)
+                if known is None:
+                    known = memo[key] = _chain([found[i] for i in col.tolist() if i >= 0], n)
+                chain = known
             out.append(
                 PredictedState(
                     kind, eid, as_of, qs[0.1][k], qs[0.5][k], qs[0.9][k],
@@ -385,6 +407,24 @@ class Forecaster:
                 )
             )  # fmt: skip
         return out
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while replicas pile up records.
+
+    Every replica allocates tens of thousands of objects that stay alive until aggregation,
+    so the collector would keep re-scanning a growing heap for nothing (about a fifth of a
+    forecast's time). Reference counting still frees everything else; cycles are collected
+    after the forecast.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 _WORKER: dict[str, Forecaster] = {}
@@ -410,23 +450,90 @@ def _run_in_worker(snapshot: dict[str, object], replicas: list[int]) -> list[Mod
     return out
 
 
-def _late_ledgers(model: Model, until: float) -> dict[tuple[str, str], Ledger]:
-    """Provenance of one replica, for the orders and trips that may count as late."""
+def _draw_keys(state: WorldState) -> list[str]:
+    """Keys of the draws a replica may make: legs not yet arrived, slowed lanes, sites."""
+    keys = [f"recover/{lid}" for lid in state.network.lanes]
+    keys += [f"recover/{sid}" for sid in state.network.sites]
+    for tid, ts in state.trips.items():
+        for leg, arrived in enumerate(ts.arrivals):
+            if arrived is None:
+                keys += (f"travel/{tid}/{leg}", f"unload/{tid}/{leg}", f"sort/{tid}/{leg}")
+    return keys
+
+
+class _LotIndex:
+    """Per-forecast facts about the order lists of lots, shared by every replica.
+
+    Replicas copy their lots from one placement, so most lots of every replica share an
+    order list object; splits make new ones. Entries keep their list alive, so an ``id``
+    is never reused for another list while the memo exists.
+    """
+
+    def __init__(self, info: dict[str, OrderInfo], order_ids: list[str] | None = None) -> None:
+        self.info = info
+        self.position = {oid: i for i, oid in enumerate(order_ids)} if order_ids is not None else {}
+        self._promises: dict[int, tuple[list[str], float, float, list[tuple[str, str]]]] = {}
+        self._columns: dict[int, tuple[list[str], npt.NDArray[np.intp]]] = {}
+
+    def promises(self, ids: list[str]) -> tuple[float, float, list[tuple[str, str]]]:
+        """Earliest and latest promise of the orders, and their ledger keys."""
+        e = self._promises.get(id(ids))
+        if e is None or e[0] is not ids:
+            info = self.info
+            ps = [info[oid].promised_at for oid in ids]
+            e = self._promises[id(ids)] = (ids, min(ps), max(ps), [("order", oid) for oid in ids])
+        return e[1], e[2], e[3]
+
+    def columns(self, ids: list[str]) -> npt.NDArray[np.intp]:
+        """Positions of the orders in the forecast's order list."""
+        e = self._columns.get(id(ids))
+        if e is None or e[0] is not ids:
+            pos = self.position
+            e = self._columns[id(ids)] = (ids, np.array([pos[oid] for oid in ids], dtype=np.intp))
+        return e[1]
+
+
+def _lot_ledgers(res: ModelResult) -> list[Ledger | None]:
+    """The order ledgers of a result's lots (from ``ledgers`` when not recorded per lot)."""
+    if len(res.lot_ledgers) == len(res.lots):
+        return res.lot_ledgers
+    out: list[Ledger | None] = []
+    for lot in res.lots:
+        out.append(next((led for oid in lot.ids if (led := res.ledgers.get(("order", oid)))), None))
+    return out
+
+
+def _late_ledgers(
+    model: Model, until: float, lots: _LotIndex | None = None
+) -> tuple[dict[tuple[str, str], Ledger], list[Ledger | None]]:
+    """Provenance of one replica, for the orders and trips that may count as late.
+
+    Also the same order ledgers per lot, parallel to ``model.lots`` (None: no late order).
+    """
     out: dict[tuple[str, str], Ledger] = {}
+    memo = lots if lots is not None else _LotIndex(model.info)
     info = model.info
+    per_lot: list[Ledger | None] = []
     for lot in model.lots:
         t = lot.delivered_at if lot.delivered_at is not None else math.inf
-        late = [oid for oid in lot.ids if t > info[oid].promised_at]
-        if late:
-            led = model.order_ledger(lot)
-            for oid in late:
-                out[("order", oid)] = led
+        first, last, keys = memo.promises(lot.ids)
+        if t <= first:
+            per_lot.append(None)
+            continue
+        led = model.order_ledger(lot)
+        per_lot.append(led)
+        if t > last:
+            out.update(dict.fromkeys(keys, led))
+        else:
+            for oid, key in zip(lot.ids, keys, strict=True):
+                if t > info[oid].promised_at:
+                    out[key] = led
     for tid, run in model.trips.items():
         trip = model.net.trips[tid]
         arr = run.arrivals[-1]
         if arr is None or arr > trip.planned_arrival + SCHEDULE_GRACE:
             out[("trip", tid)] = run.arrival_ledgers.get(len(trip.legs) - 1, run.ledger)
-    return out
+    return out, per_lot
 
 
 def _column_quantile(ordered: npt.NDArray[np.float64], q: float) -> list[float | None]:

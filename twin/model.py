@@ -362,6 +362,8 @@ class ModelResult:
     info: dict[str, OrderInfo]
     #: per-entity provenance, filled in by the forecaster: ("order"|"trip", id) -> ledger
     ledgers: dict[tuple[str, str], Ledger] = field(default_factory=dict)
+    #: the same provenance per lot (parallel to ``lots``; None when none of its orders is late)
+    lot_ledgers: list[Ledger | None] = field(default_factory=list)
 
     @property
     def orders(self) -> dict[str, OrderView]:
