@@ -94,7 +94,7 @@ class DrawTable:
     same either way, so common random numbers hold whatever the table holds.
     """
 
-    __slots__ = ("column", "rows", "seed")
+    __slots__ = ("_noises", "column", "rows", "seed")
 
     def __init__(self, seed: int, replicas: Sequence[int], keys: Iterable[str]) -> None:
         self.seed = seed
@@ -105,6 +105,7 @@ class DrawTable:
         values = keyed_uniforms(seed, ids, names).tolist() if names and ids else [[] for _ in names]
         #: activity key -> uniforms of the replicas
         self.rows: dict[str, list[float]] = dict(zip(names, values, strict=True))
+        self._noises: dict[tuple[str, float], list[float]] = {}
 
     def uniform(self, replica: int, key: str) -> float:
         """``keyed_uniform(seed, replica, key)``, from the table when it holds it."""
@@ -113,6 +114,19 @@ class DrawTable:
         if row is None or col is None:
             return keyed_uniform(self.seed, replica, key)
         return row[col]
+
+    def lognormal(self, replica: int, key: str, sigma: float) -> float:
+        """``exp(sigma * inverse normal CDF(uniform(replica, key)))``, computed once per key for all replicas."""
+        noises = self._noises.get((key, sigma))
+        if noises is None:
+            row = self.rows.get(key)
+            if row is None:
+                return math.exp(sigma * _INV_CDF(keyed_uniform(self.seed, replica, key)))
+            noises = self._noises[(key, sigma)] = [math.exp(sigma * _INV_CDF(u)) for u in row]
+        col = self.column.get(replica)
+        if col is None:
+            return math.exp(sigma * _INV_CDF(keyed_uniform(self.seed, replica, key)))
+        return noises[col]
 
 
 def keyed_normal(seed: int, replica: int, key: str) -> float:
@@ -218,7 +232,9 @@ class StochasticDurations(NominalDurations):
     def _noise(self, key: str, sigma: float) -> float:
         if sigma <= 0:
             return 1.0
-        return math.exp(sigma * _INV_CDF(self._uniform(key)))
+        if self.draws is not None:
+            return self.draws.lognormal(self.replica, key, sigma)
+        return math.exp(sigma * _INV_CDF(keyed_uniform(self.seed, self.replica, key)))
 
     def travel(self, trip_id: str, leg: int, lane: Lane, start: float, remaining: float) -> float:
         """Nominal time times a lognormal draw for this trip leg."""

@@ -69,6 +69,10 @@ def _add(ledger: Ledger, mechanism: str, entity: str, seconds: float, at: float)
         entry[1] = min(entry[1], at)
 
 
+def _first_id(lot: Lot) -> str:
+    return lot.ids[0]
+
+
 def _carry(into: Ledger, upstream: Ledger, seconds: float) -> None:
     """Add ``upstream``'s causes, scaled so its root causes explain at most ``seconds``."""
     roots = sum(v[0] for k, v in upstream.items() if k[0] in ROOT_CAUSES)
@@ -596,7 +600,7 @@ class Model:
 
     def _book(self, o: Lot) -> None:
         """Index a lot that is not ready yet under the next hop it will board."""
-        h = o.pending_hop()
+        h = o.hop + 1 if o.trip is not None else o.hop
         if h < len(o.path):
             key = (o.path[h], o.boards[h])
             self.booked.setdefault(key, {})[o.serial] = o
@@ -706,14 +710,17 @@ class Model:
         self._load(trip_id, leg_index, site)
         run.departures[leg_index] = env.now
         self.vehicle_site[trip.vehicle_id] = None
-        self.observer.departed(env.now, trip_id, leg_index, trip.vehicle_id, site)
+        if self._observing:
+            self.observer.departed(env.now, trip_id, leg_index, trip.vehicle_id, site)
 
     def _load(self, trip_id: str, leg_index: int, site: str) -> None:
         env, trip = self.env, self.net.trips[trip_id]
-        booked = self.booked.pop((trip_id, site), {})
+        booked = self.booked.pop((trip_id, site), None)
         onboard = self.onboard.setdefault(trip_id, [])
+        if not booked:
+            return
         room = self.net.vehicles[trip.vehicle_id].capacity - sum(len(lot.ids) for lot in onboard)
-        for lot in sorted(booked.values(), key=lambda x: x.ids[0]):
+        for lot in sorted(booked.values(), key=_first_id) if len(booked) > 1 else booked.values():
             if lot.ready and room > 0:
                 if len(lot.ids) > room:
                     rest = lot
@@ -786,16 +793,21 @@ class Model:
         run.arrivals[leg_index] = env.now
         run.arrival_ledgers[leg_index] = {k: list(v) for k, v in run.ledger.items()}
         self.vehicle_site[vehicle_id] = site
-        self.observer.arrived(env.now, trip_id, leg_index, vehicle_id, site)
-        yield from self._unload(trip_id, leg_index, site)
+        if self._observing:
+            self.observer.arrived(env.now, trip_id, leg_index, vehicle_id, site)
+        if self.onboard.get(trip_id):
+            yield from self._unload(trip_id, leg_index, site)
 
     def _unload(self, trip_id: str, leg_index: int, site: str) -> Proc:
         env = self.env
         onboard = self.onboard.get(trip_id, [])
-        alighting = [o for o in onboard if o.alight() == site]
+        alighting: list[Lot] = []
+        staying: list[Lot] = []
+        for o in onboard:
+            (alighting if o.alight() == site else staying).append(o)
         if not alighting:
             return
-        self.onboard[trip_id] = [o for o in onboard if o.alight() != site]
+        self.onboard[trip_id] = staying
         docks = self.docks[site]
         queued = env.now
         with docks.request() as req:
@@ -805,7 +817,8 @@ class Model:
             run.dock_waits.append(wait)
             run.dock_wait_at[leg_index] = wait
             _add(run.ledger, "dock_queue", site, wait, queued)
-            self.observer.docks(env.now, site, docks.count, int(docks.capacity))
+            if self._observing:
+                self.observer.docks(env.now, site, docks.count, int(docks.capacity))
             s = self.net.sites[site]
             count = sum(len(o.ids) for o in alighting)
             yield env.timeout(self.durations.unload(s, count, f"{trip_id}/{leg_index}"))
@@ -819,7 +832,8 @@ class Model:
                 if self._observing:
                     for oid in o.ids:
                         self.observer.scanned(env.now, oid, site, "unloaded", None)
-        self.observer.docks(env.now, site, docks.count, int(docks.capacity))
+        if self._observing:
+            self.observer.docks(env.now, site, docks.count, int(docks.capacity))
         env.process(self._sort(site, alighting, f"{trip_id}/{leg_index}"))
 
     def _sort(self, site: str, batch: list[Lot], key: str, credit: float = 0.0) -> Proc:
