@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from twin.durations import DrawTable, StochasticDurations, whole
 from twin.lane import Lane
-from twin.model import ROOT_CAUSES, Ledger, Model, ModelResult, OrderInfo, place
+from twin.model import ROOT_CAUSES, Ledger, Model, ModelResult, OrderInfo, Placement, place
 from twin.network import Network
 from twin.site import Site
 from twin.state import WorldState
@@ -228,14 +228,11 @@ class Forecaster:
         ids = list(replicas) if replicas is not None else list(range(self.replicas))
         if self.workers == 1 or len(ids) < 2:
             return self._run_here(state, ids)
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, initializer=_init_worker, initargs=(self.network, self._settings())
-            )
+        pool = self._ensure_pool()
         snap = state.snapshot()
         k = self.workers
         chunks = [ids[i::k] for i in range(k) if ids[i::k]]
-        futures = [self._pool.submit(_run_in_worker, snap, chunk) for chunk in chunks]
+        futures = [pool.submit(_run_in_worker, snap, chunk) for chunk in chunks]
         by_replica: dict[int, ModelResult] = {}
         for chunk, fut in zip(chunks, futures, strict=True):
             by_replica.update(zip(chunk, fut.result(), strict=True))
@@ -256,16 +253,16 @@ class Forecaster:
 
     def _run_here(self, state: WorldState, ids: Sequence[int]) -> list[ModelResult]:
         with _gc_paused():
-            return self._run_replicas_here(state, ids)
+            return [res for _, res in self._replicas(state, ids)]
 
-    def _run_replicas_here(self, state: WorldState, ids: Sequence[int]) -> list[ModelResult]:
+    def _replicas(self, state: WorldState, ids: Sequence[int]) -> Iterator[tuple[Placement, ModelResult]]:
+        """Run the replicas one after the other; yield each one's records as it finishes."""
         factors, causes = lane_beliefs(state)
         until = state.clock + self.horizon
         placement = place(state, causes)
         ends = lane_ends(state)
         draws = DrawTable(self.seed, ids, _draw_keys(state))
         lots = _LotIndex(placement.info)
-        out = []
         for r in ids:
             durations = ForecastDurations(
                 self.seed, r, state.clock, factors, causes, self.slowdown_memory, self.handling_sigma, ends, draws
@@ -274,57 +271,85 @@ class Forecaster:
             model.run(until)
             result = model.collect()
             result.ledgers, result.lot_ledgers = _late_ledgers(model, until, lots)
-            out.append(result)
-        return out
+            yield placement, result
+
+    def _tally_here(self, state: WorldState, ids: Sequence[int]) -> tuple[_Keys | None, list[_Tally]]:
+        """Run the replicas and keep only their tallies (records are dropped as they come)."""
+        keys: _Keys | None = None
+        out: list[_Tally] = []
+        for placement, res in self._replicas(state, ids):
+            if keys is None:
+                keys = _Keys(state, placement.info)
+            out.append(_tally(res, keys))
+        return keys, out
 
     def forecast(self, state: WorldState) -> list[PredictedState]:
-        """Full forecast: every open order, every trip not yet completed, every site."""
+        """Full forecast: every open order, every trip not yet completed, every site.
+
+        With ``workers > 1`` this process runs one share of the replicas while the workers
+        run the others and send back only their tallies.
+        """
+        ids = list(range(self.replicas))
         with _gc_paused():
-            return self.aggregate(state, self.run_replicas(state))
+            if self.workers == 1:
+                keys, tallies = self._tally_here(state, ids)
+            else:
+                pool = self._ensure_pool()
+                k = self.workers
+                chunks = [ids[i::k] for i in range(k)]
+                snap = state.snapshot()
+                futures = [pool.submit(_tally_in_worker, snap, chunk) for chunk in chunks[1:] if chunk]
+                keys, mine = self._tally_here(state, chunks[0])
+                by_replica = dict(zip(chunks[0], mine, strict=True))
+                for chunk, fut in zip(chunks[1:], futures, strict=False):
+                    by_replica.update(zip(chunk, fut.result(), strict=True))
+                tallies = [by_replica[r] for r in ids]
+            if keys is None:
+                return []
+            return self._aggregate(state, keys, tallies)
+
+    def _ensure_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, initializer=_init_worker, initargs=(self.network, self._settings())
+            )
+        return self._pool
 
     # ------------------------------------------------------------------ aggregation
     def aggregate(self, state: WorldState, results: list[ModelResult]) -> list[PredictedState]:
         """Per-entity predictions from the replicas' records."""
-        n = len(results)
+        if not results:
+            return []
+        keys = _Keys(state, results[0].info)
+        return self._aggregate(state, keys, [_tally(res, keys) for res in results])
+
+    def _aggregate(self, state: WorldState, keys: _Keys, tallies: list[_Tally]) -> list[PredictedState]:
+        """Per-entity predictions from the replicas' tallies (in replica order)."""
+        n = len(tallies)
         as_of = state.clock
         end = as_of + self.horizon
         out: list[PredictedState] = []
         if n == 0:
             return out
-        info = results[0].info
-        order_ids = sorted(info)
-        lots = _LotIndex(info, order_ids)
-        promised = np.array([info[oid].promised_at for oid in order_ids], dtype=float)
-        delivered = np.full((n, len(order_ids)), np.inf)
-        # which recorded ledger explains each (replica, order): an index into ``found``, or -1
+        info, order_ids, trip_ids = keys.info, keys.order_ids, keys.trip_ids
+        # which recorded ledger explains each (replica, entity): an index into ``found``, or -1
         found: list[Ledger] = []
-        which = np.full((n, len(order_ids)), -1, dtype=np.intp)
-        for r, res in enumerate(results):
-            row, led_row = delivered[r], which[r]
-            for lot, led in zip(res.lots, _lot_ledgers(res), strict=True):
-                cols = lots.columns(lot.ids)
-                if lot.delivered_at is not None:
-                    row[cols] = lot.delivered_at
-                if led:
-                    led_row[cols] = len(found)
-                    found.append(led)
+        order_which, trip_which = [], []
+        for t in tallies:
+            off = len(found)
+            found.extend(t.ledgers)
+            order_which.append(np.where(t.order_ledger >= 0, t.order_ledger + off, -1))
+            trip_which.append(np.where(t.trip_ledger >= 0, t.trip_ledger + off, -1))
+        promised = np.array([info[oid].promised_at for oid in order_ids], dtype=float)
+        delivered = np.array([t.delivered for t in tallies], dtype=float).reshape(n, len(order_ids))
+        which = np.array(order_which, dtype=np.intp).reshape(n, len(order_ids))
         order_preds = self._time_predictions(
             "order", order_ids, delivered, promised, as_of, end, 0.0, which, found
         )  # fmt: skip
         out.extend(order_preds)
-        trip_ids = sorted(t for t, ts in state.trips.items() if ts.status not in ("completed", "cancelled"))
         planned = np.array([self.network.trips[t].planned_arrival for t in trip_ids], dtype=float)
-        arrivals = np.full((n, len(trip_ids)), np.inf)
-        which = np.full((n, len(trip_ids)), -1, dtype=np.intp)
-        for r, res in enumerate(results):
-            for k, tid in enumerate(trip_ids):
-                arr = res.trips[tid].arrivals[-1]
-                if arr is not None:
-                    arrivals[r, k] = arr
-                led = res.ledgers.get(("trip", tid))
-                if led:
-                    which[r, k] = len(found)
-                    found.append(led)
+        arrivals = np.array([t.arrivals for t in tallies], dtype=float).reshape(n, len(trip_ids))
+        which = np.array(trip_which, dtype=np.intp).reshape(n, len(trip_ids))
         out.extend(
             self._time_predictions("trip", trip_ids, arrivals, planned, as_of, end, SCHEDULE_GRACE, which, found)
         )
@@ -335,14 +360,11 @@ class Forecaster:
                 risk[o.site_id] = risk.get(o.site_id, 0) + 1
         waits: dict[str, list[float]] = {sid: [] for sid in self.network.sites}
         worst: dict[str, list[float]] = {sid: [] for sid in self.network.sites}
-        for res in results:
+        for t in tallies:
             per_site: dict[str, float] = {}
-            for tid, run in res.trips.items():
-                legs = self.network.trips[tid].legs
-                for leg, w in run.dock_wait_at.items():
-                    sid = legs[leg].destination
-                    waits[sid].append(w)
-                    per_site[sid] = max(per_site.get(sid, 0.0), w)
+            for sid, w in t.waits:
+                waits[sid].append(w)
+                per_site[sid] = max(per_site.get(sid, 0.0), w)
             for sid in self.network.sites:
                 worst[sid].append(per_site.get(sid, 0.0))
         for sid in sorted(self.network.sites):
@@ -493,6 +515,65 @@ class _LotIndex:
         return e[1]
 
 
+class _Keys:
+    """The entities a forecast of one state reports on, in the order of its matrices."""
+
+    def __init__(self, state: WorldState, info: dict[str, OrderInfo]) -> None:
+        self.info = info
+        self.order_ids = sorted(info)
+        self.trip_ids = sorted(t for t, ts in state.trips.items() if ts.status not in ("completed", "cancelled"))
+        self.lots = _LotIndex(info, self.order_ids)
+        self.network = state.network
+
+
+@dataclass(slots=True)
+class _Tally:
+    """One replica's outcome reduced to what aggregation reads (cheap to send between processes).
+
+    Per order (``_Keys.order_ids``) the delivery time (inf: not delivered) and the index in
+    ``ledgers`` of its provenance (-1: none, or on time); per open trip the final arrival and
+    its provenance index; and the dock wait of every arrival, by site.
+    """
+
+    delivered: list[float]
+    order_ledger: npt.NDArray[np.intp]
+    arrivals: list[float]
+    trip_ledger: npt.NDArray[np.intp]
+    ledgers: list[Ledger]
+    waits: list[tuple[str, float]]
+
+
+def _tally(res: ModelResult, keys: _Keys) -> _Tally:
+    """Reduce one replica's records to a tally."""
+    lots = keys.lots
+    delivered = np.full(len(keys.order_ids), np.inf)
+    order_ledger = np.full(len(keys.order_ids), -1, dtype=np.intp)
+    ledgers: list[Ledger] = []
+    for lot, led in zip(res.lots, _lot_ledgers(res), strict=True):
+        cols = lots.columns(lot.ids)
+        if lot.delivered_at is not None:
+            delivered[cols] = lot.delivered_at
+        if led:
+            order_ledger[cols] = len(ledgers)
+            ledgers.append(led)
+    arrivals: list[float] = []
+    trip_ledger = np.full(len(keys.trip_ids), -1, dtype=np.intp)
+    for k, tid in enumerate(keys.trip_ids):
+        arr = res.trips[tid].arrivals[-1]
+        arrivals.append(math.inf if arr is None else arr)
+        led = res.ledgers.get(("trip", tid))
+        if led:
+            trip_ledger[k] = len(ledgers)
+            ledgers.append(led)
+    waits: list[tuple[str, float]] = []
+    trips = keys.network.trips
+    for tid, run in res.trips.items():
+        if run.dock_wait_at:
+            legs = trips[tid].legs
+            waits.extend((legs[leg].destination, w) for leg, w in run.dock_wait_at.items())
+    return _Tally(delivered.tolist(), order_ledger, arrivals, trip_ledger, ledgers, waits)
+
+
 def _lot_ledgers(res: ModelResult) -> list[Ledger | None]:
     """The order ledgers of a result's lots (from ``ledgers`` when not recorded per lot)."""
     if len(res.lot_ledgers) == len(res.lots):
@@ -501,6 +582,13 @@ def _lot_ledgers(res: ModelResult) -> list[Ledger | None]:
     for lot in res.lots:
         out.append(next((led for oid in lot.ids if (led := res.ledgers.get(("order", oid)))), None))
     return out
+
+
+def _tally_in_worker(snapshot: dict[str, object], replicas: list[int]) -> list[_Tally]:
+    fc = _WORKER["forecaster"]
+    state = WorldState.from_snapshot(fc.network, snapshot)
+    with _gc_paused():
+        return fc._tally_here(state, replicas)[1]
 
 
 def _late_ledgers(
