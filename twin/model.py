@@ -55,6 +55,7 @@ LINK_CAUSES: frozenset[str] = frozenset({"vehicle_rotation", "held_departure", "
 
 #: Recorded provenance of a delay: (mechanism, entity) -> [seconds contributed, time first seen].
 #: Root causes add up to the delay they explain; a link carries the seconds passed along it.
+#: Entries are replaced, never changed in place (``_add``), so a shallow copy is a snapshot.
 Ledger = dict[tuple[str, str], list[float]]
 
 
@@ -65,8 +66,8 @@ def _add(ledger: Ledger, mechanism: str, entity: str, seconds: float, at: float)
     if entry is None:
         ledger[(mechanism, entity)] = [seconds, at]
     else:
-        entry[0] += seconds
-        entry[1] = min(entry[1], at)
+        # a new entry, never an update in place: copies of a ledger can then be shallow
+        ledger[(mechanism, entity)] = [entry[0] + seconds, min(entry[1], at)]
 
 
 def _first_id(lot: Lot) -> str:
@@ -274,7 +275,7 @@ def observed_history(
             excess = (a - d) - net.lanes[leg.lane_id].travel_time
             mechanism, entity = causes.get(leg.lane_id, ("lane_slowdown", leg.lane_id))
             _add(led, mechanism, entity, excess, d)
-            arrivals[i] = {k: list(v) for k, v in led.items()}
+            arrivals[i] = dict(led)
         out[trip.id] = (led, arrivals)
     return out
 
@@ -441,7 +442,7 @@ class Model:
             run = self.trips[tid] = TripRun(list(ts.departures), list(ts.arrivals))
             seen = placement.history.get(tid)
             if seen is not None:
-                run.ledger = {k: list(v) for k, v in seen[0].items()}
+                run.ledger = dict(seen[0])
                 run.arrival_ledgers = dict(seen[1])
                 if ts.arrivals[-1] is not None:
                     run.release_ledger = run.ledger
@@ -475,7 +476,7 @@ class Model:
             template.ids, template.destination, list(template.path), template.boards, template.hop,
             template.stage, template.site, template.trip, inbound_trip=template.inbound_trip,
             inbound_leg=template.inbound_leg, sort_wait=template.sort_wait, since=template.since,
-            miss_ledger={k: list(v) for k, v in template.miss_ledger.items()} if template.miss_ledger else None,
+            miss_ledger=dict(template.miss_ledger) if template.miss_ledger else None,
             serial=len(self.lots),
         )  # fmt: skip
         self.lots.append(lot)
@@ -486,7 +487,7 @@ class Model:
         part = Lot(
             lot.ids[:n], lot.destination, list(lot.path), lot.boards, lot.hop, lot.stage, lot.site, lot.trip,
             lot.ready, lot.delivered_at, lot.inbound_trip, lot.inbound_leg, lot.rolls, lot.sort_wait,
-            {k: list(v) for k, v in lot.miss_ledger.items()} if lot.miss_ledger else None,
+            dict(lot.miss_ledger) if lot.miss_ledger else None,
             len(self.lots), lot.since,
         )  # fmt: skip
         lot.ids = lot.ids[n:]
@@ -529,7 +530,7 @@ class Model:
         Missed connections, then the trip that brought it to where it is (or that it rides),
         the dock queue and the sorting backlog there.
         """
-        out: Ledger = {k: list(v) for k, v in o.miss_ledger.items()} if o.miss_ledger else {}
+        out: Ledger = dict(o.miss_ledger) if o.miss_ledger else {}
         if o.trip is not None:
             for k, (secs, at) in self.trips[o.trip].ledger.items():
                 _add(out, k[0], k[1], secs, at)
@@ -791,7 +792,7 @@ class Model:
         site = self.net.trips[trip_id].legs[leg_index].destination
         run = self.trips[trip_id]
         run.arrivals[leg_index] = env.now
-        run.arrival_ledgers[leg_index] = {k: list(v) for k, v in run.ledger.items()}
+        run.arrival_ledgers[leg_index] = dict(run.ledger)
         self.vehicle_site[vehicle_id] = site
         if self._observing:
             self.observer.arrived(env.now, trip_id, leg_index, vehicle_id, site)
