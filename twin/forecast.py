@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from twin.durations import DrawTable, StochasticDurations, whole
 from twin.lane import Lane
-from twin.model import ROOT_CAUSES, Ledger, Model, ModelResult, OrderInfo, Placement, place
+from twin.model import ROOT_CAUSES, Ledger, Model, ModelResult, OrderInfo, Placement, detachable, place
 from twin.network import Network
 from twin.site import Site
 from twin.state import WorldState
@@ -263,11 +263,13 @@ class Forecaster:
         ends = lane_ends(state)
         draws = DrawTable(self.seed, ids, _draw_keys(state))
         lots = _LotIndex(placement.info)
+        # trips no freight can ride after each vehicle's last one that can: plain arithmetic
+        detached = detachable(state, placement)
         for r in ids:
             durations = ForecastDurations(
                 self.seed, r, state.clock, factors, causes, self.slowdown_memory, self.handling_sigma, ends, draws
             )
-            model = Model(state, durations, placement=placement).build()
+            model = Model(state, durations, placement=placement, detached=detached).build()
             model.run(until)
             result = model.collect()
             result.ledgers, result.lot_ledgers = _late_ledgers(model, until, lots)

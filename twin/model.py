@@ -42,6 +42,7 @@ __all__ = [
     "OrderView",
     "Placement",
     "TripRun",
+    "detachable",
     "observed_history",
     "place",
 ]
@@ -298,6 +299,37 @@ def _observed_misses(state: WorldState, misses: list[list[object]]) -> Ledger:
     return led
 
 
+def detachable(state: WorldState, placement: Placement) -> frozenset[str]:
+    """Trips that no freight can ride and that only their vehicle's earlier trips affect.
+
+    A trip is freight-free when it is on no open order's remaining path and serves none of
+    the hops such an order still has to make (so no missed connection can roll freight onto
+    it). The detachable trips are, per vehicle, the freight-free trips after its last trip
+    that is not: not started, they touch no dock, no sorter and no other vehicle, and no
+    one reads them during a run. A model can compute them after its SimPy run.
+    """
+    net = state.network
+    capable: set[str] = set()
+    hops: set[tuple[str, str]] = set()
+    for lot in (*placement.onboard, *placement.unsorted, *placement.ready):
+        for h in range(lot.hop, len(lot.path)):
+            capable.add(lot.path[h])
+            alight = lot.alight(h)
+            hops.add((lot.boards[h], alight))
+            if lot.site is not None:
+                hops.add((lot.site, alight))
+    for board, alight in hops:
+        capable.update(net.services(board, alight))
+    out: set[str] = set()
+    for rotation in net.rotations.values():
+        for tid in reversed(rotation):
+            ts = state.trips[tid]
+            if tid in capable or ts.arrivals[-1] is not None or any(d is not None for d in ts.departures):
+                break
+            out.add(tid)
+    return frozenset(out)
+
+
 def place(state: WorldState, lane_causes: dict[str, tuple[str, str]] | None = None) -> Placement:
     """Group the state's open orders into lots (shared by every replica of a forecast)."""
     net = state.network
@@ -395,6 +427,7 @@ class Model:
         env: simpy.Environment | None = None,
         observer: Observer | None = None,
         placement: Placement | None = None,
+        detached: frozenset[str] = frozenset(),
     ) -> None:
         self.state = state
         self.placement = placement
@@ -419,7 +452,12 @@ class Model:
         self.vehicle_site: dict[str, str | None] = {}
         #: (lane id, start time, start progress, end time) of vehicles on the road
         self.vehicle_leg: dict[str, tuple[str, float, float, float]] = {}
+        #: trips computed without SimPy after the run (see ``detachable``); not observed
+        self.detached = detached
+        #: when each vehicle reached its detached trips during the run
+        self._free_at: dict[str, float] = {}
         self._built = False
+        self._ran = False
 
     # ------------------------------------------------------------------ build
     def build(self) -> Model:
@@ -512,9 +550,66 @@ class Model:
 
     def run(self, until: float) -> Model:
         """Run the model until ``until`` (seconds since epoch)."""
+        if self.detached and self._ran:
+            msg = "a model with detached trips runs once; build a new Model to run further"
+            raise RuntimeError(msg)
+        self._ran = True
         if until > self.env.now:
             self.env.run(until=until)
+            # the clock now stands where SimPy stopped: events at or after it did not happen
+            for vid, start in self._free_at.items():
+                self._run_detached(vid, start, self.env.now)
         return self
+
+    def _run_detached(self, vehicle_id: str, start: float, stop: float) -> None:
+        """The vehicle's detached trips, computed as ``_operate`` would run them in SimPy.
+
+        Nothing is booked on them and nothing reads them during the run, so no queue or
+        other vehicle can change them: each wait and each leg is the same arithmetic on the
+        same draws, and a step that would end at or after ``stop`` did not happen.
+        """
+        now = start
+        net, st = self.net, self.state
+        for tid in net.rotations[vehicle_id]:
+            if tid not in self.detached or st.trips[tid].cancelled:
+                continue
+            ts, run, trip = st.trips[tid], self.trips[tid], net.trips[tid]
+            for i, leg in enumerate(trip.legs):
+                planned = leg.planned_departure
+                if now < planned:
+                    t = now + (planned - now)
+                    if t >= stop:
+                        return
+                    now = t
+                elif i == 0 and now > planned:
+                    late = now - planned
+                    run.waited_for_vehicle = late
+                    prev = net.previous_trip(tid)
+                    if prev is not None:
+                        _carry(run.ledger, self.trips[prev].release_ledger, late)
+                        _add(run.ledger, "vehicle_rotation", prev, late, now)
+                if ts.hold_until is not None and now < ts.hold_until:
+                    held = now
+                    t = now + (ts.hold_until - now)
+                    if t >= stop:
+                        return
+                    now = t
+                    _add(run.ledger, "held_departure", tid, now - held, held)
+                run.departures[i] = now
+                lane = net.lanes[leg.lane_id]
+                duration = self.durations.travel(tid, i, lane, now, 1.0)
+                t = now + duration
+                if t >= stop:
+                    return
+                left, now = now, t
+                excess = duration - lane.travel_time * 1.0
+                if excess > 0:
+                    mechanism, entity = self.durations.lane_cause(lane)
+                    _add(run.ledger, mechanism, entity, excess, left)
+                run.arrivals[i] = now
+                run.arrival_ledgers[i] = dict(run.ledger)
+            run.released = now
+            run.release_ledger = run.ledger
 
     def collect(self) -> ModelResult:
         """The per-trip and per-order records of this run."""
@@ -613,6 +708,10 @@ class Model:
         v = st.vehicles[vehicle_id]
         self.vehicle_site[vehicle_id] = v.site_id if v.status == "at_site" else None
         for tid in net.rotations[vehicle_id]:
+            if tid in self.detached:
+                # the rest of the rotation is computed after the run (``_run_detached``)
+                self._free_at[vehicle_id] = self.env.now
+                return
             run = self.trips[tid]
             trip = net.trips[tid]
             if run.released is not None:
