@@ -9,19 +9,25 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections.abc import Iterable, Sequence
 from statistics import NormalDist
 from typing import Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from twin.lane import Lane
 from twin.site import Site
 
 __all__ = [
+    "DrawTable",
     "Durations",
     "NominalDurations",
     "StochasticDurations",
     "keyed_normal",
     "keyed_random",
     "keyed_uniform",
+    "keyed_uniforms",
     "whole",
 ]
 
@@ -61,6 +67,66 @@ def keyed_uniform(seed: int, replica: int, key: str) -> float:
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
     z ^= z >> 31
     return ((z >> 11) + 0.5) / (1 << 53)
+
+
+def keyed_uniforms(seed: int, replicas: Sequence[int], keys: Sequence[str]) -> npt.NDArray[np.float64]:
+    """``keyed_uniform`` for every (key, replica) at once: a keys x replicas array.
+
+    The same SplitMix64 mixing in numpy's wrapping uint64 arithmetic, so every value equals
+    ``keyed_uniform(seed, replica, key)`` exactly (tested); only the work is shared.
+    """
+    h = np.array([_key_hash(k) for k in keys], dtype=np.uint64).reshape(-1, 1)
+    s = np.uint64((seed * 0x9E3779B97F4A7C15) & _MASK)
+    r = np.array([(x * 0xBF58476D1CE4E5B9) & _MASK for x in replicas], dtype=np.uint64).reshape(1, -1)
+    z = (h ^ s) ^ r
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
+class DrawTable:
+    """The keyed uniforms of a forecast's replicas for activities known in advance.
+
+    Built once per forecast (vectorised over keys and replicas) and shared by every
+    replica; a key not in the table falls back to ``keyed_uniform``. The values are the
+    same either way, so common random numbers hold whatever the table holds.
+    """
+
+    __slots__ = ("_noises", "column", "rows", "seed")
+
+    def __init__(self, seed: int, replicas: Sequence[int], keys: Iterable[str]) -> None:
+        self.seed = seed
+        names = list(dict.fromkeys(keys))
+        ids = list(replicas)
+        #: replica -> its column in the rows
+        self.column = {r: i for i, r in enumerate(ids)}
+        values = keyed_uniforms(seed, ids, names).tolist() if names and ids else [[] for _ in names]
+        #: activity key -> uniforms of the replicas
+        self.rows: dict[str, list[float]] = dict(zip(names, values, strict=True))
+        self._noises: dict[tuple[str, float], list[float]] = {}
+
+    def uniform(self, replica: int, key: str) -> float:
+        """``keyed_uniform(seed, replica, key)``, from the table when it holds it."""
+        row = self.rows.get(key)
+        col = self.column.get(replica)
+        if row is None or col is None:
+            return keyed_uniform(self.seed, replica, key)
+        return row[col]
+
+    def lognormal(self, replica: int, key: str, sigma: float) -> float:
+        """``exp(sigma * inverse normal CDF(uniform(replica, key)))``, computed once per key for all replicas."""
+        noises = self._noises.get((key, sigma))
+        if noises is None:
+            row = self.rows.get(key)
+            if row is None:
+                return math.exp(sigma * _INV_CDF(keyed_uniform(self.seed, replica, key)))
+            noises = self._noises[(key, sigma)] = [math.exp(sigma * _INV_CDF(u)) for u in row]
+        col = self.column.get(replica)
+        if col is None:
+            return math.exp(sigma * _INV_CDF(keyed_uniform(self.seed, replica, key)))
+        return noises[col]
 
 
 def keyed_normal(seed: int, replica: int, key: str) -> float:
@@ -149,16 +215,26 @@ class StochasticDurations(NominalDurations):
         lane_factors: dict[str, float] | None = None,
         handling_sigma: float = 0.1,
         lane_causes: dict[str, tuple[str, str]] | None = None,
+        draws: DrawTable | None = None,
     ) -> None:
         super().__init__(lane_factors, lane_causes)
         self.seed = seed
         self.replica = replica
         self.handling_sigma = handling_sigma
+        #: precomputed keyed uniforms (same values as computing them one by one)
+        self.draws = draws if draws is not None and draws.seed == seed else None
+
+    def _uniform(self, key: str) -> float:
+        if self.draws is not None:
+            return self.draws.uniform(self.replica, key)
+        return keyed_uniform(self.seed, self.replica, key)
 
     def _noise(self, key: str, sigma: float) -> float:
         if sigma <= 0:
             return 1.0
-        return math.exp(sigma * keyed_normal(self.seed, self.replica, key))
+        if self.draws is not None:
+            return self.draws.lognormal(self.replica, key, sigma)
+        return math.exp(sigma * _INV_CDF(keyed_uniform(self.seed, self.replica, key)))
 
     def travel(self, trip_id: str, leg: int, lane: Lane, start: float, remaining: float) -> float:
         """Nominal time times a lognormal draw for this trip leg."""

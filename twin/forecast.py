@@ -9,18 +9,20 @@ and a cause chain taken from the provenance the replicas recorded (not guessed a
 
 from __future__ import annotations
 
+import gc
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from twin.durations import StochasticDurations, keyed_uniform, whole
+from twin.durations import DrawTable, StochasticDurations, whole
 from twin.lane import Lane
-from twin.model import ROOT_CAUSES, Ledger, Model, ModelResult, place
+from twin.model import ROOT_CAUSES, Ledger, Model, ModelResult, OrderInfo, Placement, detachable, place
 from twin.network import Network
 from twin.site import Site
 from twin.state import WorldState
@@ -129,12 +131,15 @@ class ForecastDurations(StochasticDurations):
         memory: float = SLOWDOWN_MEMORY,
         handling_sigma: float = 0.1,
         lane_ends: dict[str, float] | None = None,
+        draws: DrawTable | None = None,
     ) -> None:
-        super().__init__(seed, replica, lane_factors, handling_sigma, lane_causes)
+        super().__init__(seed, replica, lane_factors, handling_sigma, lane_causes, draws)
         self.now = now
         self.memory = memory
         #: reported end of a disruption on a lane
         self.lane_ends = lane_ends or {}
+        #: end of each slowed lane's slowdown in this replica (drawn once per lane)
+        self._ends: dict[str, float] = {}
 
     def factor_at(self, lane: Lane, t: float) -> float:
         """The lane's slowdown at time ``t`` in this replica.
@@ -146,18 +151,21 @@ class ForecastDurations(StochasticDurations):
         f0 = self.lane_factor(lane)
         if f0 == 1.0:
             return f0
-        end = self.lane_ends.get(lane.id)
+        end = self._ends.get(lane.id)
         if end is None:
-            if self.memory <= 0:
-                return f0
-            end = self.now - self.memory * math.log(keyed_uniform(self.seed, self.replica, f"recover/{lane.id}"))
+            end = self.lane_ends.get(lane.id)
+            if end is None:
+                if self.memory <= 0:
+                    return f0
+                end = self.now - self.memory * math.log(self._uniform(f"recover/{lane.id}"))
+            self._ends[lane.id] = end
         return f0 if t < end else 1.0
 
     def recovery(self, site: Site, start: float) -> float | None:
         """A site's lost capacity returns after a drawn time (exponential, mean ``memory``)."""
         if self.memory <= 0:
             return None
-        return start - self.memory * math.log(keyed_uniform(self.seed, self.replica, f"recover/{site.id}"))
+        return start - self.memory * math.log(self._uniform(f"recover/{site.id}"))
 
     def travel(self, trip_id: str, leg: int, lane: Lane, start: float, remaining: float) -> float:
         """Nominal time times the fading slowdown at departure times the keyed noise."""
@@ -220,14 +228,11 @@ class Forecaster:
         ids = list(replicas) if replicas is not None else list(range(self.replicas))
         if self.workers == 1 or len(ids) < 2:
             return self._run_here(state, ids)
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, initializer=_init_worker, initargs=(self.network, self._settings())
-            )
+        pool = self._ensure_pool()
         snap = state.snapshot()
         k = self.workers
         chunks = [ids[i::k] for i in range(k) if ids[i::k]]
-        futures = [self._pool.submit(_run_in_worker, snap, chunk) for chunk in chunks]
+        futures = [pool.submit(_run_in_worker, snap, chunk) for chunk in chunks]
         by_replica: dict[int, ModelResult] = {}
         for chunk, fut in zip(chunks, futures, strict=True):
             by_replica.update(zip(chunk, fut.result(), strict=True))
@@ -247,71 +252,109 @@ class Forecaster:
         }
 
     def _run_here(self, state: WorldState, ids: Sequence[int]) -> list[ModelResult]:
+        with _gc_paused():
+            return [res for _, res in self._replicas(state, ids)]
+
+    def _replicas(self, state: WorldState, ids: Sequence[int]) -> Iterator[tuple[Placement, ModelResult]]:
+        """Run the replicas one after the other; yield each one's records as it finishes."""
         factors, causes = lane_beliefs(state)
         until = state.clock + self.horizon
         placement = place(state, causes)
         ends = lane_ends(state)
-        out = []
+        draws = DrawTable(self.seed, ids, _draw_keys(state))
+        lots = _LotIndex(placement.info)
+        # trips no freight can ride after each vehicle's last one that can: plain arithmetic
+        detached = detachable(state, placement)
         for r in ids:
             durations = ForecastDurations(
-                self.seed, r, state.clock, factors, causes, self.slowdown_memory, self.handling_sigma, ends
+                self.seed, r, state.clock, factors, causes, self.slowdown_memory, self.handling_sigma, ends, draws
             )
-            model = Model(state, durations, placement=placement).build()
+            model = Model(state, durations, placement=placement, detached=detached).build()
             model.run(until)
             result = model.collect()
-            result.ledgers = _late_ledgers(model, until)
-            out.append(result)
-        return out
+            result.ledgers, result.lot_ledgers = _late_ledgers(model, until, lots)
+            yield placement, result
+
+    def _tally_here(self, state: WorldState, ids: Sequence[int]) -> tuple[_Keys | None, list[_Tally]]:
+        """Run the replicas and keep only their tallies (records are dropped as they come)."""
+        keys: _Keys | None = None
+        out: list[_Tally] = []
+        for placement, res in self._replicas(state, ids):
+            if keys is None:
+                keys = _Keys(state, placement.info)
+            out.append(_tally(res, keys))
+        return keys, out
 
     def forecast(self, state: WorldState) -> list[PredictedState]:
-        """Full forecast: every open order, every trip not yet completed, every site."""
-        return self.aggregate(state, self.run_replicas(state))
+        """Full forecast: every open order, every trip not yet completed, every site.
+
+        With ``workers > 1`` this process runs one share of the replicas while the workers
+        run the others and send back only their tallies.
+        """
+        ids = list(range(self.replicas))
+        with _gc_paused():
+            if self.workers == 1:
+                keys, tallies = self._tally_here(state, ids)
+            else:
+                pool = self._ensure_pool()
+                k = self.workers
+                chunks = [ids[i::k] for i in range(k)]
+                snap = state.snapshot()
+                futures = [pool.submit(_tally_in_worker, snap, chunk) for chunk in chunks[1:] if chunk]
+                keys, mine = self._tally_here(state, chunks[0])
+                by_replica = dict(zip(chunks[0], mine, strict=True))
+                for chunk, fut in zip(chunks[1:], futures, strict=False):
+                    by_replica.update(zip(chunk, fut.result(), strict=True))
+                tallies = [by_replica[r] for r in ids]
+            if keys is None:
+                return []
+            return self._aggregate(state, keys, tallies)
+
+    def _ensure_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, initializer=_init_worker, initargs=(self.network, self._settings())
+            )
+        return self._pool
 
     # ------------------------------------------------------------------ aggregation
     def aggregate(self, state: WorldState, results: list[ModelResult]) -> list[PredictedState]:
         """Per-entity predictions from the replicas' records."""
-        n = len(results)
+        if not results:
+            return []
+        keys = _Keys(state, results[0].info)
+        return self._aggregate(state, keys, [_tally(res, keys) for res in results])
+
+    def _aggregate(self, state: WorldState, keys: _Keys, tallies: list[_Tally]) -> list[PredictedState]:
+        """Per-entity predictions from the replicas' tallies (in replica order)."""
+        n = len(tallies)
         as_of = state.clock
         end = as_of + self.horizon
         out: list[PredictedState] = []
         if n == 0:
             return out
-        info = results[0].info
-        order_ids = sorted(info)
-        index = {oid: i for i, oid in enumerate(order_ids)}
+        info, order_ids, trip_ids = keys.info, keys.order_ids, keys.trip_ids
+        # which recorded ledger explains each (replica, entity): an index into ``found``, or -1
+        found: list[Ledger] = []
+        order_which, trip_which = [], []
+        for t in tallies:
+            off = len(found)
+            found.extend(t.ledgers)
+            order_which.append(np.where(t.order_ledger >= 0, t.order_ledger + off, -1))
+            trip_which.append(np.where(t.trip_ledger >= 0, t.trip_ledger + off, -1))
         promised = np.array([info[oid].promised_at for oid in order_ids], dtype=float)
-        delivered = np.full((n, len(order_ids)), np.inf)
-        for r, res in enumerate(results):
-            row = delivered[r]
-            for lot in res.lots:
-                if lot.delivered_at is not None:
-                    row[[index[oid] for oid in lot.ids]] = lot.delivered_at
+        delivered = np.array([t.delivered for t in tallies], dtype=float).reshape(n, len(order_ids))
+        which = np.array(order_which, dtype=np.intp).reshape(n, len(order_ids))
         order_preds = self._time_predictions(
-            "order",
-            order_ids,
-            delivered,
-            promised,
-            as_of,
-            end,
-            0.0,
-            results,
-            lambda res, oid: res.ledgers.get(("order", oid)),
-        )
-        out.extend(order_preds)
-        trip_ids = sorted(t for t, ts in state.trips.items() if ts.status not in ("completed", "cancelled"))
-        planned = np.array([self.network.trips[t].planned_arrival for t in trip_ids], dtype=float)
-        arrivals = np.full((n, len(trip_ids)), np.inf)
-        for r, res in enumerate(results):
-            for k, tid in enumerate(trip_ids):
-                arr = res.trips[tid].arrivals[-1]
-                if arr is not None:
-                    arrivals[r, k] = arr
-        out.extend(
-            self._time_predictions(
-                "trip", trip_ids, arrivals, planned, as_of, end, SCHEDULE_GRACE, results,
-                lambda res, tid: res.ledgers.get(("trip", tid)),
-            )
+            "order", order_ids, delivered, promised, as_of, end, 0.0, which, found
         )  # fmt: skip
+        out.extend(order_preds)
+        planned = np.array([self.network.trips[t].planned_arrival for t in trip_ids], dtype=float)
+        arrivals = np.array([t.arrivals for t in tallies], dtype=float).reshape(n, len(trip_ids))
+        which = np.array(trip_which, dtype=np.intp).reshape(n, len(trip_ids))
+        out.extend(
+            self._time_predictions("trip", trip_ids, arrivals, planned, as_of, end, SCHEDULE_GRACE, which, found)
+        )
         late_by_order = {p.id: p.p_late for p in order_preds}
         risk: dict[str, int] = {}
         for oid, o in state.orders.items():
@@ -319,14 +362,11 @@ class Forecaster:
                 risk[o.site_id] = risk.get(o.site_id, 0) + 1
         waits: dict[str, list[float]] = {sid: [] for sid in self.network.sites}
         worst: dict[str, list[float]] = {sid: [] for sid in self.network.sites}
-        for res in results:
+        for t in tallies:
             per_site: dict[str, float] = {}
-            for tid, run in res.trips.items():
-                legs = self.network.trips[tid].legs
-                for leg, w in run.dock_wait_at.items():
-                    sid = legs[leg].destination
-                    waits[sid].append(w)
-                    per_site[sid] = max(per_site.get(sid, 0.0), w)
+            for sid, w in t.waits:
+                waits[sid].append(w)
+                per_site[sid] = max(per_site.get(sid, 0.0), w)
             for sid in self.network.sites:
                 worst[sid].append(per_site.get(sid, 0.0))
         for sid in sorted(self.network.sites):
@@ -353,10 +393,14 @@ class Forecaster:
         as_of: float,
         end: float,
         grace: float,
-        results: list[ModelResult],
-        ledger_of: Callable[[ModelResult, str], Ledger | None],
+        which: npt.NDArray[np.intp],
+        found: list[Ledger],
     ) -> list[PredictedState]:
-        """Quantiles, lateness probability, expected delay and causes from a replicas x entities matrix."""
+        """Quantiles, lateness probability, expected delay and causes from a replicas x entities matrix.
+
+        ``which[r, k]`` is the index in ``found`` of the ledger replica ``r`` recorded for
+        entity ``k`` (-1: none); the chain averages those of the replicas where it was late.
+        """
         n = times.shape[0]
         if not ids:
             return []
@@ -366,18 +410,20 @@ class Forecaster:
         late = (times > due + grace) & (np.isfinite(times) | (end > due + grace))
         p_late = late.sum(axis=0) / n
         delay = np.where(late, np.maximum(effective - due, 0.0), 0.0).sum(axis=0) / n
+        # per entity, the ledgers of the replicas in which it was late (-1: none)
+        chosen = np.ascontiguousarray(np.where(late, which, -1).T)
         out = []
         # orders of one lot share their ledgers in every replica: compute their chain once
-        memo: dict[tuple[int, ...], tuple[Cause, ...]] = {}
+        memo: dict[bytes, tuple[Cause, ...]] = {}
         for k, eid in enumerate(ids):
             chain: tuple[Cause, ...] = ()
             if p_late[k] > 0:
-                ledgers = [led for r in np.flatnonzero(late[:, k]) if (led := ledger_of(results[r], eid))]
-                key = tuple(map(id, ledgers))
-                found = memo.get(key)
-                if found is None:
-                    found = memo[key] = _chain(ledgers, n)
-                chain = found
+                col = chosen[k]
+                key = col.tobytes()
+                known = memo.get(key)
+                if known is None:
+                    known = memo[key] = _chain([found[i] for i in col.tolist() if i >= 0], n)
+                chain = known
             out.append(
                 PredictedState(
                     kind, eid, as_of, qs[0.1][k], qs[0.5][k], qs[0.9][k],
@@ -385,6 +431,24 @@ class Forecaster:
                 )
             )  # fmt: skip
         return out
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while replicas pile up records.
+
+    Every replica allocates tens of thousands of objects that stay alive until aggregation,
+    so the collector would keep re-scanning a growing heap for nothing (about a fifth of a
+    forecast's time). Reference counting still frees everything else; cycles are collected
+    after the forecast.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 _WORKER: dict[str, Forecaster] = {}
@@ -410,23 +474,156 @@ def _run_in_worker(snapshot: dict[str, object], replicas: list[int]) -> list[Mod
     return out
 
 
-def _late_ledgers(model: Model, until: float) -> dict[tuple[str, str], Ledger]:
-    """Provenance of one replica, for the orders and trips that may count as late."""
+def _draw_keys(state: WorldState) -> list[str]:
+    """Keys of the draws a replica may make: legs not yet arrived, slowed lanes, sites."""
+    keys = [f"recover/{lid}" for lid in state.network.lanes]
+    keys += [f"recover/{sid}" for sid in state.network.sites]
+    for tid, ts in state.trips.items():
+        for leg, arrived in enumerate(ts.arrivals):
+            if arrived is None:
+                keys += (f"travel/{tid}/{leg}", f"unload/{tid}/{leg}", f"sort/{tid}/{leg}")
+    return keys
+
+
+class _LotIndex:
+    """Per-forecast facts about the order lists of lots, shared by every replica.
+
+    Replicas copy their lots from one placement, so most lots of every replica share an
+    order list object; splits make new ones. Entries keep their list alive, so an ``id``
+    is never reused for another list while the memo exists.
+    """
+
+    def __init__(self, info: dict[str, OrderInfo], order_ids: list[str] | None = None) -> None:
+        self.info = info
+        self.position = {oid: i for i, oid in enumerate(order_ids)} if order_ids is not None else {}
+        self._promises: dict[int, tuple[list[str], float, float, list[tuple[str, str]]]] = {}
+        self._columns: dict[int, tuple[list[str], npt.NDArray[np.intp]]] = {}
+
+    def promises(self, ids: list[str]) -> tuple[float, float, list[tuple[str, str]]]:
+        """Earliest and latest promise of the orders, and their ledger keys."""
+        e = self._promises.get(id(ids))
+        if e is None or e[0] is not ids:
+            info = self.info
+            ps = [info[oid].promised_at for oid in ids]
+            e = self._promises[id(ids)] = (ids, min(ps), max(ps), [("order", oid) for oid in ids])
+        return e[1], e[2], e[3]
+
+    def columns(self, ids: list[str]) -> npt.NDArray[np.intp]:
+        """Positions of the orders in the forecast's order list."""
+        e = self._columns.get(id(ids))
+        if e is None or e[0] is not ids:
+            pos = self.position
+            e = self._columns[id(ids)] = (ids, np.array([pos[oid] for oid in ids], dtype=np.intp))
+        return e[1]
+
+
+class _Keys:
+    """The entities a forecast of one state reports on, in the order of its matrices."""
+
+    def __init__(self, state: WorldState, info: dict[str, OrderInfo]) -> None:
+        self.info = info
+        self.order_ids = sorted(info)
+        self.trip_ids = sorted(t for t, ts in state.trips.items() if ts.status not in ("completed", "cancelled"))
+        self.lots = _LotIndex(info, self.order_ids)
+        self.network = state.network
+
+
+@dataclass(slots=True)
+class _Tally:
+    """One replica's outcome reduced to what aggregation reads (cheap to send between processes).
+
+    Per order (``_Keys.order_ids``) the delivery time (inf: not delivered) and the index in
+    ``ledgers`` of its provenance (-1: none, or on time); per open trip the final arrival and
+    its provenance index; and the dock wait of every arrival, by site.
+    """
+
+    delivered: list[float]
+    order_ledger: npt.NDArray[np.intp]
+    arrivals: list[float]
+    trip_ledger: npt.NDArray[np.intp]
+    ledgers: list[Ledger]
+    waits: list[tuple[str, float]]
+
+
+def _tally(res: ModelResult, keys: _Keys) -> _Tally:
+    """Reduce one replica's records to a tally."""
+    lots = keys.lots
+    delivered = np.full(len(keys.order_ids), np.inf)
+    order_ledger = np.full(len(keys.order_ids), -1, dtype=np.intp)
+    ledgers: list[Ledger] = []
+    for lot, led in zip(res.lots, _lot_ledgers(res), strict=True):
+        cols = lots.columns(lot.ids)
+        if lot.delivered_at is not None:
+            delivered[cols] = lot.delivered_at
+        if led:
+            order_ledger[cols] = len(ledgers)
+            ledgers.append(led)
+    arrivals: list[float] = []
+    trip_ledger = np.full(len(keys.trip_ids), -1, dtype=np.intp)
+    for k, tid in enumerate(keys.trip_ids):
+        arr = res.trips[tid].arrivals[-1]
+        arrivals.append(math.inf if arr is None else arr)
+        led = res.ledgers.get(("trip", tid))
+        if led:
+            trip_ledger[k] = len(ledgers)
+            ledgers.append(led)
+    waits: list[tuple[str, float]] = []
+    trips = keys.network.trips
+    for tid, run in res.trips.items():
+        if run.dock_wait_at:
+            legs = trips[tid].legs
+            waits.extend((legs[leg].destination, w) for leg, w in run.dock_wait_at.items())
+    return _Tally(delivered.tolist(), order_ledger, arrivals, trip_ledger, ledgers, waits)
+
+
+def _lot_ledgers(res: ModelResult) -> list[Ledger | None]:
+    """The order ledgers of a result's lots (from ``ledgers`` when not recorded per lot)."""
+    if len(res.lot_ledgers) == len(res.lots):
+        return res.lot_ledgers
+    out: list[Ledger | None] = []
+    for lot in res.lots:
+        out.append(next((led for oid in lot.ids if (led := res.ledgers.get(("order", oid)))), None))
+    return out
+
+
+def _tally_in_worker(snapshot: dict[str, object], replicas: list[int]) -> list[_Tally]:
+    fc = _WORKER["forecaster"]
+    state = WorldState.from_snapshot(fc.network, snapshot)
+    with _gc_paused():
+        return fc._tally_here(state, replicas)[1]
+
+
+def _late_ledgers(
+    model: Model, until: float, lots: _LotIndex | None = None
+) -> tuple[dict[tuple[str, str], Ledger], list[Ledger | None]]:
+    """Provenance of one replica, for the orders and trips that may count as late.
+
+    Also the same order ledgers per lot, parallel to ``model.lots`` (None: no late order).
+    """
     out: dict[tuple[str, str], Ledger] = {}
+    memo = lots if lots is not None else _LotIndex(model.info)
     info = model.info
+    per_lot: list[Ledger | None] = []
     for lot in model.lots:
         t = lot.delivered_at if lot.delivered_at is not None else math.inf
-        late = [oid for oid in lot.ids if t > info[oid].promised_at]
-        if late:
-            led = model.order_ledger(lot)
-            for oid in late:
-                out[("order", oid)] = led
+        first, last, keys = memo.promises(lot.ids)
+        if t <= first:
+            per_lot.append(None)
+            continue
+        led = model.order_ledger(lot)
+        per_lot.append(led)
+        if t > last:
+            out.update(dict.fromkeys(keys, led))
+        else:
+            for oid, key in zip(lot.ids, keys, strict=True):
+                if t > info[oid].promised_at:
+                    out[key] = led
     for tid, run in model.trips.items():
         trip = model.net.trips[tid]
         arr = run.arrivals[-1]
         if arr is None or arr > trip.planned_arrival + SCHEDULE_GRACE:
             out[("trip", tid)] = run.arrival_ledgers.get(len(trip.legs) - 1, run.ledger)
-    return out
+    return out, per_lot
 
 
 def _column_quantile(ordered: npt.NDArray[np.float64], q: float) -> list[float | None]:

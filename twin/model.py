@@ -42,6 +42,7 @@ __all__ = [
     "OrderView",
     "Placement",
     "TripRun",
+    "detachable",
     "observed_history",
     "place",
 ]
@@ -55,6 +56,7 @@ LINK_CAUSES: frozenset[str] = frozenset({"vehicle_rotation", "held_departure", "
 
 #: Recorded provenance of a delay: (mechanism, entity) -> [seconds contributed, time first seen].
 #: Root causes add up to the delay they explain; a link carries the seconds passed along it.
+#: Entries are replaced, never changed in place (``_add``), so a shallow copy is a snapshot.
 Ledger = dict[tuple[str, str], list[float]]
 
 
@@ -65,8 +67,12 @@ def _add(ledger: Ledger, mechanism: str, entity: str, seconds: float, at: float)
     if entry is None:
         ledger[(mechanism, entity)] = [seconds, at]
     else:
-        entry[0] += seconds
-        entry[1] = min(entry[1], at)
+        # a new entry, never an update in place: copies of a ledger can then be shallow
+        ledger[(mechanism, entity)] = [entry[0] + seconds, min(entry[1], at)]
+
+
+def _first_id(lot: Lot) -> str:
+    return lot.ids[0]
 
 
 def _carry(into: Ledger, upstream: Ledger, seconds: float) -> None:
@@ -270,7 +276,7 @@ def observed_history(
             excess = (a - d) - net.lanes[leg.lane_id].travel_time
             mechanism, entity = causes.get(leg.lane_id, ("lane_slowdown", leg.lane_id))
             _add(led, mechanism, entity, excess, d)
-            arrivals[i] = {k: list(v) for k, v in led.items()}
+            arrivals[i] = dict(led)
         out[trip.id] = (led, arrivals)
     return out
 
@@ -291,6 +297,37 @@ def _observed_misses(state: WorldState, misses: list[list[object]]) -> Ledger:
             _add(led, "dock_queue" if short_docks else "handling_backlog", where, gap, planned)
         _add(led, "missed_connection", b, gap, planned)
     return led
+
+
+def detachable(state: WorldState, placement: Placement) -> frozenset[str]:
+    """Trips that no freight can ride and that only their vehicle's earlier trips affect.
+
+    A trip is freight-free when it is on no open order's remaining path and serves none of
+    the hops such an order still has to make (so no missed connection can roll freight onto
+    it). The detachable trips are, per vehicle, the freight-free trips after its last trip
+    that is not: not started, they touch no dock, no sorter and no other vehicle, and no
+    one reads them during a run. A model can compute them after its SimPy run.
+    """
+    net = state.network
+    capable: set[str] = set()
+    hops: set[tuple[str, str]] = set()
+    for lot in (*placement.onboard, *placement.unsorted, *placement.ready):
+        for h in range(lot.hop, len(lot.path)):
+            capable.add(lot.path[h])
+            alight = lot.alight(h)
+            hops.add((lot.boards[h], alight))
+            if lot.site is not None:
+                hops.add((lot.site, alight))
+    for board, alight in hops:
+        capable.update(net.services(board, alight))
+    out: set[str] = set()
+    for rotation in net.rotations.values():
+        for tid in reversed(rotation):
+            ts = state.trips[tid]
+            if tid in capable or ts.arrivals[-1] is not None or any(d is not None for d in ts.departures):
+                break
+            out.add(tid)
+    return frozenset(out)
 
 
 def place(state: WorldState, lane_causes: dict[str, tuple[str, str]] | None = None) -> Placement:
@@ -362,6 +399,8 @@ class ModelResult:
     info: dict[str, OrderInfo]
     #: per-entity provenance, filled in by the forecaster: ("order"|"trip", id) -> ledger
     ledgers: dict[tuple[str, str], Ledger] = field(default_factory=dict)
+    #: the same provenance per lot (parallel to ``lots``; None when none of its orders is late)
+    lot_ledgers: list[Ledger | None] = field(default_factory=list)
 
     @property
     def orders(self) -> dict[str, OrderView]:
@@ -388,6 +427,7 @@ class Model:
         env: simpy.Environment | None = None,
         observer: Observer | None = None,
         placement: Placement | None = None,
+        detached: frozenset[str] = frozenset(),
     ) -> None:
         self.state = state
         self.placement = placement
@@ -412,7 +452,12 @@ class Model:
         self.vehicle_site: dict[str, str | None] = {}
         #: (lane id, start time, start progress, end time) of vehicles on the road
         self.vehicle_leg: dict[str, tuple[str, float, float, float]] = {}
+        #: trips computed without SimPy after the run (see ``detachable``); not observed
+        self.detached = detached
+        #: when each vehicle reached its detached trips during the run
+        self._free_at: dict[str, float] = {}
         self._built = False
+        self._ran = False
 
     # ------------------------------------------------------------------ build
     def build(self) -> Model:
@@ -435,7 +480,7 @@ class Model:
             run = self.trips[tid] = TripRun(list(ts.departures), list(ts.arrivals))
             seen = placement.history.get(tid)
             if seen is not None:
-                run.ledger = {k: list(v) for k, v in seen[0].items()}
+                run.ledger = dict(seen[0])
                 run.arrival_ledgers = dict(seen[1])
                 if ts.arrivals[-1] is not None:
                     run.release_ledger = run.ledger
@@ -469,7 +514,7 @@ class Model:
             template.ids, template.destination, list(template.path), template.boards, template.hop,
             template.stage, template.site, template.trip, inbound_trip=template.inbound_trip,
             inbound_leg=template.inbound_leg, sort_wait=template.sort_wait, since=template.since,
-            miss_ledger={k: list(v) for k, v in template.miss_ledger.items()} if template.miss_ledger else None,
+            miss_ledger=dict(template.miss_ledger) if template.miss_ledger else None,
             serial=len(self.lots),
         )  # fmt: skip
         self.lots.append(lot)
@@ -480,7 +525,7 @@ class Model:
         part = Lot(
             lot.ids[:n], lot.destination, list(lot.path), lot.boards, lot.hop, lot.stage, lot.site, lot.trip,
             lot.ready, lot.delivered_at, lot.inbound_trip, lot.inbound_leg, lot.rolls, lot.sort_wait,
-            {k: list(v) for k, v in lot.miss_ledger.items()} if lot.miss_ledger else None,
+            dict(lot.miss_ledger) if lot.miss_ledger else None,
             len(self.lots), lot.since,
         )  # fmt: skip
         lot.ids = lot.ids[n:]
@@ -505,9 +550,66 @@ class Model:
 
     def run(self, until: float) -> Model:
         """Run the model until ``until`` (seconds since epoch)."""
+        if self.detached and self._ran:
+            msg = "a model with detached trips runs once; build a new Model to run further"
+            raise RuntimeError(msg)
+        self._ran = True
         if until > self.env.now:
             self.env.run(until=until)
+            # the clock now stands where SimPy stopped: events at or after it did not happen
+            for vid, start in self._free_at.items():
+                self._run_detached(vid, start, self.env.now)
         return self
+
+    def _run_detached(self, vehicle_id: str, start: float, stop: float) -> None:
+        """The vehicle's detached trips, computed as ``_operate`` would run them in SimPy.
+
+        Nothing is booked on them and nothing reads them during the run, so no queue or
+        other vehicle can change them: each wait and each leg is the same arithmetic on the
+        same draws, and a step that would end at or after ``stop`` did not happen.
+        """
+        now = start
+        net, st = self.net, self.state
+        for tid in net.rotations[vehicle_id]:
+            if tid not in self.detached or st.trips[tid].cancelled:
+                continue
+            ts, run, trip = st.trips[tid], self.trips[tid], net.trips[tid]
+            for i, leg in enumerate(trip.legs):
+                planned = leg.planned_departure
+                if now < planned:
+                    t = now + (planned - now)
+                    if t >= stop:
+                        return
+                    now = t
+                elif i == 0 and now > planned:
+                    late = now - planned
+                    run.waited_for_vehicle = late
+                    prev = net.previous_trip(tid)
+                    if prev is not None:
+                        _carry(run.ledger, self.trips[prev].release_ledger, late)
+                        _add(run.ledger, "vehicle_rotation", prev, late, now)
+                if ts.hold_until is not None and now < ts.hold_until:
+                    held = now
+                    t = now + (ts.hold_until - now)
+                    if t >= stop:
+                        return
+                    now = t
+                    _add(run.ledger, "held_departure", tid, now - held, held)
+                run.departures[i] = now
+                lane = net.lanes[leg.lane_id]
+                duration = self.durations.travel(tid, i, lane, now, 1.0)
+                t = now + duration
+                if t >= stop:
+                    return
+                left, now = now, t
+                excess = duration - lane.travel_time * 1.0
+                if excess > 0:
+                    mechanism, entity = self.durations.lane_cause(lane)
+                    _add(run.ledger, mechanism, entity, excess, left)
+                run.arrivals[i] = now
+                run.arrival_ledgers[i] = dict(run.ledger)
+            run.released = now
+            run.release_ledger = run.ledger
 
     def collect(self) -> ModelResult:
         """The per-trip and per-order records of this run."""
@@ -523,7 +625,7 @@ class Model:
         Missed connections, then the trip that brought it to where it is (or that it rides),
         the dock queue and the sorting backlog there.
         """
-        out: Ledger = {k: list(v) for k, v in o.miss_ledger.items()} if o.miss_ledger else {}
+        out: Ledger = dict(o.miss_ledger) if o.miss_ledger else {}
         if o.trip is not None:
             for k, (secs, at) in self.trips[o.trip].ledger.items():
                 _add(out, k[0], k[1], secs, at)
@@ -594,7 +696,7 @@ class Model:
 
     def _book(self, o: Lot) -> None:
         """Index a lot that is not ready yet under the next hop it will board."""
-        h = o.pending_hop()
+        h = o.hop + 1 if o.trip is not None else o.hop
         if h < len(o.path):
             key = (o.path[h], o.boards[h])
             self.booked.setdefault(key, {})[o.serial] = o
@@ -606,6 +708,10 @@ class Model:
         v = st.vehicles[vehicle_id]
         self.vehicle_site[vehicle_id] = v.site_id if v.status == "at_site" else None
         for tid in net.rotations[vehicle_id]:
+            if tid in self.detached:
+                # the rest of the rotation is computed after the run (``_run_detached``)
+                self._free_at[vehicle_id] = self.env.now
+                return
             run = self.trips[tid]
             trip = net.trips[tid]
             if run.released is not None:
@@ -704,14 +810,17 @@ class Model:
         self._load(trip_id, leg_index, site)
         run.departures[leg_index] = env.now
         self.vehicle_site[trip.vehicle_id] = None
-        self.observer.departed(env.now, trip_id, leg_index, trip.vehicle_id, site)
+        if self._observing:
+            self.observer.departed(env.now, trip_id, leg_index, trip.vehicle_id, site)
 
     def _load(self, trip_id: str, leg_index: int, site: str) -> None:
         env, trip = self.env, self.net.trips[trip_id]
-        booked = self.booked.pop((trip_id, site), {})
+        booked = self.booked.pop((trip_id, site), None)
         onboard = self.onboard.setdefault(trip_id, [])
+        if not booked:
+            return
         room = self.net.vehicles[trip.vehicle_id].capacity - sum(len(lot.ids) for lot in onboard)
-        for lot in sorted(booked.values(), key=lambda x: x.ids[0]):
+        for lot in sorted(booked.values(), key=_first_id) if len(booked) > 1 else booked.values():
             if lot.ready and room > 0:
                 if len(lot.ids) > room:
                     rest = lot
@@ -782,18 +891,23 @@ class Model:
         site = self.net.trips[trip_id].legs[leg_index].destination
         run = self.trips[trip_id]
         run.arrivals[leg_index] = env.now
-        run.arrival_ledgers[leg_index] = {k: list(v) for k, v in run.ledger.items()}
+        run.arrival_ledgers[leg_index] = dict(run.ledger)
         self.vehicle_site[vehicle_id] = site
-        self.observer.arrived(env.now, trip_id, leg_index, vehicle_id, site)
-        yield from self._unload(trip_id, leg_index, site)
+        if self._observing:
+            self.observer.arrived(env.now, trip_id, leg_index, vehicle_id, site)
+        if self.onboard.get(trip_id):
+            yield from self._unload(trip_id, leg_index, site)
 
     def _unload(self, trip_id: str, leg_index: int, site: str) -> Proc:
         env = self.env
         onboard = self.onboard.get(trip_id, [])
-        alighting = [o for o in onboard if o.alight() == site]
+        alighting: list[Lot] = []
+        staying: list[Lot] = []
+        for o in onboard:
+            (alighting if o.alight() == site else staying).append(o)
         if not alighting:
             return
-        self.onboard[trip_id] = [o for o in onboard if o.alight() != site]
+        self.onboard[trip_id] = staying
         docks = self.docks[site]
         queued = env.now
         with docks.request() as req:
@@ -803,7 +917,8 @@ class Model:
             run.dock_waits.append(wait)
             run.dock_wait_at[leg_index] = wait
             _add(run.ledger, "dock_queue", site, wait, queued)
-            self.observer.docks(env.now, site, docks.count, int(docks.capacity))
+            if self._observing:
+                self.observer.docks(env.now, site, docks.count, int(docks.capacity))
             s = self.net.sites[site]
             count = sum(len(o.ids) for o in alighting)
             yield env.timeout(self.durations.unload(s, count, f"{trip_id}/{leg_index}"))
@@ -817,7 +932,8 @@ class Model:
                 if self._observing:
                     for oid in o.ids:
                         self.observer.scanned(env.now, oid, site, "unloaded", None)
-        self.observer.docks(env.now, site, docks.count, int(docks.capacity))
+        if self._observing:
+            self.observer.docks(env.now, site, docks.count, int(docks.capacity))
         env.process(self._sort(site, alighting, f"{trip_id}/{leg_index}"))
 
     def _sort(self, site: str, batch: list[Lot], key: str, credit: float = 0.0) -> Proc:

@@ -30,7 +30,7 @@ class Network:
     Raises :class:`ValidationError` naming the entity, the rule and the fix.
     """
 
-    __slots__ = ("sites", "lanes", "vehicles", "trips", "rotations", "_services", "regions")
+    __slots__ = ("sites", "lanes", "vehicles", "trips", "rotations", "_services", "regions", "_legs_from", "_previous")
 
     def __init__(
         self,
@@ -46,6 +46,16 @@ class Network:
         self.regions: tuple[str, ...] = tuple(sorted({s.region for s in self.sites.values()}))
         self._validate()
         self.rotations: dict[str, tuple[str, ...]] = self._build_rotations()
+        #: (trip, site) -> index of the first leg of the trip departing the site
+        self._legs_from: dict[tuple[str, str], int] = {}
+        for trip in self.trips.values():
+            for i, leg in enumerate(trip.legs):
+                self._legs_from.setdefault((trip.id, leg.origin), i)
+        #: trip -> the trip its vehicle runs just before it
+        self._previous: dict[str, str | None] = {}
+        for rot in self.rotations.values():
+            for i, tid in enumerate(rot):
+                self._previous[tid] = rot[i - 1] if i > 0 else None
         self._services: dict[tuple[str, str], _Service] = {}
         for trip in sorted(self.trips.values(), key=lambda t: (t.planned_departure, t.id)):
             stops = trip.stops()
@@ -167,17 +177,16 @@ class Network:
 
     def leg_index(self, trip_id: str, site: str) -> int:
         """Index of the leg of ``trip_id`` that departs ``site`` (-1 if it does not)."""
-        for i, leg in enumerate(self.trips[trip_id].legs):
-            if leg.origin == site:
-                return i
-        return -1
+        i = self._legs_from.get((trip_id, site))
+        if i is None:
+            if trip_id not in self.trips:
+                raise KeyError(trip_id)
+            return -1
+        return i
 
     def previous_trip(self, trip_id: str) -> str | None:
         """The trip the same vehicle runs just before ``trip_id`` (None for its first)."""
-        trip = self.trips[trip_id]
-        rot = self.rotations[trip.vehicle_id]
-        i = rot.index(trip_id)
-        return rot[i - 1] if i > 0 else None
+        return self._previous[trip_id]
 
 
 class _HasId(Protocol):

@@ -1,0 +1,48 @@
+"""Keyed draws: the vectorised table gives exactly the one-by-one values (common random numbers)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from twin.durations import DrawTable, StochasticDurations, keyed_uniform, keyed_uniforms
+from twin.lane import Lane
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    seed=st.integers(min_value=0, max_value=2**70),
+    replicas=st.lists(st.integers(min_value=0, max_value=2**40), min_size=1, max_size=8),
+    keys=st.lists(st.text(min_size=0, max_size=20), min_size=1, max_size=8),
+)
+def test_vectorised_uniforms_equal_the_keyed_ones_exactly(seed, replicas, keys):
+    table = keyed_uniforms(seed, replicas, keys)
+    assert table.shape == (len(keys), len(replicas))
+    for i, key in enumerate(keys):
+        for j, r in enumerate(replicas):
+            assert table[i, j] == keyed_uniform(seed, r, key)
+
+
+def test_a_draw_depends_only_on_seed_replica_and_key():
+    keys = [f"travel/T{i}/0" for i in range(50)]
+    full = DrawTable(7, range(16), keys)
+    # a table built for other replicas and other activities gives the same draw for the same key
+    partial = DrawTable(7, [3, 15, 9], list(reversed(keys[10:20])) + ["unload/X/1"])
+    for r in (3, 9, 15):
+        for key in keys[10:20]:
+            assert partial.uniform(r, key) == full.uniform(r, key) == keyed_uniform(7, r, key)
+    # keys or replicas not in the table fall back to the same keyed value
+    assert full.uniform(99, "sort/Y/0") == keyed_uniform(7, 99, "sort/Y/0")
+    assert partial.uniform(0, keys[0]) == keyed_uniform(7, 0, keys[0])
+
+
+def test_stochastic_durations_with_or_without_a_table_draw_the_same():
+    lane = Lane("A->B", "A", "B", 3600.0, 0.2)
+    table = DrawTable(5, range(4), ["travel/T1/0", "unload/T1/0"])
+    for r in range(4):
+        plain = StochasticDurations(5, r)
+        tabled = StochasticDurations(5, r, draws=table)
+        assert tabled.travel("T1", 0, lane, 0.0, 1.0) == plain.travel("T1", 0, lane, 0.0, 1.0)
+        assert tabled.travel("T2", 1, lane, 0.0, 0.5) == plain.travel("T2", 1, lane, 0.0, 0.5)
+    # a table of another seed is not used
+    assert StochasticDurations(6, 0, draws=table).draws is None
