@@ -263,7 +263,27 @@ def create_app(
 
     @app.task
     async def run_ingest() -> None:
-        await ingest.run()
+        from faust.exceptions import NotReady
+
+        try:
+            await ingest.run()
+        except NotReady:
+            if not app.should_stop:
+                raise
+            # Shutting down: the producer stopped under a poll in flight. Its offsets were not
+            # committed, so the next owner reads those records again (at-least-once).
+            log.info("ingest stopped with the producer")
+
+    @app.on_before_shutdown.connect
+    async def stop_ingest(sender: Any, **_: Any) -> None:
+        # Before Faust stops its producer: finish the poll in flight, commit, leave the group.
+        await ingest.stop()
+        if ingest.consumer is None:
+            return  # never started
+        try:
+            await asyncio.wait_for(ingest.stopped.wait(), timeout=10.0)
+        except TimeoutError:
+            log.warning("ingest did not stop within 10 s; records not yet committed will be read again")
 
     @app.task
     async def serve_metrics() -> None:

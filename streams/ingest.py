@@ -221,6 +221,8 @@ class Ingest:
         self.consumer: Any = None
         self._inflight: list[tuple[list[Awaitable[Any]], dict[Any, int]]] = []
         self._stopping = asyncio.Event()
+        #: set when :meth:`run` has returned (its last batches on the broker, offsets committed)
+        self.stopped = asyncio.Event()
         self.messages = 0
 
     async def run(self) -> None:
@@ -255,6 +257,7 @@ class Ingest:
             with contextlib.suppress(Exception):
                 await self._drain()
             await consumer.stop()
+            self.stopped.set()
 
     async def stop(self) -> None:
         """Finish the current poll and stop."""
