@@ -100,7 +100,7 @@ def lane_beliefs(state: WorldState) -> tuple[dict[str, float], dict[str, tuple[s
     causes: dict[str, tuple[str, str]] = {}
     for lid, lane in state.network.lanes.items():
         ls = state.lanes[lid]
-        f = ls.factor(lane.travel_time)
+        f = ls.factor(lane.travel_time, lane.sigma)
         if f != 1.0:
             factors[lid] = f
     for did, d in state.disruptions.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 __all__ = ["Lane", "LaneSample", "LaneState", "lane_id"]
@@ -85,23 +86,39 @@ class LaneState:
         elif time <= s.first_time and progress <= s.first_progress + PROGRESS_EPS:
             s.first_time, s.first_progress = time, progress
 
-    def observed_factor(self, travel_time: float) -> float | None:
-        """Mean observed travel-time multiplier over recent traversals, None if no evidence."""
+    def observed_factor(self, travel_time: float, sigma: float = 0.0) -> float | None:
+        """Observed travel-time multiplier of the lane over recent traversals, None if no evidence.
+
+        Each traversal's ratio is the lane's slowdown times that vehicle's own chance
+        variation (a lognormal with the lane's ``sigma``, which a later trip does not share).
+        The estimate is the mean log ratio, shrunk toward what the twin believes without
+        observations (the reported disruption factor, else 1) by the noise it carries:
+        positive-part James-Stein with the known variance ``sigma**2 / n`` of a mean of
+        ``n`` traversals, ``m * max(0, 1 - sigma**2 / (n * m**2))`` for a deviation ``m``.
+        A single traversal within one sigma of it is taken as noise; several in the same
+        direction, or one far beyond sigma, are a slowdown. With ``sigma`` 0 every
+        observation is believed as it is.
+        """
         horizon = self.latest_time - SAMPLE_WINDOW_SECONDS
-        total = 0.0
-        n = 0
+        logs: list[float] = []
         for s in self.samples.values():
             if s.last_time < horizon:
                 continue
             r = s.ratio(travel_time)
             if r is not None:
-                total += r
-                n += 1
-        return total / n if n else None
+                logs.append(math.log(max(r, 1e-9)))
+        if not logs:
+            return None
+        n = len(logs)
+        prior = math.log(self.disruption_factor) if math.isfinite(self.disruption_factor) else 0.0
+        m = sum(logs) / n - prior
+        if sigma > 0 and m != 0.0:
+            m *= max(0.0, 1.0 - sigma * sigma / (n * m * m))
+        return math.exp(prior + m)
 
-    def factor(self, travel_time: float) -> float:
+    def factor(self, travel_time: float, sigma: float = 0.0) -> float:
         """The slowdown the twin currently believes in: observed, else reported, else 1."""
-        observed = self.observed_factor(travel_time)
+        observed = self.observed_factor(travel_time, sigma)
         if observed is not None:
             return max(observed, 0.1)
         return self.disruption_factor

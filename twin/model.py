@@ -172,6 +172,9 @@ class Lot:
     serial: int = 0
     #: order of arrival at a site before the snapshot (unsorted freight is sorted in this order)
     since: float = 0.0
+    #: seconds of a missed connection whose upstream causes are carried once the lot is
+    #: sorted (it was rolled at the start of a run while still on the road)
+    miss_carry: float = 0.0
 
     @property
     def id(self) -> str:
@@ -487,20 +490,25 @@ class Model:
         self.info = dict(placement.info)
         for t in placement.onboard:
             lot = self._new_lot(t)
+            self._catch_up(lot, ready=False)
             self.onboard.setdefault(lot.trip or "", []).append(lot)
             self._book(lot)
         # freight unloaded before the snapshot and not sorted yet: one batch per unloading, in
         # the order they were unloaded; the sorter has been at the first one since it arrived
         batches: dict[tuple[str, float], list[Lot]] = {}
         for t in sorted(placement.unsorted, key=lambda x: (x.since, x.ids[0])):
-            batches.setdefault((t.site or "", t.since), []).append(self._new_lot(t))
+            lot = self._new_lot(t)
+            self._catch_up(lot, ready=False)
+            batches.setdefault((t.site or "", t.since), []).append(lot)
         started: set[str] = set()
         for sid, since in sorted(batches, key=lambda k: (k[1], k[0])):
             credit = 0.0 if sid in started else max(0.0, env.now - since)
             started.add(sid)
             env.process(self._sort(sid, batches[(sid, since)], f"init/{sid}/{since!r}", credit))
         for t in placement.ready:
-            self._make_ready(self._new_lot(t))
+            lot = self._new_lot(t)
+            self._catch_up(lot, ready=True)
+            self._make_ready(lot)
         for vid in sorted(net.vehicles):
             if any(self.trips[t].arrivals[-1] is None or self.onboard.get(t) for t in net.rotations[vid]):
                 env.process(self._operate(vid))
@@ -520,13 +528,59 @@ class Model:
         self.lots.append(lot)
         return lot
 
+    def _booked_since(self, o: Lot) -> float:
+        """When a lot of the snapshot was booked on the trip of its pending hop.
+
+        At its creation for the first hop; else when it was loaded on the trip before (the
+        model books freight on its next hop as it loads it).
+        """
+        h = o.pending_hop()
+        if h == 0:
+            orders = self.state.orders
+            return min((orders[i].created_at for i in o.ids if i in orders), default=self.env.now)
+        tid = o.trip if o.trip is not None else o.path[h - 1]
+        leg = self.net.leg_index(tid, o.boards[h - 1]) if tid in self.net.trips else -1
+        dep = self.trips[tid].departures[leg] if leg >= 0 else None
+        return dep if dep is not None else -math.inf
+
+    def _catch_up(self, o: Lot, *, ready: bool) -> None:
+        """Rebook freight whose next trip left before the snapshot, as the world did then.
+
+        The world rolls freight booked on a trip when the trip leaves without it, to the
+        next trip of the hop departing after that moment (a late trip planned earlier but
+        still there is caught, and it holds for the freight); freight ready at a site whose
+        trip had left before it was booked there rolls when it is ready. The live state
+        learns of a roll only when the freight is loaded again, so a forecast replays the
+        rolls from those times instead of rolling everything from the snapshot's clock.
+        """
+        since = self._booked_since(o)
+        for _ in range(len(self.net.trips)):
+            h = o.pending_hop()
+            if h >= len(o.path):
+                return
+            tid, site = o.path[h], o.boards[h]
+            leg = self.net.leg_index(tid, site)
+            dep = self.trips[tid].departures[leg] if leg >= 0 else None
+            if dep is None:
+                return
+            if dep >= since:
+                at = dep
+            elif ready:
+                at = min(self.env.now, max(o.since, since))
+            else:
+                return  # rolls when it is ready, in the run
+            self._roll(o, tid, site, at=at)
+            if o.path[h] == tid:
+                return
+            since = at
+
     def _split(self, lot: Lot, n: int) -> Lot:
         """Take the first ``n`` orders of a lot into a new lot in the same situation."""
         part = Lot(
             lot.ids[:n], lot.destination, list(lot.path), lot.boards, lot.hop, lot.stage, lot.site, lot.trip,
             lot.ready, lot.delivered_at, lot.inbound_trip, lot.inbound_leg, lot.rolls, lot.sort_wait,
             dict(lot.miss_ledger) if lot.miss_ledger else None,
-            len(self.lots), lot.since,
+            len(self.lots), lot.since, lot.miss_carry,
         )  # fmt: skip
         lot.ids = lot.ids[n:]
         self.lots.append(part)
@@ -619,13 +673,13 @@ class Model:
         """How many legs a trip has."""
         return len(self.net.trips[trip_id].legs)
 
-    def order_ledger(self, o: Lot) -> Ledger:
+    def order_ledger(self, o: Lot, *, misses: bool = True) -> Ledger:
         """Provenance of an order's delay so far.
 
-        Missed connections, then the trip that brought it to where it is (or that it rides),
-        the dock queue and the sorting backlog there.
+        Missed connections (unless ``misses`` is False), then the trip that brought it to
+        where it is (or that it rides), the dock queue and the sorting backlog there.
         """
-        out: Ledger = dict(o.miss_ledger) if o.miss_ledger else {}
+        out: Ledger = dict(o.miss_ledger) if o.miss_ledger and misses else {}
         if o.trip is not None:
             for k, (secs, at) in self.trips[o.trip].ledger.items():
                 _add(out, k[0], k[1], secs, at)
@@ -839,20 +893,27 @@ class Model:
             else:
                 self._roll(lot, trip_id, site)
 
-    def _roll(self, o: Lot, missed: str, site: str) -> None:
-        """The order missed ``missed`` at ``site``: rebook it on the next trip of its hop."""
+    def _roll(self, o: Lot, missed: str, site: str, at: float | None = None) -> None:
+        """The order missed ``missed`` at ``site``: rebook it on the next trip of its hop.
+
+        ``at`` is when it missed it (default: now), for rolls replayed from before the start.
+        """
         h = o.pending_hop()
         trips = self.net.trips
         missed_dep = trips[missed].legs[max(0, self.net.leg_index(missed, site))].planned_departure
+        when = self.env.now if at is None else at
         # strictly later than the missed trip's plan: rolling always moves forward
-        nxt = self.net.next_trip(site, o.alight(h), max(self.env.now, missed_dep + 1e-6), exclude=missed)
+        nxt = self.net.next_trip(site, o.alight(h), max(when, missed_dep + 1e-6), exclude=missed)
         o.rolls += 1
         if nxt is not None:
             gap = trips[nxt].legs[max(0, self.net.leg_index(nxt, site))].planned_departure - missed_dep
         else:
             gap = max(0.0, self.env.now + 1.0 - missed_dep)
         ledger: Ledger = {} if o.miss_ledger is None else o.miss_ledger
-        if o.miss_ledger is None and o.inbound_trip is not None:
+        if o.miss_ledger is None and at is not None and o.trip is not None:
+            # rolled at the start while still on the road: what delays it is still to come
+            o.miss_carry = gap
+        elif o.miss_ledger is None and o.inbound_trip is not None:
             _carry(ledger, self.order_ledger(o), gap)
         _add(ledger, "missed_connection", missed, gap, self.env.now)
         o.miss_ledger = ledger
@@ -965,4 +1026,11 @@ class Model:
             if self._observing:
                 for oid in o.ids:
                     self.observer.scanned(env.now, oid, site, "sorted", None)
+            if o.miss_carry > 0:
+                upstream = self.order_ledger(o, misses=False)
+                ledger: Ledger = {}
+                _carry(ledger, upstream, o.miss_carry)
+                for k, (secs, at) in (o.miss_ledger or {}).items():
+                    _add(ledger, k[0], k[1], secs, at)
+                o.miss_ledger, o.miss_carry = ledger, 0.0
             self._make_ready(o)

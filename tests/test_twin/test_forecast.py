@@ -193,3 +193,43 @@ def test_detachable_trips_carry_no_freight(default_scenario):
     for rotation in default_scenario.network.rotations.values():
         flags = [t in detached for t in rotation]
         assert flags == sorted(flags)
+
+
+def _roll_network() -> Network:
+    sites = [Site(s, "hub", "r1", 2, 3600.0, dock_seconds=897.0, seconds_per_order=2.0) for s in "ABC"]
+    lanes = [Lane(lane_id(a, b), a, b, 3600.0, 0.0) for a, b in ("AB", "BC", "CB")]
+    vehicles = [Vehicle("V1", 50, "B"), Vehicle("V2", 50, "B"), Vehicle("V3", 50, "C")]
+    trips = [
+        _trip("T2", "V2", "B", "C", 4500.0, 3600.0),
+        _trip("T0", "V3", "C", "B", 0.0, 3600.0),
+        _trip("T2b", "V3", "B", "C", 5000.0, 3600.0),
+        _trip("T2c", "V1", "B", "C", 9000.0, 3600.0),
+    ]
+    return Network(sites, lanes, vehicles, trips)
+
+
+def test_freight_that_missed_its_trip_before_the_snapshot_rolls_as_the_world_did():
+    # O1 waits at B for T2, which leaves at 4500 without it. The world rebooks it then, on the
+    # next trip planned after 4500: T2b (planned 5000), whose truck V3 is running 2x slow on
+    # T0 and reaches B only at 7200. At 5400 the twin has not seen the roll yet; the
+    # forecast replays it from 4500, so O1 leaves on T2b at 7200, reaches C at 10800, is
+    # unloaded at 10800 + 899 and sorted at 11700 (rolling from 5400 would pick T2c, 13500).
+    twin = LiveTwin(_roll_network())
+    assert (
+        twin.apply_all(
+            [
+                OrderCreated(
+                    id="c1", time=0.0, order_id="O1", origin="B", destination="C", promised_at=9000.0, path=("T2",)
+                ),
+                VehicleDeparted(id="d0", time=0.0, vehicle_id="V3", trip_id="T0", leg=0, site_id="C"),
+                VehicleDeparted(id="d2", time=4500.0, vehicle_id="V2", trip_id="T2", leg=0, site_id="B"),
+                VehiclePosition(id="p0", time=5400.0, vehicle_id="V3", lane_id="C->B", progress=0.75),
+            ]
+        )
+        == []
+    )
+    fc = Forecaster(_roll_network(), horizon=24 * 3600.0, replicas=2, seed=3, handling_sigma=0.0)
+    preds = {p.key: p for p in fc.forecast(twin.state)}
+    o1 = preds["order:O1"]
+    assert (o1.p10, o1.p50, o1.p90) == (11700.0, 11700.0, 11700.0)
+    assert ("missed_connection", "T2") in {(c.mechanism, c.entity) for c in o1.causes}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from twin.events import (
@@ -18,7 +20,7 @@ from twin.events import (
     VehicleDeparted,
     VehiclePosition,
 )
-from twin.lane import Lane
+from twin.lane import Lane, LaneState
 from twin.live import LiveTwin
 from twin.network import Network
 from twin.site import Site
@@ -243,3 +245,36 @@ def test_clock_is_the_watermark_and_simpy_follows(twin):
     assert twin.clock == 1234.0 and twin.env.now == 1234.0
     twin.apply(VehiclePosition(id="q", time=1000.0, vehicle_id="V1", site_id="A"))
     assert twin.clock == 1234.0
+
+
+def _traversal(ls: LaneState, vehicle: str, ratio: float, travel: float = 3600.0) -> None:
+    """One vehicle a quarter of the way along the lane at ``ratio`` times nominal speed."""
+    ls.observe(vehicle, 0.0, 0.0)
+    ls.observe(vehicle, 0.25 * travel * ratio, 0.25)
+
+
+def test_one_traversal_within_the_lane_noise_is_not_a_lane_slowdown():
+    # a vehicle 11 % slow on a lane whose trips vary by sigma 0.12: its own luck, not the lane's
+    ls = LaneState()
+    _traversal(ls, "V1", 1.11)
+    assert ls.factor(3600.0) == pytest.approx(1.11)  # without noise every observation counts
+    assert ls.factor(3600.0, 0.12) == 1.0
+    # four vehicles all 11 % slow: their mean has sigma 0.06, so most of it is the lane's
+    for v in ("V2", "V3", "V4"):
+        _traversal(ls, v, 1.11)
+    m = math.log(1.11)
+    assert ls.factor(3600.0, 0.12) == pytest.approx(math.exp(m * (1 - 0.12**2 / (4 * m * m))))
+
+
+def test_one_traversal_far_beyond_the_noise_is_a_slowdown():
+    ls = LaneState()
+    _traversal(ls, "V1", 2.0)
+    m = math.log(2.0)
+    assert ls.factor(3600.0, 0.12) == pytest.approx(math.exp(m * (1 - 0.12**2 / (m * m))))
+    assert ls.factor(3600.0, 0.12) > 1.95
+
+
+def test_observations_are_shrunk_toward_a_reported_disruption():
+    ls = LaneState(disruption_factor=1.5)
+    _traversal(ls, "V1", 1.6)
+    assert ls.factor(3600.0, 0.12) == pytest.approx(1.5)
