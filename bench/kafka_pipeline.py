@@ -1,0 +1,382 @@
+"""Kafka pipeline benchmark: one worker through the real local broker, against a bare consumer.
+
+    python bench/kafka_pipeline.py [--broker HOST:PORT] [--runs 3] [--scenario regional-day]
+                                   [--rate 5000] [--latency-seconds 20]
+
+Without ``--broker`` it starts a broker with ``deploy/kafka/run-local`` (free ports, its own
+state dir) and stops it at the end. Steps:
+
+1. The scenario's events are produced once to fresh input topics (1 partition each).
+2. Baseline: a bare aiokafka consumer reads the same messages, no processing (median of runs).
+3. Throughput: a fresh worker (``python -m streams.cli worker``, new app id, so it starts at the
+   beginning of the topics) consumes everything; events/s into the twin is measured from its
+   metrics (``twin_events_total``), from the first applied event to the last, startup excluded.
+   Median of ``--runs``, forecasting off; then one run with hourly forecasts on.
+4. Latency: a fresh worker with forecasts on and ``--refresh-every``; events are produced at a
+   fixed ``--rate``; for every event, the time from its send to the first prediction its shard
+   publishes that covers it (the prediction's input offsets include it), using the prediction
+   records' broker timestamps. p50/p99 reported.
+
+Targets (issue 4): >= 50,000 events/s per worker; p99 <= 250 ms at 5,000 events/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scenarios.generate import generate  # noqa: E402
+from scenarios.spec import load_scenario  # noqa: E402
+from streams.codec import Codec  # noqa: E402
+from streams.host import input_name  # noqa: E402
+from streams.predictions import decode_prediction  # noqa: E402
+from streams.shards import ShardRouter  # noqa: E402
+from streams.topics import Topics, input_topic  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """The local broker from deploy/kafka/run-local, on free ports."""
+
+    def __init__(self) -> None:
+        self.port, self.controller = free_port(), free_port()
+        self.state = Path(tempfile.mkdtemp(prefix="bench-kafka-"))
+        self.env = {
+            **os.environ,
+            "KAFKA_PORT": str(self.port),
+            "KAFKA_CONTROLLER_PORT": str(self.controller),
+            "KAFKA_STATE_DIR": str(self.state / "state"),
+            "PYTHON": sys.executable,
+        }
+
+    def start(self) -> str:
+        done = subprocess.run([ROOT / "deploy/kafka/run-local", "start"], env=self.env, capture_output=True, text=True)
+        if done.returncode != 0:
+            msg = f"broker did not start:\n{done.stdout}\n{done.stderr}"
+            raise SystemExit(msg)
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        subprocess.run([ROOT / "deploy/kafka/run-local", "stop"], env=self.env, capture_output=True)
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+async def create_topics(bootstrap: str, names: list[str], partitions: int = 1, compact: bool = False) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        configs = {"cleanup.policy": "compact"} if compact else {}
+        await admin.create_topics([NewTopic(n, partitions, 1, topic_configs=configs) for n in names])
+    finally:
+        await admin.close()
+
+
+def make_topics(bootstrap: str, tag: str) -> Topics:
+    t = Topics(
+        sensors=f"bench-{tag}.sensors",
+        orders=f"bench-{tag}.orders",
+        dispatch=f"bench-{tag}.dispatch",
+        predictions=f"bench-{tag}.predictions",
+        dlq=f"bench-{tag}.dlq",
+    )
+    asyncio.run(create_topics(bootstrap, [*t.inputs, t.dlq]))
+    asyncio.run(create_topics(bootstrap, [t.predictions], partitions=4, compact=True))
+    return t
+
+
+async def produce(bootstrap: str, items, rate: float = 0.0):
+    """Send (topic, key, value); return [(topic, partition, offset, send wall time)]."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=512 * 1024)
+    await producer.start()
+    sent = []
+    try:
+        start = time.monotonic()
+        futures = []
+        for i, (topic, key, value) in enumerate(items):
+            if rate > 0:
+                wait = start + i / rate - time.monotonic()
+                if wait > 0.0005:
+                    await asyncio.sleep(wait)
+            futures.append((time.time(), await producer.send(topic, value, key=key)))
+        for t, fut in futures:
+            md = await fut
+            sent.append((md.topic, md.partition, md.offset, t))
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def bare_consume(bootstrap: str, topics: list[str], n: int) -> float:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+    await consumer.start()
+    got, t0 = 0, None
+    try:
+        while got < n:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for records in batch.values():
+                if t0 is None and records:
+                    t0 = time.perf_counter()
+                got += len(records)
+        assert t0 is not None
+        return n / (time.perf_counter() - t0)
+    finally:
+        await consumer.stop()
+
+
+class Worker:
+    def __init__(self, bootstrap: str, topics: Topics, scenario: str, *args: str) -> None:
+        self.port = free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+        env = {
+            **os.environ,
+            "TWIN_BROKER": bootstrap,
+            "TWIN_SENSORS_TOPIC": topics.sensors,
+            "TWIN_ORDERS_TOPIC": topics.orders,
+            "TWIN_DISPATCH_TOPIC": topics.dispatch,
+            "TWIN_PREDICTIONS_TOPIC": topics.predictions,
+            "TWIN_DLQ_TOPIC": topics.dlq,
+        }
+        cmd = [
+            sys.executable, "-m", "streams.cli", "worker",
+            "--app-id", f"bench-{uuid.uuid4().hex[:8]}",
+            "--scenario", scenario,
+            "--metrics-port", str(self.port),
+            "--data-dir", str(self.folder / "data"),
+            "--session-timeout", "10",
+            *args,
+        ]  # fmt: skip
+        self.log = (self.folder / "worker.log").open("wb")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def applied(self) -> float | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return None
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("twin_events_total{") and 'outcome="applied"' in line
+        )
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.applied() is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                msg = f"worker did not start; log:\n{(self.folder / 'worker.log').read_text()[-3000:]}"
+                raise SystemExit(msg)
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def throughput_run(bootstrap: str, topics: Topics, scenario: str, n: int, *args: str) -> float:
+    worker = Worker(bootstrap, topics, scenario, *args)
+    try:
+        worker.wait_ready()
+        first = last = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            applied = worker.applied() or 0.0
+            now = time.perf_counter()
+            if applied > 0 and first is None:
+                first = (now, applied)
+            if applied >= n:
+                last = now
+                break
+            time.sleep(0.02)
+        if first is None or last is None:
+            msg = f"worker applied {worker.applied()} of {n} events in time"
+            raise SystemExit(msg)
+        # Events applied between the first poll that saw some and the last one.
+        return (n - first[1]) / (last - first[0])
+    finally:
+        worker.stop()
+
+
+async def read_predictions(bootstrap: str, topic: str, stop: asyncio.Event, out: list) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for m in records:
+                    if m.value is not None:
+                        p = decode_prediction(m.value)
+                        out.append((m.timestamp / 1000.0, p.shard, p.offsets))
+    finally:
+        await consumer.stop()
+
+
+def latency_run(bootstrap: str, scenario: str, gen, codec: Codec, args) -> list[float]:
+    topics = make_topics(bootstrap, f"lat-{uuid.uuid4().hex[:6]}")
+    n = int(args.rate * args.latency_seconds)
+    events = gen.events[:n]
+    items = [(input_topic(ev, topics), ev.subject.encode(), codec.encode(ev)) for ev in events]
+    worker = Worker(
+        bootstrap, topics, scenario,
+        "--replicas", str(args.replicas),
+        "--refresh-every", str(args.refresh_every),
+        "--partitions", "4",
+    )  # fmt: skip
+    try:
+        worker.wait_ready()
+        pubs: list = []
+
+        async def run():
+            stop = asyncio.Event()
+            reader = asyncio.create_task(read_predictions(bootstrap, topics.predictions, stop, pubs))
+            sent = await produce(bootstrap, items, rate=args.rate)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and (worker.applied() or 0) < n:
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(args.refresh_every + 3.0)
+            stop.set()
+            await reader
+            return sent
+
+        sent = asyncio.run(run())
+    finally:
+        worker.stop()
+    router = ShardRouter(gen.network)
+    # Per (shard, input partition): publication times and the offsets they cover, in time order.
+    covers: dict[tuple[str, str], tuple[list[float], list[int]]] = defaultdict(lambda: ([], []))
+    for ts, shard, offsets in sorted(pubs, key=lambda p: p[0]):
+        for tp, off in offsets.items():
+            times, offs = covers[(shard, tp)]
+            if offs and off < offs[-1]:
+                off = offs[-1]
+            times.append(ts)
+            offs.append(off)
+    latencies = []
+    for ev, (topic, part, offset, t_sent) in zip(events, sent, strict=True):
+        shard = router.route(ev).accountable or router.route(ev).shards[0]
+        times, offs = covers.get((shard, input_name(topic, part)), ([], []))
+        k = bisect.bisect_left(offs, offset)
+        if k < len(offs):
+            latencies.append(max(0.0, times[k] - t_sent))
+    missing = len(events) - len(latencies)
+    if missing:
+        print(f"  ({missing:,} events never covered by a publication)")
+    return latencies
+
+
+def q(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(p * (len(s) - 1) + 0.5))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--broker", default=None, help="use this broker instead of starting one")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--scenario", default="regional-day")
+    ap.add_argument("--rate", type=float, default=5000.0, help="input rate of the latency run, events/s")
+    ap.add_argument("--latency-seconds", type=float, default=20.0)
+    ap.add_argument("--replicas", type=int, default=8, help="Monte Carlo replicas in the latency run")
+    ap.add_argument("--refresh-every", type=float, default=0.1, help="worker --refresh-every in the latency run")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true", help="only the latency run")
+    args = ap.parse_args()
+
+    broker = None
+    bootstrap = args.broker
+    if bootstrap is None:
+        broker = Broker()
+        bootstrap = broker.start()
+    try:
+        gen = generate(load_scenario(args.scenario))
+        codec = Codec(gen.spec.epoch)
+        n = len(gen.events)
+        print(
+            f"scenario {args.scenario}: {n:,} events; python {platform.python_version()}; "
+            f"{os.cpu_count()} cores; broker {bootstrap}"
+        )
+        if not args.skip_throughput:
+            throughput(bootstrap, gen, codec, args)
+        if not args.skip_latency:
+            lat = latency_run(bootstrap, args.scenario, gen, codec, args)
+            print(
+                f"latency at {args.rate:,.0f} events/s for {args.latency_seconds:.0f} s "
+                f"(refresh every {args.refresh_every} s, {args.replicas} replicas): "
+                f"p50 {q(lat, 0.5) * 1000:,.0f} ms, p99 {q(lat, 0.99) * 1000:,.0f} ms "
+                f"over {len(lat):,} events (target: p99 <= 250 ms)"
+            )
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def throughput(bootstrap: str, gen, codec: Codec, args) -> None:
+    """Baseline and worker throughput over the whole scenario (steps 1-3)."""
+    n = len(gen.events)
+    topics = make_topics(bootstrap, uuid.uuid4().hex[:6])
+    items = [(input_topic(ev, topics), ev.subject.encode(), codec.encode(ev)) for ev in gen.events]
+    asyncio.run(produce(bootstrap, items))
+
+    bare = [asyncio.run(bare_consume(bootstrap, list(topics.inputs), n)) for _ in range(args.runs)]
+    worker = [
+        throughput_run(bootstrap, topics, args.scenario, n, "--forecast-every", "0", "--partitions", "4")
+        for _ in range(args.runs)
+    ]
+    with_fc = throughput_run(bootstrap, topics, args.scenario, n, "--replicas", str(args.replicas), "--partitions", "4")
+    b, w = statistics.median(bare), statistics.median(worker)
+    print(f"bare consumer : {b:>10,.0f} events/s (median; runs: {', '.join(f'{r:,.0f}' for r in bare)})")
+    print(f"worker        : {w:>10,.0f} events/s (median; runs: {', '.join(f'{r:,.0f}' for r in worker)})")
+    print(f"  with hourly forecasts ({args.replicas} replicas): {with_fc:,.0f} events/s")
+    print(f"ratio         : the worker runs at {w / b:.1%} of the bare consumer (target: >= 50,000 events/s)")
+
+
+if __name__ == "__main__":
+    main()
