@@ -268,6 +268,7 @@ def latency_run(bootstrap: str, scenario: str, gen, codec: Codec, args) -> list[
         bootstrap, topics, scenario,
         "--replicas", str(args.replicas),
         "--refresh-every", str(args.refresh_every),
+        "--forecast-every", str(args.forecast_every),
         "--partitions", "4",
     )  # fmt: skip
     try:
@@ -326,6 +327,12 @@ def main() -> None:
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--replicas", type=int, default=8, help="Monte Carlo replicas in the latency run")
     ap.add_argument("--refresh-every", type=float, default=0.1, help="worker --refresh-every in the latency run")
+    ap.add_argument(
+        "--forecast-every",
+        type=float,
+        default=3600.0,
+        help="worker --forecast-every (event-time ticks) in the latency run",
+    )
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true", help="only the latency run")
     args = ap.parse_args()
@@ -349,7 +356,8 @@ def main() -> None:
             lat = latency_run(bootstrap, args.scenario, gen, codec, args)
             print(
                 f"latency at {args.rate:,.0f} events/s for {args.latency_seconds:.0f} s "
-                f"(refresh every {args.refresh_every} s, {args.replicas} replicas): "
+                f"(refresh every {args.refresh_every} s, ticks every {args.forecast_every:.0f} s of event time, "
+                f"{args.replicas} replicas): "
                 f"p50 {q(lat, 0.5) * 1000:,.0f} ms, p99 {q(lat, 0.99) * 1000:,.0f} ms "
                 f"over {len(lat):,} events (target: p99 <= 250 ms)"
             )
