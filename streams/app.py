@@ -197,6 +197,7 @@ def create_app(
     if forecast is not None and settings.forecast_in == "process":
         # Forecasts on the other core: the ingest path keeps the GIL (streams.forecast_process).
         executor = forecast_executor(settings.scenario, forecast)
+        executor.submit(int)  # start the child now (a fresh interpreter builds the network: seconds)
         remote = RemoteForecaster(forecast.replicas)
         forecasters = lambda _name: remote  # noqa: E731
 
