@@ -32,8 +32,8 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,11 +43,12 @@ from scenarios.build import build_network
 from scenarios.spec import load_scenario
 from streams.codec import Codec
 from streams.envelopes import Batch
+from streams.forecast_process import RemoteForecaster, forecast_executor, forecast_remote, pickle_state
 from streams.host import HostOutput, HostSettings, ShardHost, input_name
 from streams.ingest import BatchBuilder, Ingest
 from streams.metrics import TwinMetrics
 from streams.settings import WorkerSettings
-from streams.shards import ForecastSettings, ShardRouter
+from streams.shards import ForecasterLike, ForecastSettings, ShardRouter
 from twin.events import Event
 from twin.network import Network
 from twin.state import WorldState
@@ -104,7 +105,8 @@ class TwinWorker:
     registry: CollectorRegistry
     metrics: TwinMetrics
     table: Any
-    executor: ThreadPoolExecutor
+    #: runs the forecasts: one child process (``--forecast-in process``) or one thread
+    executor: Executor
     #: the shard host is driven by the agent and by the ingest stage's direct batches: one at a time
     lock: asyncio.Lock
     unacked: dict[int, list[Any]] = field(default_factory=lambda: defaultdict(list))
@@ -188,22 +190,41 @@ def create_app(
         refresh_every=settings.refresh_every,
         shard_topic=settings.shard_topic,
         dlq_topic=settings.topics.dlq,
+        background_refresh=settings.forecast_in == "process",
     )
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast")
+    executor: Executor
+    forecasters: Callable[[str], ForecasterLike] | None = None
+    if forecast is not None and settings.forecast_in == "process":
+        # Forecasts on the other core: the ingest path keeps the GIL (streams.forecast_process).
+        executor = forecast_executor(settings.scenario, forecast)
+        executor.submit(int)  # start the child now (a fresh interpreter builds the network: seconds)
+        remote = RemoteForecaster(forecast.replicas)
+        forecasters = lambda _name: remote  # noqa: E731
 
-    async def run_forecast(name: str, state: WorldState, incremental: bool) -> Sequence[Any]:
-        fc = host.forecasters[name]
-        fn = getattr(fc, "update", None) if incremental else None
-        call = fn if callable(fn) else fc.forecast
-        result: Sequence[Any] = await asyncio.get_running_loop().run_in_executor(executor, call, state)
-        return result
+        def run_forecast(name: str, state: WorldState, incremental: bool) -> Awaitable[Sequence[Any]]:
+            # The copy is made now, before the caller lets any other event be applied.
+            blob = pickle_state(state)
+            return asyncio.get_running_loop().run_in_executor(executor, forecast_remote, name, blob)
+
+    else:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast")
+        if forecast is not None:
+            fs = forecast
+            forecasters = lambda _name: fs.build(network)  # noqa: E731
+
+        async def run_forecast(name: str, state: WorldState, incremental: bool) -> Sequence[Any]:
+            fc = host.forecasters[name]
+            fn = getattr(fc, "update", None) if incremental else None
+            call = fn if callable(fn) else fc.forecast
+            result: Sequence[Any] = await asyncio.get_running_loop().run_in_executor(executor, call, state)
+            return result
 
     host = ShardHost(
         network,
         codec,
         inputs=inputs,
         settings=host_settings,
-        forecasters=(lambda _name: forecast.build(network)) if forecast is not None else None,
+        forecasters=forecasters,
         runner=run_forecast,
         metrics=metrics,
     )
@@ -253,6 +274,20 @@ def create_app(
         on_assigned=host.reset_direct,
     )
     worker = TwinWorker(settings, network, codec, app, host, ingest, registry, metrics, table, executor, lock)
+
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def publish_refresh() -> None:
+        async with lock:
+            await _send(worker, await host.step())
+
+    def refresh_done() -> None:
+        # A background refresh is published as soon as it is done, not at the next input.
+        task = asyncio.ensure_future(publish_refresh())
+        tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(tasks.discard)
+
+    host.on_refresh_done = refresh_done
 
     @app.agent(shard_topic, name="shards")
     async def shards(stream: Any) -> None:
@@ -338,6 +373,8 @@ async def _on_message(worker: TwinWorker, stream: Any, event: Any) -> None:
     out = await host.step()
     await _send(worker, out)
     if host.snapshot_due(part, worker.settings.snapshot_every, len(worker.unacked[part])):
+        # A refresh in flight publishes first, so the snapshot knows what it published.
+        await _send(worker, await host.settle(part))
         for name, blob in host.snapshot(part).items():
             worker.table[name.encode()] = blob
         await worker.app.producer.flush()

@@ -32,6 +32,7 @@ ids) or idempotent (predictions keyed by entity).
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import math
@@ -112,6 +113,11 @@ class HostSettings:
     refresh_every: float = 0.0
     #: re-announce progress to the other shards this often (wall seconds) even if it did not move
     announce_every: float = 1.0
+    #: run the ``refresh_every`` refreshes in the background: the runner copies the state when
+    #: called and returns an awaitable (a forecast in another process), events keep flowing while
+    #: it runs, and its predictions are published, with the input offsets of that copy, by the
+    #: first step after it is done (see ``ShardHost.on_refresh_done``)
+    background_refresh: bool = False
     shard_topic: str = "twin.shards"
     dlq_topic: str = DLQ_TOPIC
 
@@ -204,8 +210,11 @@ class _Slot:
         self.want_snapshot = False
         #: something besides input marks changed since the last snapshot
         self.changed = False
-        #: produce times (Unix seconds) of records applied since the last publication
-        self.unpublished: list[float] = []
+        #: produce timestamps (Unix milliseconds) of records applied since the last publication
+        self.unpublished: list[int] = []
+        #: a background refresh in flight: (its future, input offsets and produce timestamps of
+        #: the state it forecasts, wall time it started)
+        self.refresh: tuple[asyncio.Future[Sequence[Any]], dict[str, int], list[int], float] | None = None
 
     @property
     def name(self) -> str:
@@ -254,6 +263,8 @@ class ShardHost:
         #: partitions whose next ingest batch must go through the topic
         self._barrier: set[int] = set(range(settings.partitions))
         self.forecast_seconds: list[float] = []
+        #: called (from the event loop) when a background refresh is done: the caller should step
+        self.on_refresh_done: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ hosting
     def shards_on(self, partition: int) -> list[str]:
@@ -376,52 +387,52 @@ class ShardHost:
     def _take_batch(self, slot: _Slot, batch: Batch, decoded: Sequence[Event | None] | None = None) -> None:
         sources = slot.sources
         name = slot.name
-        good: list[WireRecord] = []
-        known: list[Event] = []
+        inbox = slot.routed
+        seq = slot.seq
         last_key: tuple[str, int] | None = None
         floor = -1
+        queue: deque[_Item] = deque()
+        #: read back from the topic: the records to decode, with their queues
+        undecoded: list[tuple[WireRecord, deque[_Item]]] = []
+        taken = 0
         for i, rec in enumerate(batch.records):
             if rec.shard != name:
                 continue
             key = (rec.topic, rec.partition)
             if key != last_key:
                 last_key = key
-                src = sources.get(input_name(*key))
+                source = input_name(*key)
+                src = sources.get(source)
                 floor = src[0] if src is not None else -1
+                queue = inbox.queue(source)
             if rec.offset <= floor:
                 continue  # delivered twice by the ingest stage
             if rec.reason is not None:
                 self._dead_letter_decode(slot, rec)
+            elif decoded is None:
+                undecoded.append((rec, queue))
             else:
-                good.append(rec)
-                if decoded is not None:
-                    ev = decoded[i]
-                    assert ev is not None
-                    known.append(ev)
-        if good:
-            if decoded is not None:
-                events, errors = known, []
-            else:
-                events, errors = self.codec.decode_many(rec.value for rec in good)
-            bad = {i for i, _ in errors}
-            for i, err in errors:
-                self._dead_letter_decode(slot, _with_reason(good[i], err))
-            it = iter(events)
-            inbox = slot.routed
-            seq = slot.seq
-            last_key = None
-            queue: deque[_Item] | None = None
-            for i, rec in enumerate(good):
-                if i in bad:
-                    continue
-                ev = next(it)
-                key = (rec.topic, rec.partition)
-                if key != last_key or queue is None:
-                    last_key = key
-                    queue = inbox.queue(input_name(*key))
+                ev = decoded[i]
+                assert ev is not None
                 seq += 1
                 queue.append((ev.time, seq, rec, ev))
-            inbox.size += len(good) - len(bad)
+                taken += 1
+        if undecoded:
+            events, errors = self.codec.decode_many([rec.value for rec, _ in undecoded])
+            bad = {k for k, _ in errors}
+            for k, err in errors:
+                self._dead_letter_decode(slot, _with_reason(undecoded[k][0], err))
+            it = iter(events)
+            for k, (rec, queue) in enumerate(undecoded):
+                if k in bad:
+                    continue
+                ev = next(it)
+                seq += 1
+                queue.append((ev.time, seq, rec, ev))
+                taken += 1
+            slot.changed = True
+        if taken:
+            inbox.size += taken
             slot.seq = seq
             slot.changed = True
         for mark in batch.marks:
@@ -496,6 +507,8 @@ class ShardHost:
         """Apply everything the watermarks allow, publish, hand off, announce progress."""
         out = HostOutput(dead_letters=self._pending_letters)
         self._pending_letters = []
+        for name in sorted(self.slots):
+            await self._finish_refresh(self.slots[name], out, wait=False)
         moved = True
         while moved:
             moved = False
@@ -559,13 +572,14 @@ class ShardHost:
         """Apply the queue's events from its head while their time is within ``bound`` (the head always)."""
         shard = slot.shard
         apply = shard.apply
+        next_tick = shard.next_tick  # ticks are taken between runs, never inside one
         unpublished = slot.unpublished
         popleft = queue.popleft
         inbox = slot.routed
         n = 0
         while queue:
             t, _, rec, ev = queue[0]
-            if n and (t > bound or t >= shard.next_tick):
+            if n and (t > bound or t >= next_tick):
                 break
             popleft()
             n += 1
@@ -579,7 +593,7 @@ class ShardHost:
                 self._settle(slot, result.settled, result.dead_letters, rec, out)
             ts = rec.timestamp
             if ts is not None:
-                unpublished.append(ts / 1000.0)
+                unpublished.append(ts)
         inbox.size -= n
 
     def _settle(
@@ -672,18 +686,73 @@ class ShardHost:
         every = self.settings.refresh_every
         if every <= 0:
             return
+        background = self.settings.background_refresh
+        if background and any(s.refresh is not None for s in self.slots.values()):
+            return  # one at a time: a tick's forecast never queues behind several refreshes
         due = [
             s for s in self.slots.values() if s.dirty and s.name in self.forecasters and now - s.last_publish >= every
         ]
         if not due:
             return
         slot = min(due, key=lambda s: (s.last_publish, s.name))
+        if background:
+            self._start_refresh(slot, now)
+            return
         incremental = callable(getattr(self.forecasters[slot.name], "update", None))
         await self._publish(slot, out, full=not incremental)
+
+    def _start_refresh(self, slot: _Slot, now: float) -> None:
+        """Start a background refresh of the slot's state as it is now (it is copied by the runner)."""
+        future = asyncio.ensure_future(self.runner(slot.name, slot.shard.state, False))
+        slot.refresh = (future, self.applied_offsets(slot), slot.unpublished, time.perf_counter())
+        slot.unpublished = []
+        slot.last_publish = now
+        callback = self.on_refresh_done
+        if callback is not None:
+            future.add_done_callback(lambda _f: callback())
+
+    async def _finish_refresh(self, slot: _Slot, out: HostOutput, *, wait: bool) -> None:
+        """Publish the slot's background refresh if it is done (or, with ``wait``, once it is)."""
+        if slot.refresh is None:
+            return
+        future, offsets, unpublished, started = slot.refresh
+        if not future.done() and not wait:
+            return
+        slot.refresh = None
+        try:
+            preds = await future
+        except Exception:  # a failed refresh publishes nothing; the next one (or the next tick) will
+            log.exception("shard %s: background forecast failed", slot.name)
+            return
+        took = time.perf_counter() - started
+        self.forecast_seconds.append(took)
+        # Not a full set: the state has moved on since the copy, so it neither tombstones nor
+        # counts as the quiet-time publication (ticks and quiet time publish full sets).
+        pubs = slot.shard.publish(preds, full=False)
+        for pub in pubs:
+            out.predictions.append(self._encode_publication(pub, offsets))
+        now = self.clock()
+        out.publication_lags.extend(now - ts / 1000.0 for ts in unpublished)
+        m = self.metrics
+        if m is not None:
+            m.forecast_duration.labels(slot.name).observe(took)
+            for pub in pubs:
+                if pub.prediction is not None:
+                    m.predictions_published.labels(pub.prediction.kind).inc()
+
+    async def settle(self, partition: int) -> HostOutput:
+        """Wait for the background refreshes of the partition's shards; what they publish (before a snapshot)."""
+        out = HostOutput()
+        for name in self.shards_on(partition):
+            slot = self.slots.get(name)
+            if slot is not None:
+                await self._finish_refresh(slot, out, wait=True)
+        return out
 
     async def _publish(self, slot: _Slot, out: HostOutput, *, full: bool) -> None:
         if slot.name not in self.forecasters:
             return
+        await self._finish_refresh(slot, out, wait=True)  # publications of a shard stay in order
         start = time.perf_counter()
         preds = await self.runner(slot.name, slot.shard.state, not full)
         took = time.perf_counter() - start
@@ -693,7 +762,7 @@ class ShardHost:
         for pub in pubs:
             out.predictions.append(self._encode_publication(pub, offsets))
         now = self.clock()
-        out.publication_lags.extend(now - t for t in slot.unpublished)
+        out.publication_lags.extend(now - ts / 1000.0 for ts in slot.unpublished)
         slot.unpublished = []
         slot.last_publish = now
         if full:

@@ -132,42 +132,58 @@ class BatchBuilder:
         used = self.used_partitions
         by_part: dict[int, list[WireRecord]] = {p: [] for p in used}
         evs_part: dict[int, list[Event | None]] = {p: [] for p in used}
-        events, errors = self.codec.decode_many(m.value for m in messages)
+        events, errors = self.codec.decode_many([m.value for m in messages])
         failed = dict(errors)
-        it = iter(events)
         route = self.router.route
         part_of = self.partition_of
         sources = self.sources
+        # Messages come in runs per input partition (one poll's records of a partition are
+        # contiguous): look the source up once per run, and track its newest event time there.
+        src_key: tuple[str, int] | None = None
+        src = _Source()
+        max_time = -math.inf
+        j = 0
         for i, m in enumerate(messages):
-            src = sources.get((m.topic, m.partition))
-            if src is None:
-                src = sources[(m.topic, m.partition)] = _Source()
-            src.last_message = now
+            topic, partition = m.topic, m.partition
+            if src_key is None or topic != src_key[0] or partition != src_key[1]:
+                if max_time > src.max_time:
+                    src.max_time = max_time
+                src_key = (topic, partition)
+                src = sources.get(src_key)  # type: ignore[assignment]
+                if src is None:
+                    src = sources[src_key] = _Source()
+                src.last_message = now
+                max_time = src.max_time
             headers = [(k, v) for k, v in m.headers] if m.headers else _NO_HEADERS
-            err: DecodeError | None = failed.get(i)
-            if err is not None:
-                shard = self.router.fallback(input_name(m.topic, m.partition))
-                rec = WireRecord(
-                    shard, ACCOUNTABLE, m.topic, m.partition, m.offset, m.timestamp, m.key, headers, m.value,
-                    err.reason, err.detail,
-                )  # fmt: skip
-                by_part[part_of[shard]].append(rec)
-                evs_part[part_of[shard]].append(None)
-                continue
-            ev = next(it)
-            if ev.time > src.max_time:
-                src.max_time = ev.time
+            if failed:
+                err: DecodeError | None = failed.get(i)
+                if err is not None:
+                    shard = self.router.fallback(input_name(topic, partition))
+                    rec = WireRecord(
+                        shard, ACCOUNTABLE, topic, partition, m.offset, m.timestamp, m.key, headers, m.value,
+                        err.reason, err.detail,
+                    )  # fmt: skip
+                    by_part[part_of[shard]].append(rec)
+                    evs_part[part_of[shard]].append(None)
+                    continue
+            ev = events[j]
+            j += 1
+            if ev.time > max_time:
+                max_time = ev.time
             r = route(ev)
+            accountable = r.accountable
             for name in r.shards:
-                if r.accountable is None:
+                if accountable is None:
                     acct = BROADCAST_DYNAMIC
                 else:
-                    acct = ACCOUNTABLE if name == r.accountable else COPY
+                    acct = ACCOUNTABLE if name == accountable else COPY
                 part = part_of[name]
                 by_part[part].append(
-                    WireRecord(name, acct, m.topic, m.partition, m.offset, m.timestamp, m.key, headers, m.value)
+                    WireRecord(name, acct, topic, partition, m.offset, m.timestamp, m.key, headers, m.value)
                 )
                 evs_part[part].append(ev)
+        if max_time > src.max_time:
+            src.max_time = max_time
         sent_at = now
         marks = []
         for (topic, part), (position, caught_up) in sorted(positions.items()):

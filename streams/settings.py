@@ -18,6 +18,7 @@ from streams.errors import ConfigurationError
 from streams.topics import DISPATCH, DLQ, ORDERS, PREDICTIONS, SENSORS, Topics
 
 __all__ = [
+    "FORECAST_IN",
     "MASK",
     "SECURITY_PROTOCOLS",
     "KafkaSecurity",
@@ -31,6 +32,8 @@ __all__ = [
 
 MASK: Final = "********"
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+#: Where a worker runs its forecasts (``streams.forecast_process``).
+FORECAST_IN: Final = ("process", "thread")
 SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
@@ -177,6 +180,13 @@ WORKER: Final = (
     _opt("horizon", float, 12.0, "forecast horizon, hours"),
     _opt("replicas", int, 32, "Monte Carlo replicas per forecast"),
     _opt("seed", int, -1, "forecast seed (-1: the scenario's seed)"),
+    _opt(
+        "forecast_in",
+        str,
+        "process",
+        "where forecasts run: a child process (keeps them off the ingest path's GIL) or a thread",
+        choices=FORECAST_IN,
+    ),
     _opt("skew", float, 300.0, "event-time seconds a shard may run ahead of the slowest other shard"),
     _opt("idle_after", float, 1.0, "publish a fresh forecast after this many quiet seconds"),
     _opt("refresh_every", float, 0.0, "also publish at least every this many wall seconds while busy (0: off)"),
@@ -277,6 +287,7 @@ class WorkerSettings:
     horizon: float = 12.0
     replicas: int = 32
     seed: int = -1
+    forecast_in: str = "process"
     skew: float = 300.0
     idle_after: float = 1.0
     refresh_every: float = 0.0
@@ -308,6 +319,9 @@ class WorkerSettings:
             raise ConfigurationError(msg)
         if self.horizon <= 0:
             msg = f"--horizon={self.horizon} must be > 0 hours"
+            raise ConfigurationError(msg)
+        if self.forecast_in not in FORECAST_IN:
+            msg = f"--forecast-in={self.forecast_in!r} must be one of: {', '.join(FORECAST_IN)}"
             raise ConfigurationError(msg)
 
     @classmethod

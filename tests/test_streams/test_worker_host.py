@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import pickle
 import random
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -400,3 +402,78 @@ def test_bad_input_is_dead_lettered_with_its_bytes_headers_and_reason(mini, even
     dead = sum(sum(s.dead_lettered.values()) for s in stats)
     assert applied + dead == consumed
     assert dead == len(letters) == 7
+
+
+# ---------------------------------------------------------------------------------- background refreshes
+
+
+class _BackgroundCluster(Cluster):
+    """Wall-clock refreshes run in the background (as with ``--forecast-in process``): the runner
+    copies the state when called and forecasts the copy in another thread while events flow."""
+
+    def __init__(self, mini, **kw):
+        self.loop = asyncio.new_event_loop()
+        self.pool = ThreadPoolExecutor(1)
+        self.copies = 0
+        super().__init__(mini, **kw)
+        self.settings = dataclasses.replace(self.settings, refresh_every=0.5, background_refresh=True)
+        self.hosts = {w: self._new_host() for w in self.workers}
+
+    def _new_host(self):
+        host = super()._new_host()
+        fc = FAST.build(self.net)
+
+        def runner(name, state, incremental):
+            self.copies += 1
+            copy = pickle.loads(pickle.dumps(state))  # noqa: S301
+            return self.loop.run_in_executor(self.pool, fc.forecast, copy)
+
+        host.runner = runner
+        return host
+
+    def pump(self, rounds=50):
+        for _ in range(rounds):
+            self.now[0] += 1.0  # wall time passes: refreshes fall due
+            busy = False
+            for w, host in self.hosts.items():
+                for part in sorted(self.consumed[w]):
+                    log = self.shard_log[part]
+                    if part not in host.hosted_partitions():
+                        host.host(part, {n: self.snapshots.get(n) for n in host.shards_on(part)})
+                    while self.consumed[w][part] < len(log):
+                        off = self.consumed[w][part]
+                        host.receive(part, off, log[off][1], log[off][0])
+                        self.consumed[w][part] += 1
+                        busy = True
+                out = self.loop.run_until_complete(host.step())
+                self.dlq.extend(out.dead_letters)
+                self.predictions.extend(out.predictions)
+                for part, key, value in out.shard_messages:
+                    self.shard_log[part].append((key, value))
+                    busy = True
+            if not busy:
+                return
+
+    def close(self):
+        self.pool.shutdown()
+        self.loop.close()
+
+
+def test_background_refreshes_publish_while_events_flow_and_change_no_final_result(mini, events, reference):
+    cluster = _BackgroundCluster(mini, direct="w1")
+    try:
+        _feed_skewed(cluster, events, random.Random(11))
+        host = cluster.hosts["w1"]
+        assert all(slot.refresh is None for slot in host.slots.values())
+        assert cluster.states() == _ref_states(reference)
+        assert cluster.final() == _ref_final(reference)
+        reference_publications = len(reference.publications)
+        assert cluster.copies > 2 * len(host.slots)  # refreshes besides the ticks and the quiet-time sets
+        assert len(cluster.predictions) > reference_publications
+        # A refresh is labelled with the offsets of the state it forecast, never beyond what was applied.
+        for _key, value in cluster.predictions:
+            if value is not None:
+                p = decode_prediction(value)
+                assert all(off < len(cluster.inputs[(tp.split("/")[0], 0)]) for tp, off in p.offsets.items())
+    finally:
+        cluster.close()

@@ -1,0 +1,199 @@
+"""The worker's hot path without a broker: ingest polls -> shard host, timed and profiled.
+
+    python bench/worker_profile.py [--scenario regional-day] [--poll 5000] [--partitions 4]
+                                   [--gc worker|default] [--profile] [--top 30] [--forecasts]
+
+Drives what a worker does per poll of the ingest stage, in process, with the scenario's
+encoded messages: ``BatchBuilder.build`` (decode, route), ``encode_message`` of every batch
+(the copy the ingest stage writes to the shard topic), ``ShardHost.offer_direct`` + ``step``
+(the direct hand-over to the local shards), then the shard topic's copy read back
+(``ShardHost.receive``, which skips it by key) and a step per copy, as the Faust agent does;
+snapshots at the worker's cadence (every ``--snapshot-every`` wall seconds). Prints events/s
+per stage; with ``--profile``, cProfile's top functions (per event, microseconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import pstats
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scenarios.generate import generate  # noqa: E402
+from scenarios.spec import load_scenario  # noqa: E402
+from streams.codec import Codec  # noqa: E402
+from streams.envelopes import encode_message  # noqa: E402
+from streams.host import HostSettings, ShardHost, input_name  # noqa: E402
+from streams.ingest import BatchBuilder, SourceMessage  # noqa: E402
+from streams.metrics import TwinMetrics  # noqa: E402
+from streams.shards import ForecastSettings, ShardRouter  # noqa: E402
+from streams.topics import Topics, input_topic  # noqa: E402
+
+
+def messages(scenario: str) -> tuple[object, Codec, list[SourceMessage]]:
+    gen = generate(load_scenario(scenario))
+    codec = Codec(gen.spec.epoch)
+    topics = Topics()
+    offsets: dict[str, int] = defaultdict(int)
+    out = []
+    for ev in gen.events:
+        topic = input_topic(ev, topics)
+        off = offsets[topic]
+        offsets[topic] += 1
+        out.append(SourceMessage(topic, 0, off, int(time.time() * 1000), ev.subject.encode(), codec.encode(ev)))
+    return gen, codec, out
+
+
+def run(gen, codec, msgs, args) -> dict[str, float]:
+    from prometheus_client import CollectorRegistry
+
+    net = gen.network
+    topics = Topics()
+    inputs = [input_name(t, 0) for t in topics.inputs]
+    forecast = ForecastSettings(cadence=3600.0, horizon=12 * 3600.0, replicas=args.replicas) if args.forecasts else None
+    settings = HostSettings(partitions=args.partitions, cadence=forecast.cadence if forecast else None, idle_after=1.0)
+    host = ShardHost(
+        net,
+        codec,
+        inputs=inputs,
+        settings=settings,
+        forecasters=(lambda _n: forecast.build(net)) if forecast else None,
+        metrics=TwinMetrics.create(CollectorRegistry()),
+    )
+    for p in range(args.partitions):
+        host.host(p)
+    host.reset_direct()
+    builder = BatchBuilder(ShardRouter(net), codec, args.partitions)
+    timers = defaultdict(float)
+    read = dict.fromkeys(topics.inputs, 0)
+    totals = defaultdict(int)
+    for m in msgs:
+        totals[m.topic] += 1
+    shard_log: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
+    consumed: dict[int, int] = defaultdict(int)
+    last_snap = time.perf_counter()
+    loop = asyncio.new_event_loop()
+    pc = time.perf_counter
+    t_all = pc()
+    cpu0 = time.process_time()
+    for i in range(0, len(msgs), args.poll):
+        chunk = msgs[i : i + args.poll]
+        for m in chunk:
+            read[m.topic] = m.offset + 1
+        positions = {(t, 0): (read[t], read[t] >= totals[t]) for t in topics.inputs}
+        t0 = pc()
+        batches = builder.build(chunk, positions)
+        t1 = pc()
+        key = builder.batch_key()
+        for part, batch in sorted(batches.items()):
+            shard_log[part].append((key, encode_message(batch)))
+        t2 = pc()
+        for part, batch in sorted(batches.items()):
+            host.offer_direct(part, key, batch, builder.last_events[part])
+        out = loop.run_until_complete(host.step())
+        t3 = pc()
+        for part, key2, value in out.shard_messages:
+            shard_log[part].append((key2, value))
+        # The agent: every shard-topic message (the copies, handoffs, progress), a step each.
+        for part in sorted(shard_log):
+            log = shard_log[part]
+            while consumed[part] < len(log):
+                k, v = log[consumed[part]]
+                host.receive(part, consumed[part], v, k)
+                consumed[part] += 1
+                out = loop.run_until_complete(host.step())
+                for p2, k2, v2 in out.shard_messages:
+                    shard_log[p2].append((k2, v2))
+        t4 = pc()
+        if t4 - last_snap >= args.snapshot_every:
+            for p in range(args.partitions):
+                host.snapshot(p)
+            last_snap = pc()
+        t5 = pc()
+        timers["build (decode+route)"] += t1 - t0
+        timers["encode batches"] += t2 - t1
+        timers["direct + step"] += t3 - t2
+        timers["agent: receive copies + steps"] += t4 - t3
+        timers["snapshots"] += t5 - t4
+    # Quiet time: every input idle, the last events released (as the worker does after idle_after).
+    t0 = pc()
+    positions = {(t, 0): (read[t], True) for t in topics.inputs}
+    batches = builder.build([], positions, time.time() + 3600.0)
+    key = builder.batch_key()
+    for part, batch in sorted(batches.items()):
+        host.offer_direct(part, key, batch, builder.last_events[part])
+    loop.run_until_complete(host.step())
+    timers["direct + step"] += pc() - t0
+    timers["total"] = pc() - t_all
+    timers["cpu"] = time.process_time() - cpu0
+    applied = sum(sum(s.shard.stats.applied.values()) for s in host.slots.values())
+    timers["applied"] = applied
+    return timers
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenario", default="regional-day")
+    ap.add_argument("--poll", type=int, default=5000)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--snapshot-every", type=float, default=5.0)
+    ap.add_argument("--forecasts", action="store_true")
+    ap.add_argument("--replicas", type=int, default=8)
+    ap.add_argument(
+        "--gc",
+        choices=("default", "worker"),
+        default="worker",
+        help="worker: tune the collector as `twin worker` does (streams.kafka_cli.tune_gc)",
+    )
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--sort", default="tottime")
+    args = ap.parse_args()
+    gen, codec, msgs = messages(args.scenario)
+    n = len(msgs)
+    if args.gc == "worker":
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 10)
+    print(f"{args.scenario}: {n:,} messages, polls of {args.poll}")
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        timers = run(gen, codec, msgs, args)
+        prof.disable()
+        stats = pstats.Stats(prof)
+        stats.sort_stats(args.sort)
+        width = 0
+        rows = []
+        for func, (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+            rows.append((tt if args.sort == "tottime" else ct, tt, ct, nc, func))
+        rows.sort(reverse=True)
+        print(f"{'tottime us/ev':>14} {'cumtime us/ev':>14} {'calls/ev':>9}  function")
+        for _, tt, ct, nc, func in rows[: args.top]:
+            file, line, name = func
+            where = f"{Path(file).name}:{line}({name})" if line else name
+            print(f"{tt / n * 1e6:14.2f} {ct / n * 1e6:14.2f} {nc / n:9.2f}  {where}")
+            width += 1
+    else:
+        timers = run(gen, codec, msgs, args)
+    total = timers.pop("total")
+    cpu = timers.pop("cpu")
+    applied = timers.pop("applied")
+    print(
+        f"applied {applied:,.0f}; {n / total:,.0f} events/s wall ({total:.2f} s), "
+        f"{n / cpu:,.0f} events/s of CPU time ({cpu / n * 1e6:.2f} us/event)"
+    )
+    for name, secs in timers.items():
+        print(f"  {name:32s} {secs / n * 1e6:7.2f} us/event  ({secs:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
