@@ -154,6 +154,10 @@ def create_app(
         # wait for them (it would wait forever): they are read again after it, from the last
         # commit, which is never past the newest snapshot.
         stream_wait_empty=False,
+        # No standby copies of the snapshot table: a worker taking a shard over replays its
+        # (compacted, one snapshot per shard) changelog from the start anyway, and with standbys
+        # a takeover after a worker left sometimes never finished Faust's recovery.
+        table_standby_replicas=0,
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=settings.session_timeout / 10,
     )
@@ -253,6 +257,11 @@ def create_app(
     lock = asyncio.Lock()
 
     async def direct(key: bytes, batches: dict[int, Batch], events: dict[int, list[Event | None]]) -> None:
+        if app.should_stop:
+            # Shutting down: Faust has stopped consuming, and another worker may already own
+            # these shards; applying and publishing here would make this worker a zombie
+            # publisher. The batch is on the shard topic for whoever owns the shard now.
+            return
         async with lock:
             taken = [host.offer_direct(part, key, batch, events[part]) for part, batch in sorted(batches.items())]
             if any(taken):
@@ -293,6 +302,8 @@ def create_app(
     async def shards(stream: Any) -> None:
         manual = stream.noack()
         async for event in manual.events():
+            if app.should_stop:
+                return  # unacked: read again by the shard's next owner
             async with worker.lock:
                 await _on_message(worker, manual, event)
 
