@@ -116,8 +116,15 @@ class Cluster:
                 host.offer_direct(part, key, batch, self.builder.last_events[part])
 
     # ------------------------------------------------------------------ workers
+    #: wall seconds that pass per pumping round (0: time stands still unless a test moves it)
+    round_seconds = 0.0
+
+    def _run(self, coro):
+        return asyncio.run(coro)
+
     def pump(self, rounds=50):
         for _ in range(rounds):
+            self.now[0] += self.round_seconds
             busy = False
             for w, host in self.hosts.items():
                 for part in sorted(self.consumed[w]):
@@ -129,7 +136,7 @@ class Cluster:
                         host.receive(part, off, log[off][1], log[off][0])
                         self.consumed[w][part] += 1
                         busy = True
-                out = asyncio.run(host.step())
+                out = self._run(host.step())
                 self.dlq.extend(out.dead_letters)
                 self.predictions.extend(out.predictions)
                 for part, key, value in out.shard_messages:
@@ -431,28 +438,10 @@ class _BackgroundCluster(Cluster):
         host.runner = runner
         return host
 
-    def pump(self, rounds=50):
-        for _ in range(rounds):
-            self.now[0] += 1.0  # wall time passes: refreshes fall due
-            busy = False
-            for w, host in self.hosts.items():
-                for part in sorted(self.consumed[w]):
-                    log = self.shard_log[part]
-                    if part not in host.hosted_partitions():
-                        host.host(part, {n: self.snapshots.get(n) for n in host.shards_on(part)})
-                    while self.consumed[w][part] < len(log):
-                        off = self.consumed[w][part]
-                        host.receive(part, off, log[off][1], log[off][0])
-                        self.consumed[w][part] += 1
-                        busy = True
-                out = self.loop.run_until_complete(host.step())
-                self.dlq.extend(out.dead_letters)
-                self.predictions.extend(out.predictions)
-                for part, key, value in out.shard_messages:
-                    self.shard_log[part].append((key, value))
-                    busy = True
-            if not busy:
-                return
+    round_seconds = 1.0  # wall time passes: refreshes fall due
+
+    def _run(self, coro):
+        return self.loop.run_until_complete(coro)
 
     def close(self):
         self.pool.shutdown()
