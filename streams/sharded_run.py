@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import polars as pl
 from scenarios.predictions import predictions_frame
 from scenarios.replay import Prepared, write_config
 from streams.shards import ForecastSettings, PipelineResult, ShardedPipeline
+from twin.events import Event
 
 __all__ = ["run_sharded", "sharded_forecast_along"]
 
@@ -47,15 +48,7 @@ def run_sharded(
     events = prepared.events
     n = len(events)
     start = time.perf_counter()
-    try:
-        for chunk in range(0, n, progress_every):
-            for ev in events[chunk : chunk + progress_every]:
-                pipeline.apply(ev)
-            done = min(n, chunk + progress_every)
-            say(f"sharded replay: {done:,} of {n:,} events, {pipeline.forecasts} forecasts", done / max(n, 1) * 0.999)
-        result = pipeline.finish()
-    finally:
-        pipeline.close()
+    result = _run(pipeline, events, say, progress_every)
     seconds = time.perf_counter() - start
     say(f"sharded replay: {n:,} events in {seconds:.1f} s", 1.0)
 
@@ -98,15 +91,21 @@ def sharded_forecast_along(
     say = progress or (lambda _m, _f: None)
     settings = ForecastSettings(cadence=cadence, **forecaster_kwargs)
     pipeline = ShardedPipeline(gen.network, forecast=settings)
-    events = gen.events
+    result = _run(pipeline, gen.events, say, max(1, len(gen.events) // 200))
+    return predictions_frame(p.prediction for p in result.publications if p.prediction is not None)
+
+
+def _run(pipeline: ShardedPipeline, events: Sequence[Event], say: Progress, every: int) -> PipelineResult:
+    """Apply every event, reporting progress every ``every`` events; finish; release the pool."""
     n = len(events)
-    step = max(1, n // 200)
     try:
-        for i, ev in enumerate(events):
-            pipeline.apply(ev)
-            if i % step == 0:
-                say(f"sharded forecasts: {pipeline.forecasts} at {ev.time / 3600:.2f} h", i / n * 0.999)
-        result = pipeline.finish()
+        for chunk in range(0, n, every):
+            for ev in events[chunk : chunk + every]:
+                pipeline.apply(ev)
+            done = min(n, chunk + every)
+            at = events[done - 1].time / 3600
+            msg = f"sharded replay: {done:,} of {n:,} events ({at:.2f} h), {pipeline.forecasts} forecasts"
+            say(msg, done / n * 0.999)
+        return pipeline.finish()
     finally:
         pipeline.close()
-    return predictions_frame(p.prediction for p in result.publications if p.prediction is not None)
