@@ -195,7 +195,8 @@ class Worker:
         self.log = (self.folder / "worker.log").open("wb")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
-    def applied(self) -> float | None:
+    def metric(self, name: str, match: str = "") -> float | None:
+        """The sum of a metric's series (those whose line contains ``match``); None if unreachable."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as resp:
                 text = resp.read().decode()
@@ -204,8 +205,11 @@ class Worker:
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith("twin_events_total{") and 'outcome="applied"' in line
+            if line.startswith((name + "{", name + " ")) and match in line
         )
+
+    def applied(self) -> float | None:
+        return self.metric("twin_events_total", 'outcome="applied"')
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -296,9 +300,18 @@ def latency_run(bootstrap: str, scenario: str, gen, codec: Codec, args) -> list[
             stop = asyncio.Event()
             reader = asyncio.create_task(read_predictions(bootstrap, topics.predictions, stop, pubs))
             sent = await produce(bootstrap, items, rate=args.rate)
-            deadline = time.monotonic() + 60
+            done_sending = time.monotonic()
+            deadline = done_sending + 60
             while time.monotonic() < deadline and (worker.applied() or 0) < n:
                 await asyncio.sleep(0.2)
+            caught_up = time.monotonic() - done_sending
+            count = worker.metric("twin_forecast_duration_seconds_count") or 0.0
+            total = worker.metric("twin_forecast_duration_seconds_sum") or 0.0
+            print(
+                f"  worker: every event applied {caught_up:.1f} s after the last was sent; "
+                f"{count:.0f} forecasts published by then, {1000 * total / max(count, 1):.0f} ms each on average "
+                "(from start to publication, waiting in line included)"
+            )
             await asyncio.sleep(args.refresh_every + 3.0)
             stop.set()
             await reader

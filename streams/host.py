@@ -60,7 +60,7 @@ from streams.envelopes import (
 from streams.errors import DecodeError
 from streams.metrics import TwinMetrics
 from streams.predictions import encode_prediction
-from streams.shards import CLEAN, ForecasterLike, Publication, Shard, ShardRouter
+from streams.shards import CLEAN, ForecasterLike, Publication, PublicationTicket, Shard, ShardRouter
 from twin.errors import Rejection
 from twin.events import Event, TripHandoff, event_from_dict, event_to_dict
 from twin.live import DEFAULT_LATENESS
@@ -118,6 +118,11 @@ class HostSettings:
     #: it runs, and its predictions are published, with the input offsets of that copy, by the
     #: first step after it is done (see ``ShardHost.on_refresh_done``)
     background_refresh: bool = False
+    #: with ``background_refresh``, forecast ticks run in the background too: the tick's state is
+    #: copied and events after it go on being applied while it is forecast; its predictions are
+    #: published, in order, when it is done (with the ownership and input offsets of the tick).
+    #: At most this many forecasts may be in flight before applying waits for the oldest.
+    in_flight: int = 4
     shard_topic: str = "twin.shards"
     dlq_topic: str = DLQ_TOPIC
 
@@ -212,13 +217,31 @@ class _Slot:
         self.changed = False
         #: produce timestamps (Unix milliseconds) of records applied since the last publication
         self.unpublished: list[int] = []
-        #: a background refresh in flight: (its future, input offsets and produce timestamps of
-        #: the state it forecasts, wall time it started)
-        self.refresh: tuple[asyncio.Future[Sequence[Any]], dict[str, int], list[int], float] | None = None
+        #: background ticks started and published (handoffs wait for the ticks before them)
+        self.ticks_started = 0
+        self.ticks_published = 0
+        #: shard-topic messages of handoffs emitted while a tick before them was in flight:
+        #: (ticks started when emitted, handoff time, message), sent once those ticks are published
+        self.held: deque[tuple[int, float, tuple[int, bytes, bytes]]] = deque()
 
     @property
     def name(self) -> str:
         return self.shard.name
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A forecast running in the background, and what its publication needs."""
+
+    slot: _Slot
+    future: asyncio.Future[Sequence[Any]]
+    #: input offsets and produce timestamps of the state it forecasts
+    offsets: dict[str, int]
+    unpublished: list[int]
+    started: float
+    ticket: PublicationTicket
+    #: a forecast tick (a full publication), not a refresh
+    tick: bool
 
 
 class ShardHost:
@@ -263,8 +286,10 @@ class ShardHost:
         #: partitions whose next ingest batch must go through the topic
         self._barrier: set[int] = set(range(settings.partitions))
         self.forecast_seconds: list[float] = []
-        #: called (from the event loop) when a background refresh is done: the caller should step
+        #: called (from the event loop) when a background forecast is done: the caller should step
         self.on_refresh_done: Callable[[], None] | None = None
+        #: background forecasts in the order they started (they are published in that order)
+        self._in_flight: deque[_InFlight] = deque()
 
     # ------------------------------------------------------------------ hosting
     def shards_on(self, partition: int) -> list[str]:
@@ -488,6 +513,13 @@ class ShardHost:
             wm = max((src[1] for src in slot.sources.values()), default=_NEG_INF)
         return wm
 
+    def promise(self, slot: _Slot) -> float:
+        """What the slot promises the other shards: its progress, but not past a handoff it holds back."""
+        p = self.progress(slot)
+        if slot.held:
+            p = min(p, slot.held[0][1])
+        return p
+
     def _peer_floor(self, slot: _Slot, out: HostOutput) -> float:
         floor = math.inf
         for other in self.router.regions:
@@ -495,8 +527,8 @@ class ShardHost:
                 continue
             peer = self.slots.get(other)
             if peer is not None:
-                p = self.progress(peer)
-                self._emit_handoffs(peer, p, out)
+                self._emit_handoffs(peer, self.progress(peer), out)
+                p = self.promise(peer)
             else:
                 p = slot.peers.get(other, _NEG_INF)
             floor = min(floor, p)
@@ -507,8 +539,7 @@ class ShardHost:
         """Apply everything the watermarks allow, publish, hand off, announce progress."""
         out = HostOutput(dead_letters=self._pending_letters)
         self._pending_letters = []
-        for name in sorted(self.slots):
-            await self._finish_refresh(self.slots[name], out, wait=False)
+        await self._finish(out, wait=False)
         moved = True
         while moved:
             moved = False
@@ -544,7 +575,10 @@ class ShardHost:
                 if shard.next_tick > floor:
                     break  # a tick sees every handoff before it: wait for the other shards
                 self._emit_handoffs(slot, t, out)
-                await self._publish(slot, out, full=True)
+                if self.settings.background_refresh and slot.name in self.forecasters:
+                    await self._start_tick(slot, out)
+                else:
+                    await self._publish(slot, out, full=True)
                 shard.ticked(t)
             moved = True
             if handoffs and (t_h, handoffs[0][1]) < (t_r, seq_r):
@@ -653,12 +687,16 @@ class ShardHost:
             if dest is not None:
                 self._take_handoff(dest, handoff)
             part = self.partition_of[handoff.to_shard]
-            out.shard_messages.append(
-                (part, handoff.to_shard.encode(), encode_message(Handoff(to_shard=handoff.to_shard, event=raw)))
-            )
+            msg = (part, handoff.to_shard.encode(), encode_message(Handoff(to_shard=handoff.to_shard, event=raw)))
+            if slot.ticks_published < slot.ticks_started:
+                # A tick before it is still being forecast: the handoff goes out after that tick's
+                # predictions, so its new owner never publishes a key before the old owner's last word.
+                slot.held.append((slot.ticks_started, handoff.time, msg))
+            else:
+                out.shard_messages.append(msg)
 
     def _announce(self, slot: _Slot, now: float, out: HostOutput) -> None:
-        p = self.progress(slot)
+        p = self.promise(slot)
         if p == _NEG_INF or p == slot.announced and now - slot.announced_at < self.settings.announce_every:
             return
         slot.announced = p
@@ -687,7 +725,7 @@ class ShardHost:
         if every <= 0:
             return
         background = self.settings.background_refresh
-        if background and any(s.refresh is not None for s in self.slots.values()):
+        if background and self._in_flight:
             return  # one at a time: a tick's forecast never queues behind several refreshes
         due = [
             s for s in self.slots.values() if s.dirty and s.name in self.forecasters and now - s.last_publish >= every
@@ -696,92 +734,122 @@ class ShardHost:
             return
         slot = min(due, key=lambda s: (s.last_publish, s.name))
         if background:
-            self._start_refresh(slot, now)
+            self._start_background(slot, tick=False)
+            slot.last_publish = now
             return
         incremental = callable(getattr(self.forecasters[slot.name], "update", None))
         await self._publish(slot, out, full=not incremental)
 
-    def _start_refresh(self, slot: _Slot, now: float) -> None:
-        """Start a background refresh of the slot's state as it is now (it is copied by the runner)."""
+    def _start_background(self, slot: _Slot, *, tick: bool) -> None:
+        """Start forecasting the slot's state as it is now (the runner copies it before returning)."""
+        ticket = slot.shard.ticket()
         future = asyncio.ensure_future(self.runner(slot.name, slot.shard.state, False))
-        slot.refresh = (future, self.applied_offsets(slot), slot.unpublished, time.perf_counter())
+        self._in_flight.append(
+            _InFlight(slot, future, self.applied_offsets(slot), slot.unpublished, time.perf_counter(), ticket, tick)
+        )
         slot.unpublished = []
-        slot.last_publish = now
         callback = self.on_refresh_done
         if callback is not None:
             future.add_done_callback(lambda _f: callback())
 
-    async def _finish_refresh(self, slot: _Slot, out: HostOutput, *, wait: bool) -> None:
-        """Publish the slot's background refresh if it is done (or, with ``wait``, once it is)."""
-        if slot.refresh is None:
-            return
-        future, offsets, unpublished, started = slot.refresh
-        if not future.done() and not wait:
-            return
-        slot.refresh = None
+    async def _start_tick(self, slot: _Slot, out: HostOutput) -> None:
+        """A forecast tick in the background; waits for the oldest forecast if too many are in flight."""
+        self._start_background(slot, tick=True)
+        slot.ticks_started += 1
+        slot.last_publish = self.clock()
+        slot.dirty = False
+        while len(self._in_flight) > max(self.settings.in_flight, 1):
+            await self._finish_one(out)
+
+    @property
+    def in_flight(self) -> int:
+        """Background forecasts started and not yet published."""
+        return len(self._in_flight)
+
+    async def _finish(self, out: HostOutput, *, wait: bool) -> None:
+        """Publish the background forecasts that are done, in the order they started (with ``wait``: all)."""
+        while self._in_flight and (wait or self._in_flight[0].future.done()):
+            await self._finish_one(out)
+
+    async def _finish_one(self, out: HostOutput) -> None:
+        job = self._in_flight[0]
         try:
-            preds = await future
-        except Exception:  # a failed refresh publishes nothing; the next one (or the next tick) will
-            log.exception("shard %s: background forecast failed", slot.name)
-            return
-        took = time.perf_counter() - started
-        self.forecast_seconds.append(took)
-        # Not a full set: the state has moved on since the copy, so it neither tombstones nor
-        # counts as the quiet-time publication (ticks and quiet time publish full sets).
-        pubs = slot.shard.publish(preds, full=False)
-        for pub in pubs:
-            out.predictions.append(self._encode_publication(pub, offsets))
-        now = self.clock()
-        out.publication_lags.extend(now - ts / 1000.0 for ts in unpublished)
-        m = self.metrics
-        if m is not None:
-            m.forecast_duration.labels(slot.name).observe(took)
-            for pub in pubs:
-                if pub.prediction is not None:
-                    m.predictions_published.labels(pub.prediction.kind).inc()
+            preds: Sequence[Any] | None = await job.future
+        except Exception:  # a failed forecast publishes nothing; the next one (or tick) will
+            log.exception("shard %s: background forecast failed", job.slot.name)
+            preds = None
+        finally:
+            self._in_flight.popleft()
+        slot = job.slot
+        if self.slots.get(slot.name) is not slot:
+            return  # released meanwhile: its next owner forecasts again from the snapshot
+        took = time.perf_counter() - job.started
+        if preds is not None:
+            # A refresh is not a full set: the state has moved on since the copy, so it neither
+            # tombstones nor counts as the quiet-time publication (ticks and quiet time do).
+            self._emit_publication(
+                slot, preds, out, job.offsets, job.unpublished, took, full=job.tick, ticket=job.ticket
+            )
+        if job.tick:
+            slot.ticks_published += 1
+            held = slot.held
+            while held and held[0][0] <= slot.ticks_published:
+                out.shard_messages.append(held.popleft()[2])
 
     async def settle(self, partition: int) -> HostOutput:
-        """Wait for the background refreshes of the partition's shards; what they publish (before a snapshot)."""
+        """Wait for the background forecasts; what they publish (before a snapshot of ``partition``)."""
         out = HostOutput()
-        for name in self.shards_on(partition):
-            slot = self.slots.get(name)
-            if slot is not None:
-                await self._finish_refresh(slot, out, wait=True)
+        await self._finish(out, wait=True)
         return out
 
     async def _publish(self, slot: _Slot, out: HostOutput, *, full: bool) -> None:
         if slot.name not in self.forecasters:
             return
-        await self._finish_refresh(slot, out, wait=True)  # publications of a shard stay in order
+        await self._finish(out, wait=True)  # publications stay in order
         start = time.perf_counter()
         preds = await self.runner(slot.name, slot.shard.state, not full)
         took = time.perf_counter() - start
+        self._emit_publication(slot, preds, out, self.applied_offsets(slot), slot.unpublished, took, full=full)
+        slot.unpublished = []
+        slot.last_publish = self.clock()
+        if full:
+            slot.dirty = False
+
+    def _emit_publication(
+        self,
+        slot: _Slot,
+        preds: Sequence[Any],
+        out: HostOutput,
+        offsets: dict[str, int],
+        unpublished: list[int],
+        took: float,
+        *,
+        full: bool,
+        ticket: PublicationTicket | None = None,
+    ) -> None:
         self.forecast_seconds.append(took)
-        pubs = slot.shard.publish(preds, full=full)
-        offsets = self.applied_offsets(slot)
+        pubs = slot.shard.publish(preds, full=full, ticket=ticket)
         for pub in pubs:
             out.predictions.append(self._encode_publication(pub, offsets))
         now = self.clock()
-        out.publication_lags.extend(now - ts / 1000.0 for ts in slot.unpublished)
-        slot.unpublished = []
-        slot.last_publish = now
-        if full:
-            slot.dirty = False
+        out.publication_lags.extend(now - ts / 1000.0 for ts in unpublished)
         m = self.metrics
-        if m is not None:
-            m.forecast_duration.labels(slot.name).observe(took)
-            for pub in pubs:
-                if pub.prediction is not None:
-                    m.predictions_published.labels(pub.prediction.kind).inc()
-            if full:
-                late = sum(1 for p in preds if p.kind == "order" and p.p_late >= 0.5 and slot.shard.owns(p.key))
-                m.predicted_late_orders.labels(slot.name).set(late)
-                for p in preds:
-                    if p.kind == "site" and slot.shard.owns(p.key):
-                        m.at_risk_orders.labels(p.id).set(p.at_risk)
-                replicas = getattr(self.forecasters[slot.name], "replicas", None)
-                if isinstance(replicas, int):
-                    m.forecast_replicas.labels(slot.name).set(replicas)
+        if m is None:
+            return
+        m.forecast_duration.labels(slot.name).observe(took)
+        for pub in pubs:
+            if pub.prediction is not None:
+                m.predictions_published.labels(pub.prediction.kind).inc()
+        if full:
+            owns = slot.shard.owns if ticket is None else ticket.owns
+            late = sum(1 for p in preds if p.kind == "order" and p.p_late >= 0.5 and owns(p.key))
+            m.predicted_late_orders.labels(slot.name).set(late)
+            for p in preds:
+                if p.kind == "site" and owns(p.key):
+                    m.at_risk_orders.labels(p.id).set(p.at_risk)
+            replicas = getattr(self.forecasters.get(slot.name), "replicas", None)
+            if isinstance(replicas, int):
+                m.forecast_replicas.labels(slot.name).set(replicas)
 
     @staticmethod
     def applied_offsets(slot: _Slot) -> dict[str, int]:
@@ -844,7 +912,10 @@ class ShardHost:
         return False
 
     def snapshot(self, partition: int) -> dict[str, bytes]:
-        """Snapshot blobs of the shards of ``partition`` (table key -> value)."""
+        """Snapshot blobs of the shards of ``partition`` (table key -> value); :meth:`settle` first."""
+        if any(job.slot.partition == partition for job in self._in_flight):
+            msg = f"partition {partition} has forecasts in flight: settle() it before taking its snapshot"
+            raise RuntimeError(msg)
         out: dict[str, bytes] = {}
         now = self.clock()
         for name in self.shards_on(partition):

@@ -79,6 +79,7 @@ __all__ = [
     "DEFAULT_CADENCE",
     "ForecastSettings",
     "ForecasterLike",
+    "PublicationTicket",
     "PipelineResult",
     "Prediction",
     "Publication",
@@ -327,6 +328,35 @@ class _PendingHandoff:
     orders: tuple[str, ...] | None
 
 
+class PublicationTicket:
+    """A shard's ownership and publication record frozen at one moment (see :meth:`Shard.ticket`)."""
+
+    __slots__ = ("_moved", "_orders", "_region", "_shard", "_trip_origin", "receipt")
+
+    def __init__(self, shard: Shard, moved: dict[str, bool], orders: frozenset[str], receipt: int) -> None:
+        self._shard = shard.name
+        self._region = shard.router.site_region
+        self._trip_origin = shard.router.trip_origin_region
+        self._moved = moved
+        self._orders = orders
+        #: the number of the shard's next handoff receipt when the ticket was taken
+        self.receipt = receipt
+
+    def owns(self, key: str) -> bool:
+        """:meth:`Shard.owns` as it answered when the ticket was taken."""
+        kind, _, eid = key.partition(":")
+        if kind == "site":
+            return self._region.get(eid) == self._shard
+        moved = self._moved.get(key)
+        if moved is not None:
+            return moved
+        if kind == "trip":
+            return self._trip_origin.get(eid) == self._shard
+        if kind == "order":
+            return eid in self._orders
+        return False
+
+
 class Shard:
     """One region's live twin, with ownership, deferred handoffs and forecast ticks.
 
@@ -361,6 +391,11 @@ class Shard:
         self._moved: dict[str, bool] = {}
         #: keys with a live prediction published by this shard
         self._published: set[str] = set()
+        #: while publication tickets are out: the keys inherited by handoffs since the oldest one
+        #: (``_receipts[i]`` is receipt number ``_receipt_base + i``)
+        self._tickets_out = 0
+        self._receipts: list[str] = []
+        self._receipt_base = 0
         self._pending: list[_PendingHandoff] = []
         #: (trip, leg) handed off -> orders handed with it
         self._handed: dict[tuple[str, int], set[str]] = {}
@@ -589,6 +624,8 @@ class Shard:
                 self._moved[key] = True
             # Inherit the keys: if the entity closes before this shard publishes, it tombstones it.
             self._published.update(keys)
+            if self._tickets_out:
+                self._receipts.extend(keys)
         else:
             self.stats.handoffs_rejected += 1
         return result
@@ -609,23 +646,53 @@ class Shard:
             return o is not None and self.router.site_region.get(o.origin) == self.name
         return False
 
-    def publish(self, predictions: Iterable[Any], *, full: bool = True) -> list[Publication]:
-        """Publications for the owned predictions; a full set also tombstones owned keys it lacks."""
+    def publish(
+        self, predictions: Iterable[Any], *, full: bool = True, ticket: PublicationTicket | None = None
+    ) -> list[Publication]:
+        """Publications for the owned predictions; a full set also tombstones owned keys it lacks.
+
+        With a ``ticket`` (from :meth:`ticket`, taken when the forecast's state was copied), the
+        publication is decided as it would have been at that moment: ownership as it was then,
+        and the keys this shard inherited since (handoffs received meanwhile) are neither
+        tombstoned nor forgotten. Tickets are published in the order they were taken.
+        """
+        owns = self.owns if ticket is None else ticket.owns
         live: dict[str, Any] = {}
         for p in predictions:
             key = p.key
-            if self.owns(key):
+            if owns(key):
                 live[key] = p
         out = [Publication(self.name, key, p) for key, p in live.items()]
+        since: set[str] = set()
+        if ticket is not None:
+            # Keys inherited after the ticket was taken: at its moment they were not there yet.
+            since = set(self._receipts[ticket.receipt - self._receipt_base :])
+            self._tickets_out -= 1
+            if self._tickets_out:
+                del self._receipts[: ticket.receipt - self._receipt_base]
+                self._receipt_base = ticket.receipt
+            else:
+                self._receipts.clear()
+                self._receipt_base = 0
         if full:
-            for key in sorted(self._published - live.keys()):
-                if self.owns(key):
+            for key in sorted(self._published - since - live.keys()):
+                if owns(key):
                     out.append(Publication(self.name, key, None))
-            self._published = set(live)
+            self._published = set(live) | since
         else:
             self._published.update(live)
         self.stats.publications += 1
         return out
+
+    def ticket(self) -> PublicationTicket:
+        """What :meth:`publish` needs to publish later a forecast of the state as it is now."""
+        here = self.name
+        region = self.router.site_region
+        orders = frozenset(oid for oid, o in self.state.orders.items() if region.get(o.origin) == here)
+        if not self._tickets_out:
+            self._receipt_base = 0
+        self._tickets_out += 1
+        return PublicationTicket(self, dict(self._moved), orders, self._receipt_base + len(self._receipts))
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self) -> dict[str, Any]:
