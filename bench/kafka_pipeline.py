@@ -290,6 +290,7 @@ def latency_run(bootstrap: str, scenario: str, gen, codec: Codec, args) -> list[
         "--replicas", str(args.replicas),
         "--refresh-every", str(args.refresh_every),
         "--forecast-every", str(args.forecast_every),
+        "--forecast-processes", str(args.forecast_processes),
         "--partitions", "4",
     )  # fmt: skip
     try:
@@ -319,6 +320,7 @@ def latency_run(bootstrap: str, scenario: str, gen, codec: Codec, args) -> list[
 
         sent = asyncio.run(run())
     finally:
+        log_tail = (worker.folder / "worker.log").read_text(errors="replace")[-3000:]
         worker.stop()
     router = ShardRouter(gen.network)
     # Per (shard, input partition): publication times and the offsets they cover, in time order.
@@ -340,6 +342,9 @@ def latency_run(bootstrap: str, scenario: str, gen, codec: Codec, args) -> list[
     missing = len(events) - len(latencies)
     if missing:
         print(f"  ({missing:,} events never covered by a publication)")
+    if not latencies:
+        msg = f"the worker published no prediction covering any event ({len(pubs)} read); its log:\n{log_tail}"
+        raise SystemExit(msg)
     return latencies
 
 
@@ -356,6 +361,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=5000.0, help="input rate of the latency run, events/s")
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--replicas", type=int, default=8, help="Monte Carlo replicas in the latency run")
+    ap.add_argument("--forecast-processes", type=int, default=1, help="worker --forecast-processes in the latency run")
     ap.add_argument("--refresh-every", type=float, default=0.1, help="worker --refresh-every in the latency run")
     ap.add_argument(
         "--forecast-every",
@@ -387,7 +393,7 @@ def main() -> None:
             print(
                 f"latency at {args.rate:,.0f} events/s for {args.latency_seconds:.0f} s "
                 f"(refresh every {args.refresh_every} s, ticks every {args.forecast_every:.0f} s of event time, "
-                f"{args.replicas} replicas): "
+                f"{args.replicas} replicas, {args.forecast_processes} forecast process(es)): "
                 f"p50 {q(lat, 0.5) * 1000:,.0f} ms, p99 {q(lat, 0.99) * 1000:,.0f} ms "
                 f"over {len(lat):,} events (target: p99 <= 250 ms)"
             )

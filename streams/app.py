@@ -195,13 +195,16 @@ def create_app(
         shard_topic=settings.shard_topic,
         dlq_topic=settings.topics.dlq,
         background_refresh=settings.forecast_in == "process",
+        in_flight=max(4, 2 * settings.forecast_processes),
+        parallel_forecasts=settings.forecast_processes if settings.forecast_in == "process" else 1,
     )
     executor: Executor
     forecasters: Callable[[str], ForecasterLike] | None = None
     if forecast is not None and settings.forecast_in == "process":
         # Forecasts on the other core: the ingest path keeps the GIL (streams.forecast_process).
-        executor = forecast_executor(settings.scenario, forecast)
-        executor.submit(int)  # start the child now (a fresh interpreter builds the network: seconds)
+        executor = forecast_executor(settings.scenario, forecast, settings.forecast_processes)
+        for _ in range(settings.forecast_processes):  # start the children now (each builds the network: seconds)
+            executor.submit(int)
         remote = RemoteForecaster(forecast.replicas)
         forecasters = lambda _name: remote  # noqa: E731
 

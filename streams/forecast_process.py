@@ -44,10 +44,15 @@ class RemoteForecaster:
         raise RuntimeError(msg)
 
 
-def forecast_executor(scenario: str, settings: ForecastSettings) -> ProcessPoolExecutor:
-    """One child process that forecasts the shards of ``scenario`` with ``settings``."""
+def forecast_executor(scenario: str, settings: ForecastSettings, processes: int = 1) -> ProcessPoolExecutor:
+    """Child processes (one by default) that forecast the shards of ``scenario`` with ``settings``.
+
+    A forecast is a pure function of the state and the seed, so any child gives the same
+    predictions; with several, forecasts run in parallel and the host still publishes them in
+    the order they started.
+    """
     return ProcessPoolExecutor(
-        max_workers=1,
+        max_workers=processes,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init,
         initargs=(scenario, settings),

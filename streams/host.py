@@ -123,6 +123,9 @@ class HostSettings:
     #: published, in order, when it is done (with the ownership and input offsets of the tick).
     #: At most this many forecasts may be in flight before applying waits for the oldest.
     in_flight: int = 4
+    #: forecasts the runner can work on at once (child processes): a refresh starts only while
+    #: fewer than this many are in flight
+    parallel_forecasts: int = 1
     shard_topic: str = "twin.shards"
     dlq_topic: str = DLQ_TOPIC
 
@@ -725,8 +728,8 @@ class ShardHost:
         if every <= 0:
             return
         background = self.settings.background_refresh
-        if background and self._in_flight:
-            return  # one at a time: a tick's forecast never queues behind several refreshes
+        if background and len(self._in_flight) >= self.settings.parallel_forecasts:
+            return  # a tick's forecast never queues behind several refreshes
         due = [
             s for s in self.slots.values() if s.dirty and s.name in self.forecasters and now - s.last_publish >= every
         ]

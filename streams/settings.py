@@ -187,6 +187,12 @@ WORKER: Final = (
         "where forecasts run: a child process (keeps them off the ingest path's GIL) or a thread",
         choices=FORECAST_IN,
     ),
+    _opt(
+        "forecast_processes",
+        int,
+        1,
+        "child processes forecasting in parallel (--forecast-in process); more than the free cores adds contention",
+    ),
     _opt("skew", float, 300.0, "event-time seconds a shard may run ahead of the slowest other shard"),
     _opt("idle_after", float, 1.0, "publish a fresh forecast after this many quiet seconds"),
     _opt("refresh_every", float, 0.0, "also publish at least every this many wall seconds while busy (0: off)"),
@@ -288,6 +294,7 @@ class WorkerSettings:
     replicas: int = 32
     seed: int = -1
     forecast_in: str = "process"
+    forecast_processes: int = 1
     skew: float = 300.0
     idle_after: float = 1.0
     refresh_every: float = 0.0
@@ -300,7 +307,8 @@ class WorkerSettings:
     OPTIONS: ClassVar[tuple[Option, ...]] = ()
 
     def __post_init__(self) -> None:
-        for name, low in (("partitions", 1), ("input_partitions", 1), ("replication", 1), ("replicas", 1)):
+        at_least_one = ("partitions", "input_partitions", "replication", "replicas", "forecast_processes")
+        for name, low in ((n, 1) for n in at_least_one):
             if getattr(self, name) < low:
                 msg = f"--{name.replace('_', '-')}={getattr(self, name)} must be at least {low}"
                 raise ConfigurationError(msg)
