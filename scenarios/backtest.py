@@ -414,7 +414,7 @@ def run_backtest(
     say(f"generating {spec.name!r} (seed {spec.seed}) and its calm twin", 0.0)
     gen = generate(spec)
     calm = generate(dataclasses.replace(spec, disruptions=())) if spec.disruptions else gen
-    seed = spec.seed if forecast_seed is None else forecast_seed
+    seed = spec.forecast_seed if forecast_seed is None else forecast_seed
     kwargs = {"horizon": horizon, "replicas": replicas, "seed": seed}
     forecast_start = time.perf_counter()
     predictions = along(gen, kwargs, cadence, progress=say)

@@ -9,6 +9,7 @@ commented example.
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ __all__ = [
     "ServiceSpec",
     "SiteSpec",
     "TelemetrySpec",
+    "derive_seed",
     "library_path",
     "load_scenario",
     "parse_scenario",
@@ -115,6 +117,12 @@ class TelemetrySpec:
     throughput_interval_s: float = 1800.0
 
 
+def derive_seed(seed: int, purpose: str) -> int:
+    """A 31-bit seed for ``purpose`` derived from ``seed`` (stable across runs and machines)."""
+    digest = hashlib.blake2b(f"{seed}/{purpose}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
 @dataclass(frozen=True, slots=True)
 class ScenarioSpec:
     """A whole scenario, validated."""
@@ -131,6 +139,16 @@ class ScenarioSpec:
     disruptions: tuple[DisruptionSpec, ...]
     telemetry: TelemetrySpec = field(default_factory=TelemetrySpec)
     source: str = ""
+
+    @property
+    def forecast_seed(self) -> int:
+        """The forecasts' default seed: derived from the scenario's seed, never equal to it.
+
+        The generated world draws its noise with the scenario's seed and the same keyed draws
+        (``twin.durations.keyed_uniform``) that a forecast's replica 0 uses: forecasting with the
+        world's seed would hand one replica the world's own luck, which flatters every backtest.
+        """
+        return derive_seed(self.seed, "forecast")
 
 
 def library_path(name: str) -> Path:

@@ -183,7 +183,7 @@ def create_app(
             cadence=settings.forecast_every,
             horizon=settings.horizon * 3600.0,
             replicas=settings.replicas,
-            seed=spec.seed if settings.seed < 0 else settings.seed,
+            seed=spec.forecast_seed if settings.seed < 0 else settings.seed,
         )
     host_settings = HostSettings(
         partitions=settings.partitions,

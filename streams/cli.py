@@ -41,7 +41,9 @@ def _run(args: argparse.Namespace) -> int:
     twin = LiveTwin(prepared.network, lateness=args.lateness)
     recorder = None
     if args.forecast_every > 0:
-        forecaster = Forecaster(prepared.network, horizon=args.horizon * 3600.0, replicas=args.replicas, seed=spec.seed)
+        forecaster = Forecaster(
+            prepared.network, horizon=args.horizon * 3600.0, replicas=args.replicas, seed=spec.forecast_seed
+        )
         recorder = ForecastRecorder(forecaster, progress=progress, until=spec.duration)
     result = replay(
         prepared.network,
@@ -75,7 +77,7 @@ def _run_settings(args: argparse.Namespace, prepared: Prepared) -> dict[str, Any
         "forecast_every_s": args.forecast_every,
         "horizon_h": args.horizon,
         "replicas": args.replicas,
-        "forecast_seed": prepared.spec.seed,
+        "forecast_seed": prepared.spec.forecast_seed,
     }
 
 
@@ -89,7 +91,7 @@ def _run_sharded(args: argparse.Namespace, prepared: Prepared, out: Path, progre
             cadence=args.forecast_every,
             horizon=args.horizon * 3600.0,
             replicas=args.replicas,
-            seed=prepared.spec.seed,
+            seed=prepared.spec.forecast_seed,
         )
     settings = _run_settings(args, prepared)
     summary, _ = run_sharded(

@@ -179,7 +179,7 @@ WORKER: Final = (
     _opt("forecast_every", float, 3600.0, "forecast each shard every this many seconds of event time (0: off)"),
     _opt("horizon", float, 12.0, "forecast horizon, hours"),
     _opt("replicas", int, 32, "Monte Carlo replicas per forecast"),
-    _opt("seed", int, -1, "forecast seed (-1: the scenario's seed)"),
+    _opt("seed", int, -1, "forecast seed (-1: derived from the scenario's seed, see ScenarioSpec.forecast_seed)"),
     _opt(
         "forecast_in",
         str,

@@ -61,3 +61,16 @@ def test_bad_toml_says_where(tmp_path):
     path.write_text("[scenario\nname = 1\n")
     with pytest.raises(ScenarioError, match="not valid TOML"):
         load_scenario(path)
+
+
+def test_forecasts_never_draw_the_worlds_own_noise():
+    """The generated world draws its noise with the scenario's seed and the keyed draws of a
+    forecast's replica 0: the forecasts' default seed is derived from it, stable, and different."""
+    from twin.durations import keyed_uniform
+
+    spec = load_scenario("regional-day")
+    assert spec.forecast_seed != spec.seed
+    assert spec.forecast_seed == load_scenario("regional-day").forecast_seed
+    assert 0 <= spec.forecast_seed < 2**31
+    key = "travel/LM-A-01-T1/0"
+    assert keyed_uniform(spec.forecast_seed, 0, key) != keyed_uniform(spec.seed, 0, key)

@@ -295,7 +295,9 @@ def _worker_args(scenario: str, partitions: int, *extra: str) -> list[str]:
 
 
 def _reference(gen, events):
-    settings = ForecastSettings(cadence=3600.0, horizon=HORIZON_H * 3600.0, replicas=REPLICAS, seed=gen.spec.seed)
+    settings = ForecastSettings(
+        cadence=3600.0, horizon=HORIZON_H * 3600.0, replicas=REPLICAS, seed=gen.spec.forecast_seed
+    )
     return ShardedPipeline(gen.network, forecast=settings).run(events)
 
 

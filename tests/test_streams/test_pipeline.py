@@ -368,7 +368,7 @@ def test_twin_backtest_sharded_scores_what_the_shards_publish(mini, tmp_path):
     assert main([*argv, "--horizon", "8", "--out", str(out), "--quiet"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["forecasts_by"].startswith("per-region shards")
-    settings = ForecastSettings(cadence=3600.0, horizon=8 * 3600.0, replicas=4, seed=mini.spec.seed)
+    settings = ForecastSettings(cadence=3600.0, horizon=8 * 3600.0, replicas=4, seed=mini.spec.forecast_seed)
     result = ShardedPipeline(mini.network, forecast=settings).run(mini.events)
     want = predictions_frame(p.prediction for p in result.publications if p.prediction is not None)
     got = pl.read_parquet(out / "predictions.parquet")
