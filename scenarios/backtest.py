@@ -52,6 +52,7 @@ __all__ = [
     "forecast_along",
     "lead_metrics",
     "names_target",
+    "pool_results",
     "predictions_at_lead",
     "run_backtest",
 ]
@@ -204,6 +205,9 @@ def lead_metrics(scored: pl.DataFrame) -> dict[str, Any]:
         pl.col("late").mean().alias("late_share"),
         (pl.col("delivered_at") - pl.col("as_of")).mean().alias("mean_lead_s"),
         pl.col("beyond_horizon").sum().alias("beyond_horizon"),
+        # Orders delivered by the same van share one fate and one forecast: the number of
+        # independent outcomes behind coverage is the number of such groups, not of orders.
+        pl.struct("as_of", "delivered_at").n_unique().alias("outcomes"),
     ).row(0, named=True)
     out: dict[str, Any] = {"orders": n, **m}
     out["improvement_vs_planned"] = _improvement(m["mae_p50"], m["mae_planned"])
@@ -274,22 +278,25 @@ class BacktestResult:
         """The results as aligned text (what ``twin backtest`` prints)."""
         c = self.config
         s = c.get("settings", {})
+        seeds = c.get("seeds")
+        seed = f"seeds {', '.join(str(x) for x in seeds)}, pooled" if seeds else f"seed {c.get('seed', '?')}"
         lines = [
-            f"backtest of {c.get('scenario', '?')} (seed {c.get('seed', '?')}, code {c.get('code_version', '?')}): "
+            f"backtest of {c.get('scenario', '?')} ({seed}, code {c.get('code_version', '?')}): "
             f"{s.get('replicas', '?')} replicas, forecast every {s.get('cadence_s', 0):g} s, "
             f"horizon {s.get('horizon_s', 0) / 3600:g} h",
             "",
-            f"{'lead':>6} {'orders':>7} {'MAE p50':>9} {'MAE plan':>9} {'MAE carried':>11} {'vs plan':>8} "
-            f"{'vs carried':>10} {'p10-p90':>8} {'Brier':>7} {'bias p50':>9} {'late':>6}",
+            f"{'lead':>6} {'orders':>7} {'groups':>6} {'MAE p50':>9} {'MAE plan':>9} {'MAE carried':>11} "
+            f"{'vs plan':>8} {'vs carried':>10} {'p10-p90':>8} {'Brier':>7} {'bias p50':>9} {'late':>6}",
         ]
         for r in self.by_lead.iter_rows(named=True):
             if not r["orders"]:
                 lines.append(f"{_hours(r['lead_s']):>6} {0:>7}")
                 continue
             lines.append(
-                f"{_hours(r['lead_s']):>6} {r['orders']:>7,} {_secs(r['mae_p50']):>9} {_secs(r['mae_planned']):>9} "
-                f"{_secs(r['mae_carried']):>11} {_pct(r['improvement_vs_planned'], True):>8} "
-                f"{_pct(r['improvement_vs_carried'], True):>10} {_pct(r['coverage']):>8} {r['brier']:>7.4f} "
+                f"{_hours(r['lead_s']):>6} {r['orders']:>7,} {r['outcomes']:>6,} {_secs(r['mae_p50']):>9} "
+                f"{_secs(r['mae_planned']):>9} {_secs(r['mae_carried']):>11} "
+                f"{_pct(r['improvement_vs_planned'], True):>8} {_pct(r['improvement_vs_carried'], True):>10} "
+                f"{_pct(r['coverage']):>8} {r['brier']:>7.4f} "
                 f"{_secs(r['bias_p50'], True):>9} {_pct(r['late_share']):>6}"
             )
         if self.cascade.height:
@@ -354,6 +361,40 @@ def backtest(
     return BacktestResult(by_lead, cascade, rows, config)
 
 
+def pool_results(results: Sequence[BacktestResult]) -> BacktestResult:
+    """One result that scores the rows of several backtests together.
+
+    For the same scenario under several world seeds: one seed's coverage rests on a few dozen
+    independent outcomes (see the ``outcomes`` column), so a pooled figure is what says whether
+    the intervals are calibrated. Each result's rows get a ``seed`` column; the config is the
+    first result's, with ``seeds`` and every run's ``counts``.
+    """
+    if not results:
+        msg = "pool_results needs at least one backtest result"
+        raise ValueError(msg)
+    frames = [r.rows.with_columns(pl.lit(r.config.get("seed")).alias("seed")) for r in results]
+    rows = pl.concat(frames, how="diagonal_relaxed")
+    first = results[0].config
+    targets = first.get("disruption_targets", [])
+    leads, cascades = [], []
+    lead_times = first.get("settings", {}).get("lead_times_s") or sorted(rows.get_column("lead_s").unique())
+    for lead in lead_times:
+        scored = rows.filter(pl.col("lead_s") == lead)
+        leads.append({"lead_s": float(lead), **lead_metrics(scored)})
+        if targets and "disruption_late" in rows.columns:
+            cascades.append({"lead_s": float(lead), **cascade_metrics(scored, targets)})
+    config = {
+        **first,
+        "seed": None,
+        "seeds": [r.config.get("seed") for r in results],
+        "runs": [{"seed": r.config.get("seed"), "counts": r.config.get("counts")} for r in results],
+    }
+    config.pop("counts", None)
+    return BacktestResult(
+        pl.DataFrame(leads, schema=_LEAD_SCHEMA), pl.DataFrame(cascades, schema=_CASCADE_SCHEMA), rows, config
+    )
+
+
 _LEAD_SCHEMA = pl.Schema(
     {
         "lead_s": pl.Float64(),
@@ -371,6 +412,7 @@ _LEAD_SCHEMA = pl.Schema(
         "late_share": pl.Float64(),
         "mean_lead_s": pl.Float64(),
         "beyond_horizon": pl.Int64(),
+        "outcomes": pl.Int64(),
     }
 )
 _CASCADE_SCHEMA = pl.Schema(

@@ -153,7 +153,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _backtest(args: argparse.Namespace) -> int:
-    from scenarios.backtest import run_backtest
+    from scenarios.backtest import pool_results, run_backtest
     from scenarios.backtest_report import write_backtest
 
     progress = ProgressPrinter(quiet=args.quiet)
@@ -165,16 +165,50 @@ def _backtest(args: argparse.Namespace) -> int:
         from streams.sharded_run import sharded_forecast_along
 
         extra = {"along": sharded_forecast_along, "label": "per-region shards (twin run --sharded)"}
-    result, predictions = run_backtest(
-        spec, replicas=args.replicas, cadence=args.cadence, horizon=args.horizon * 3600.0, progress=progress, **extra
-    )
-    progress.done()
     stamp = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or Path("runs") / f"backtest-{spec.name}-{stamp}"
-    write_backtest(result, out, predictions)
-    print(result.table())
-    print(f"\noutput {out} (config.json, by_lead/cascade/scored/predictions Parquet, report.md)")
+    if args.seeds < 1:
+        print(f"twin: error: --seeds={args.seeds} must be at least 1", file=sys.stderr)
+        return 2
+    results = []
+    for i in range(args.seeds):
+        seed_spec = dataclasses.replace(spec, seed=spec.seed + i)
+        if args.seeds > 1:
+            progress.done()
+            print(f"seed {seed_spec.seed} ({i + 1} of {args.seeds})", file=sys.stderr)
+        result, predictions = run_backtest(
+            seed_spec,
+            replicas=args.replicas,
+            cadence=args.cadence,
+            horizon=args.horizon * 3600.0,
+            progress=progress,
+            **extra,
+        )
+        progress.done()
+        if args.seeds == 1:
+            write_backtest(result, out, predictions)
+            print(result.table())
+            print(f"\noutput {out} (config.json, by_lead/cascade/scored/predictions Parquet, report.md)")
+            return 0
+        write_backtest(result, out / f"seed-{seed_spec.seed}", predictions)
+        results.append(result)
+    pooled = pool_results(results)
+    write_backtest(pooled, out)
+    print("per seed: p10-p90 coverage at each lead (groups of orders sharing one outcome)")
+    for r in results:
+        cells = "  ".join(
+            f"{_lead_label(row['lead_s'])} {100 * (row['coverage'] or 0):5.1f}% ({row['outcomes']})"
+            for row in r.by_lead.iter_rows(named=True)
+        )
+        print(f"  seed {r.config['seed']}: {cells}")
+    print()
+    print(pooled.table())
+    print(f"\noutput {out} (pooled; each seed's own in seed-<seed>/)")
     return 0
+
+
+def _lead_label(seconds: float) -> str:
+    return f"{seconds / 3600:g} h"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -259,6 +293,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"library scenario name or path to a scenario .toml (default: {DEFAULT_SCENARIO})",
     )
     bt.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
+    bt.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="backtest the scenario under N world seeds (its seed and the next N-1) and pool the scores",
+    )
     bt.add_argument("--replicas", type=int, default=32, help="Monte Carlo replicas per forecast (default: 32)")
     bt.add_argument(
         "--cadence",

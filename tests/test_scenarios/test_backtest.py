@@ -323,3 +323,25 @@ def test_disruption_late_orders_are_flagged_with_their_cause_at_2h(backtest_resu
 )
 def test_p10_p90_interval_holds_75_to_85_percent(backtest_result):
     assert not _missed(backtest_result, "coverage"), "\n".join(_missed(backtest_result, "coverage"))
+
+
+def test_twin_backtest_pools_several_world_seeds(tmp_path):
+    out = tmp_path / "bt"
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "backtest", "two-region-mini", "--seeds", "2", "--replicas", "4"]
+        + ["--cadence", "3600", "--horizon", "8", "--out", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "seeds 7, 8, pooled" in done.stdout and "seed 8:" in done.stdout
+    pooled = pl.read_parquet(out / "by_lead.parquet").sort("lead_s")
+    per_seed = [pl.read_parquet(out / f"seed-{s}" / "by_lead.parquet").sort("lead_s") for s in (7, 8)]
+    assert json.loads((out / "config.json").read_text())["seeds"] == [7, 8]
+    assert pooled["orders"].to_list() == [a + b for a, b in zip(*(r["orders"] for r in per_seed), strict=True)]
+    assert pooled["outcomes"].to_list() == [a + b for a, b in zip(*(r["outcomes"] for r in per_seed), strict=True)]
+    for i in range(pooled.height):  # pooled coverage is the order-weighted mean of the seeds'
+        weighted = sum(r["coverage"][i] * r["orders"][i] for r in per_seed) / pooled["orders"][i]
+        assert pooled["coverage"][i] == pytest.approx(weighted)
+    assert all(0 < n < o for n, o in zip(pooled["outcomes"], pooled["orders"], strict=True))
