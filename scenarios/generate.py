@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 import simpy
@@ -37,6 +37,7 @@ from twin.events import (
     OrderCreated,
     OrderDelivered,
     OrderScanned,
+    ScanKind,
     SiteThroughput,
     VehicleArrived,
     VehicleDeparted,
@@ -97,9 +98,10 @@ class _Recorder:
         )
 
     def scanned(self, t: float, order_id: str, site_id: str, kind: str, trip_id: str | None) -> None:
+        scan = cast(ScanKind, kind)  # the model scans only "loaded", "unloaded" and "sorted"
         self.events.append(
-            OrderScanned(id=self._id(), time=t, order_id=order_id, site_id=site_id, kind=kind, trip_id=trip_id)
-        )  # type: ignore[arg-type]
+            OrderScanned(id=self._id(), time=t, order_id=order_id, site_id=site_id, kind=scan, trip_id=trip_id)
+        )
 
     def delivered(self, t: float, order_id: str, site_id: str) -> None:
         self.events.append(OrderDelivered(id=self._id(), time=t, order_id=order_id, site_id=site_id))

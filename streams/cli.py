@@ -120,7 +120,7 @@ def _run_sharded(args: argparse.Namespace, prepared: Prepared, out: Path, progre
     return 0
 
 
-def _print_summary(name: str, summary: dict, out: Path, manifest: dict) -> None:
+def _print_summary(name: str, summary: dict[str, Any], out: Path, manifest: dict[str, Any]) -> None:
     rejected = summary["rejected_by_reason"] or {}
     reasons = ", ".join(f"{k}: {v}" for k, v in rejected.items()) or "none"
     print(f"scenario            {name}")

@@ -66,9 +66,9 @@ def run_sharded(
         schema={"event_id": pl.String, "type": pl.String, "reason": pl.String, "detail": pl.String},
     ).write_parquet(out / "rejections.parquet")
     if forecast is not None:
-        live = [p for p in result.publications if p.prediction is not None]
-        frame = predictions_frame(p.prediction for p in live)
-        frame.with_columns(pl.Series("shard", [p.shard for p in live], dtype=pl.String)).write_parquet(
+        live = [(p.shard, p.prediction) for p in result.publications if p.prediction is not None]
+        frame = predictions_frame(pred for _, pred in live)
+        frame.with_columns(pl.Series("shard", [shard for shard, _ in live], dtype=pl.String)).write_parquet(
             out / "predictions.parquet"
         )
         final = result.final_predictions()

@@ -438,7 +438,8 @@ class Shard:
         Returns :data:`CLEAN` (shared, do not mutate) when the event was applied and nothing
         else happened, which is almost always.
         """
-        self._applied_now = applied = []
+        applied: list[Event] = []
+        self._applied_now = applied
         self._accountable_now = accountable
         rejections = self.twin.apply(event)
         if not rejections and len(applied) == 1 and applied[0] is event:

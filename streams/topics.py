@@ -67,4 +67,5 @@ class Topics:
 def input_topic(event: Event, topics: Topics | None = None) -> str:
     """The input topic a producer writes ``event`` to (sensors for anything not an order or command)."""
     t = topics or Topics()
-    return getattr(t, INPUT_TOPIC_OF_TYPE.get(event.TYPE, "sensors"))
+    name: str = getattr(t, INPUT_TOPIC_OF_TYPE.get(event.TYPE, "sensors"))
+    return name
