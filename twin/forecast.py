@@ -109,6 +109,16 @@ def lane_beliefs(state: WorldState) -> tuple[dict[str, float], dict[str, tuple[s
     return factors, causes
 
 
+def lane_spreads(state: WorldState) -> dict[str, float]:
+    """How uncertain each observed slowdown is: the standard deviation of its log (lanes with one)."""
+    out: dict[str, float] = {}
+    for lid, lane in state.network.lanes.items():
+        f, spread = state.lanes[lid].belief(lane.travel_time, lane.sigma)
+        if spread > 0.0 and f != 1.0:
+            out[lid] = spread
+    return out
+
+
 def lane_ends(state: WorldState) -> dict[str, float]:
     """Reported end of the disruption on each lane that has one."""
     out: dict[str, float] = {}
@@ -132,14 +142,19 @@ class ForecastDurations(StochasticDurations):
         handling_sigma: float = 0.1,
         lane_ends: dict[str, float] | None = None,
         draws: DrawTable | None = None,
+        lane_spreads: dict[str, float] | None = None,
     ) -> None:
         super().__init__(seed, replica, lane_factors, handling_sigma, lane_causes, draws)
         self.now = now
         self.memory = memory
         #: reported end of a disruption on a lane
         self.lane_ends = lane_ends or {}
+        #: uncertainty (sd of the log) of each observed slowdown: each replica draws its own
+        self.lane_spreads = lane_spreads or {}
         #: end of each slowed lane's slowdown in this replica (drawn once per lane)
         self._ends: dict[str, float] = {}
+        #: each slowed lane's slowdown in this replica
+        self._factors: dict[str, float] = {}
 
     def factor_at(self, lane: Lane, t: float) -> float:
         """The lane's slowdown at time ``t`` in this replica.
@@ -148,7 +163,14 @@ class ForecastDurations(StochasticDurations):
         duration drawn per replica (exponential, mean ``memory``): the replicas spread over
         how long it lasts instead of all assuming the same.
         """
-        f0 = self.lane_factor(lane)
+        f0 = self._factors.get(lane.id)
+        if f0 is None:
+            f0 = self.lane_factor(lane)
+            spread = self.lane_spreads.get(lane.id, 0.0)
+            if spread > 0.0 and f0 != 1.0:
+                # How slow the lane is, is itself uncertain: each replica draws it (keyed).
+                f0 *= self._noise(f"belief/{lane.id}", spread)
+            self._factors[lane.id] = f0
         if f0 == 1.0:
             return f0
         end = self._ends.get(lane.id)
@@ -261,13 +283,23 @@ class Forecaster:
         until = state.clock + self.horizon
         placement = place(state, causes)
         ends = lane_ends(state)
+        spreads = lane_spreads(state)
         draws = DrawTable(self.seed, ids, _draw_keys(state))
         lots = _LotIndex(placement.info)
         # trips no freight can ride after each vehicle's last one that can: plain arithmetic
         detached = detachable(state, placement)
         for r in ids:
             durations = ForecastDurations(
-                self.seed, r, state.clock, factors, causes, self.slowdown_memory, self.handling_sigma, ends, draws
+                self.seed,
+                r,
+                state.clock,
+                factors,
+                causes,
+                self.slowdown_memory,
+                self.handling_sigma,
+                ends,
+                draws,
+                spreads,
             )
             model = Model(state, durations, placement=placement, detached=detached).build()
             model.run(until)

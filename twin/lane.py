@@ -87,6 +87,11 @@ class LaneState:
             s.first_time, s.first_progress = time, progress
 
     def observed_factor(self, travel_time: float, sigma: float = 0.0) -> float | None:
+        """The estimate of :meth:`observed_belief` (its mean), None if no evidence."""
+        belief = self.observed_belief(travel_time, sigma)
+        return None if belief is None else belief[0]
+
+    def observed_belief(self, travel_time: float, sigma: float = 0.0) -> tuple[float, float] | None:
         """Observed travel-time multiplier of the lane over recent traversals, None if no evidence.
 
         Each traversal's ratio is the lane's slowdown times that vehicle's own chance
@@ -98,6 +103,12 @@ class LaneState:
         A single traversal within one sigma of it is taken as noise; several in the same
         direction, or one far beyond sigma, are a slowdown. With ``sigma`` 0 every
         observation is believed as it is.
+
+        Returns ``(factor, spread)``: the estimate and the standard deviation of its log, the
+        empirical-Bayes posterior ``sqrt((1 - B) * sigma**2 / n)`` for the shrinkage ``B``
+        above. A few traversals leave the slowdown uncertain (on a lane that is not slowed at
+        all, two of them put the estimate anywhere within about +-10 %), and a forecast that took
+        the estimate as certain would be too sure of every later trip on the lane.
         """
         horizon = self.latest_time - SAMPLE_WINDOW_SECONDS
         logs: list[float] = []
@@ -112,13 +123,20 @@ class LaneState:
         n = len(logs)
         prior = math.log(self.disruption_factor) if math.isfinite(self.disruption_factor) else 0.0
         m = sum(logs) / n - prior
+        spread = 0.0
         if sigma > 0 and m != 0.0:
-            m *= max(0.0, 1.0 - sigma * sigma / (n * m * m))
-        return math.exp(prior + m)
+            keep = max(0.0, 1.0 - sigma * sigma / (n * m * m))
+            m *= keep
+            spread = math.sqrt(keep * sigma * sigma / n)
+        return math.exp(prior + m), spread
 
     def factor(self, travel_time: float, sigma: float = 0.0) -> float:
         """The slowdown the twin currently believes in: observed, else reported, else 1."""
-        observed = self.observed_factor(travel_time, sigma)
+        return self.belief(travel_time, sigma)[0]
+
+    def belief(self, travel_time: float, sigma: float = 0.0) -> tuple[float, float]:
+        """:meth:`factor` and the standard deviation of its log (0 unless observed)."""
+        observed = self.observed_belief(travel_time, sigma)
         if observed is not None:
-            return max(observed, 0.1)
-        return self.disruption_factor
+            return max(observed[0], 0.1), observed[1]
+        return self.disruption_factor, 0.0

@@ -233,3 +233,24 @@ def test_freight_that_missed_its_trip_before_the_snapshot_rolls_as_the_world_did
     o1 = preds["order:O1"]
     assert (o1.p10, o1.p50, o1.p90) == (11700.0, 11700.0, 11700.0)
     assert ("missed_connection", "T2") in {(c.mechanism, c.entity) for c in o1.causes}
+
+
+def test_replicas_draw_an_uncertain_lane_slowdown_around_the_belief():
+    """A slowdown estimated from a few traversals is uncertain: each replica draws its own
+    (keyed per lane, so the same seed and replica give the same draw), spread around the belief."""
+    import math
+    import statistics
+
+    from twin.forecast import ForecastDurations
+
+    lane = Lane("A->B", "A", "B", 3600.0, sigma=0.12)
+
+    def factor(replica: int, spreads: dict[str, float]) -> float:
+        d = ForecastDurations(7, replica, 0.0, {"A->B": 1.3}, {}, memory=0.0, lane_spreads=spreads)
+        return d.factor_at(lane, 10.0)
+
+    assert {factor(r, {}) for r in range(20)} == {1.3}  # certain: every replica the same
+    drawn = [factor(r, {"A->B": 0.1}) for r in range(400)]
+    assert drawn == [factor(r, {"A->B": 0.1}) for r in range(400)]
+    logs = [math.log(f / 1.3) for f in drawn]
+    assert abs(statistics.median(logs)) < 0.02 and statistics.stdev(logs) == pytest.approx(0.1, rel=0.15)

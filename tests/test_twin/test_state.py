@@ -278,3 +278,23 @@ def test_observations_are_shrunk_toward_a_reported_disruption():
     ls = LaneState(disruption_factor=1.5)
     _traversal(ls, "V1", 1.6)
     assert ls.factor(3600.0, 0.12) == pytest.approx(1.5)
+
+
+def test_a_lane_belief_carries_its_own_uncertainty():
+    """The estimate's posterior spread: none when the evidence is taken as noise or there is
+    no noise at all, ``sqrt((1 - B) sigma^2 / n)`` otherwise, and smaller with more traversals."""
+    ls = LaneState()
+    assert ls.belief(3600.0, 0.12) == (1.0, 0.0)  # no evidence: the reported factor, certain
+    _traversal(ls, "V1", 1.11)
+    assert ls.belief(3600.0, 0.12) == (1.0, 0.0)  # within the noise: fully shrunk
+    assert ls.belief(3600.0)[1] == 0.0  # sigma 0: believed as observed
+    for v in ("V2", "V3", "V4"):
+        _traversal(ls, v, 1.11)
+    m = math.log(1.11)
+    keep = 1 - 0.12**2 / (4 * m * m)
+    factor, spread = ls.belief(3600.0, 0.12)
+    assert factor == pytest.approx(math.exp(m * keep))
+    assert spread == pytest.approx(math.sqrt(keep * 0.12**2 / 4))
+    for v in ("V5", "V6", "V7", "V8"):
+        _traversal(ls, v, 1.11)
+    assert 0 < ls.belief(3600.0, 0.12)[1] < spread
