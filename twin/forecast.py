@@ -658,10 +658,23 @@ def _late_ledgers(
     return out, per_lot
 
 
+def _position(n: int, q: float) -> float:
+    """Where the ``q`` quantile of the next outcome lies among ``n`` sorted replicas (0-based).
+
+    Weibull's plotting position ``q * (n + 1)`` (1-based), not the sample quantile's
+    ``q * (n - 1)``: the k-th smallest of n draws has ``k / (n + 1)`` of the distribution
+    below it on average, so with these positions the p10-p90 interval of a forecast whose
+    replicas are drawn from the true distribution holds the actual outcome 80 % of the time.
+    The sample quantile's interval is narrower: with 32 replicas it holds it only about 75 %
+    of the time, with 8 about 62 % (numpy: ``method="weibull"``). The median is the same.
+    """
+    return min(max(q * (n + 1) - 1.0, 0.0), n - 1.0)
+
+
 def _column_quantile(ordered: npt.NDArray[np.float64], q: float) -> list[float | None]:
-    """Per-column quantile of column-sorted values (linear interpolation), None if infinite."""
+    """Per-column quantile of column-sorted values (see :func:`_position`), None if infinite."""
     n = ordered.shape[0]
-    k = (n - 1) * q
+    k = _position(n, q)
     lo, hi = math.floor(k), math.ceil(k)
     a, b = ordered[lo], ordered[hi]
     with np.errstate(invalid="ignore"):
@@ -680,7 +693,7 @@ def _q(values: list[float], q: float) -> float | None:
 def _quantile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return math.nan
-    k = (len(sorted_values) - 1) * q
+    k = _position(len(sorted_values), q)
     lo, hi = math.floor(k), math.ceil(k)
     a, b = sorted_values[lo], sorted_values[hi]
     if a == b or math.isinf(a) or math.isinf(b):

@@ -254,3 +254,23 @@ def test_replicas_draw_an_uncertain_lane_slowdown_around_the_belief():
     assert drawn == [factor(r, {"A->B": 0.1}) for r in range(400)]
     logs = [math.log(f / 1.3) for f in drawn]
     assert abs(statistics.median(logs)) < 0.02 and statistics.stdev(logs) == pytest.approx(0.1, rel=0.15)
+
+
+def test_p10_p90_of_the_replicas_hold_80_percent_of_new_outcomes():
+    """With replicas drawn from the true distribution, [p10, p90] holds the next outcome 80 %
+    of the time (Weibull positions; numpy's ``method="weibull"``). The sample quantiles
+    (``(n - 1) * q``) would hold it about 75 % of the time with 32 replicas."""
+    import numpy as np
+
+    from twin.forecast import _column_quantile
+
+    rng = np.random.default_rng(5)
+    for n in (8, 32):
+        draws = np.sort(rng.lognormal(0.0, 0.15, size=(n, 20_000)), axis=0)
+        for q in (0.1, 0.5, 0.9):
+            assert np.allclose(
+                _column_quantile(draws[:, :50], q), np.quantile(draws[:, :50], q, axis=0, method="weibull")
+            )
+        lo, hi = np.array(_column_quantile(draws, 0.1)), np.array(_column_quantile(draws, 0.9))
+        actual = rng.lognormal(0.0, 0.15, size=20_000)
+        assert 0.77 < np.mean((lo <= actual) & (actual <= hi)) < 0.83
