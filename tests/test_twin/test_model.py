@@ -148,6 +148,34 @@ def test_hold_waits_only_for_freight_due_before_the_deadline():
     assert res.orders["O1"].rolls == 0
 
 
+@pytest.mark.parametrize(("vehicles_last", "loaded"), [(False, False), (True, True)])
+def test_same_second_rule_freight_sorted_as_its_trip_is_due(vehicles_last, loaded):
+    # T1 reaches B at 3897 (A->B slowed to 3897 s); O1 is unloaded (602 s) and sorted (1 s)
+    # at 4500, the second T2 is due to leave, and T2 may not be held (hold limit 0). SimPy
+    # alone orders the two by when their events were created: T2's wait was scheduled
+    # first, so T2 leaves and O1 rolls to T4. Under ``vehicles_last`` a vehicle acts after
+    # everything else in its second: O1 is sorted first and rides T2.
+    net = _abc_network(hold=0.0)
+    model = Model(WorldState(net), NominalDurations({"A->B": 3897 / 3600}), vehicles_last=vehicles_last).build()
+    model.add_order("O1", "A", "C", 99999, ["T1", "T2"], ["A", "B"])
+    model.run(30000)
+    res = model.collect()
+    assert res.trips["T1"].arrivals == [3897.0]
+    assert res.trips["T2"].departures == [4500.0]
+    if loaded:
+        assert (res.orders["O1"].path, res.orders["O1"].rolls) == (["T1", "T2"], 0)
+        assert res.orders["O1"].delivered_at == 8100.0 + 602.0 + 1.0
+    else:
+        assert (res.orders["O1"].path, res.orders["O1"].rolls) == (["T1", "T4"], 1)
+        assert res.orders["O1"].delivered_at == 12600.0 + 602.0 + 1.0
+
+
+def test_coasting_needs_the_same_second_rule():
+    net = _abc_network(hold=0.0)
+    with pytest.raises(ValueError, match="vehicles_last"):
+        Model(WorldState(net), NominalDurations(), coast=frozenset())
+
+
 def test_dock_contention_queues_bunched_arrivals():
     # Three vehicles reach B together; B has one dock; each unload takes 602 s.
     sites = [_site("A", docks=3), _site("B", docks=1)]
