@@ -287,6 +287,7 @@ class Forecaster:
             model.run(until)
             result = model.collect()
             result.ledgers, result.lot_ledgers = _late_ledgers(model, until, lots)
+            model.close()
             yield placement, result
 
     def _tally_here(self, state: WorldState, ids: Sequence[int]) -> tuple[_Keys | None, list[_Tally]]:

@@ -505,6 +505,8 @@ class Model:
         self._until = math.inf
         #: never triggered: a process that is done waits on it instead of ending (see ``_park``)
         self._never = self.env.event()
+        #: the generators of the processes started, to stop them in ``close``
+        self._procs: list[Proc] = []
         self._built = False
         self._ran = False
 
@@ -523,7 +525,7 @@ class Model:
             self.rates[sid] = s.handling_rate if s.handling_rate > 0 else site.handling_rate
             lost = site.docks - max(1, s.docks_in_service)
             if lost > 0 or self.rates[sid] < site.handling_rate:
-                env.process(self._capacity_loss(sid, max(0, lost)))
+                self._start(self._capacity_loss(sid, max(0, lost)))
         placement = self.placement if self.placement is not None else place(st)
         for tid, ts in st.trips.items():
             run = self.trips[tid] = TripRun(list(ts.departures), list(ts.arrivals))
@@ -550,14 +552,14 @@ class Model:
         for sid, since in sorted(batches, key=lambda k: (k[1], k[0])):
             credit = 0.0 if sid in started else max(0.0, env.now - since)
             started.add(sid)
-            env.process(self._sort(sid, batches[(sid, since)], f"init/{sid}/{since!r}", credit))
+            self._start(self._sort(sid, batches[(sid, since)], f"init/{sid}/{since!r}", credit))
         for t in placement.ready:
             lot = self._new_lot(t)
             self._catch_up(lot, ready=True)
             self._make_ready(lot)
         for vid in sorted(net.vehicles):
             if any(self.trips[t].arrivals[-1] is None or self.onboard.get(t) for t in net.rotations[vid]):
-                env.process(self._operate(vid))
+                self._start(self._operate(vid))
             else:
                 v = st.vehicles[vid]
                 self.vehicle_site[vid] = v.site_id if v.status == "at_site" else None
@@ -985,6 +987,25 @@ class Model:
         self.vehicle_site[vehicle_id] = leg.destination
         return end
 
+    def _start(self, proc: Proc) -> None:
+        self._procs.append(proc)
+        self.env.process(proc)
+
+    def close(self) -> None:
+        """Stop the model's processes; its records (``collect``) stay as they are.
+
+        Suspended processes reference the model, and SimPy's events and resources
+        reference the processes, so a model that has run is a large reference cycle that
+        only the cyclic garbage collector frees. The forecaster pauses that collector while
+        it runs replicas (``twin.forecast._gc_paused``); without ``close`` every replica
+        stayed in memory until the end, and the collector then scanned all of them. Closing
+        the generators drops their frames, so reference counting frees a replica as soon
+        as its records are dropped.
+        """
+        for proc in self._procs:
+            proc.close()
+        self._procs.clear()
+
     def _park(self) -> simpy.Event:
         """What a process that is done waits on, forever.
 
@@ -1197,7 +1218,7 @@ class Model:
                         self.observer.scanned(env.now, oid, site, "unloaded", None)
         if self._observing:
             self.observer.docks(env.now, site, docks.count, int(docks.capacity))
-        env.process(self._sort(site, alighting, f"{trip_id}/{leg_index}"))
+        self._start(self._sort(site, alighting, f"{trip_id}/{leg_index}"))
 
     def _sort(self, site: str, batch: list[Lot], key: str, credit: float = 0.0) -> Proc:
         """Sort a batch at the site's handling capacity (first come, first served).

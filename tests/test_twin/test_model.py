@@ -170,6 +170,32 @@ def test_same_second_rule_freight_sorted_as_its_trip_is_due(vehicles_last, loade
         assert res.orders["O1"].delivered_at == 12600.0 + 602.0 + 1.0
 
 
+def test_a_closed_model_is_freed_without_the_cycle_collector():
+    # the forecaster pauses the cyclic collector while it runs replicas; a closed model
+    # (its processes stopped, some of them mid-wait at the end of the run) must not be
+    # kept alive by reference cycles until the collector runs again
+    import gc
+    import weakref
+
+    net = _abc_network(hold=1800.0)
+    model = Model(WorldState(net), NominalDurations({"A->B": 1.5})).build()
+    model.add_order("O1", "A", "C", 99999, ["T1", "T2"], ["A", "B"])
+    model.run(6100)  # T2 is held for O1, the sorter and V3 are mid-wait
+    res = model.collect()
+    assert res.trips["T2"].departures == [6003.0]
+    ref = weakref.ref(model)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        model.close()
+        del model
+        assert ref() is None
+    finally:
+        if enabled:
+            gc.enable()
+    assert res.trips["T2"].departures == [6003.0]
+
+
 def test_coasting_needs_the_same_second_rule():
     net = _abc_network(hold=0.0)
     with pytest.raises(ValueError, match="vehicles_last"):
