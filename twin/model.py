@@ -445,6 +445,29 @@ class _Wake(simpy.Event):
         env.schedule(self, priority, delay)  # type: ignore[arg-type]
 
 
+class _Capacity(simpy.Resource):
+    """A SimPy ``Resource`` (docks, a sorter) whose release schedules no event when no one waits.
+
+    SimPy frees the slot when ``release`` is called and hands it to the first waiting
+    request only when the release event is processed, later in the same second. With no
+    request waiting at the release, processing that event would change nothing: a request
+    made after the release takes a free slot as it is made, and one that finds every slot
+    taken waits for a later release, which has its own event (every use of a slot lasts at
+    least a second, so no slot is taken and freed again within the same instant). So the
+    event is left out: one simulation step less per unwaited release, and the events that
+    are left keep their order.
+    """
+
+    def release(  # type: ignore[override]
+        self, request: simpy.resources.resource.Request
+    ) -> simpy.resources.resource.Release | None:
+        """Free the request's slot; an event (as SimPy's) only when a request is waiting."""
+        if not self.put_queue and request in self.users:
+            self.users.remove(request)
+            return None
+        return super().release(request)
+
+
 class Model:
     """The network model, built from a world state; see the module docstring."""
 
@@ -520,8 +543,8 @@ class Model:
         env, net, st = self.env, self.net, self.state
         for sid, site in net.sites.items():
             s = st.sites[sid]
-            self.docks[sid] = simpy.Resource(env, capacity=max(site.docks, s.docks_in_service, 1))
-            self.sorters[sid] = simpy.Resource(env, capacity=1)
+            self.docks[sid] = _Capacity(env, capacity=max(site.docks, s.docks_in_service, 1))
+            self.sorters[sid] = _Capacity(env, capacity=1)
             self.rates[sid] = s.handling_rate if s.handling_rate > 0 else site.handling_rate
             lost = site.docks - max(1, s.docks_in_service)
             if lost > 0 or self.rates[sid] < site.handling_rate:

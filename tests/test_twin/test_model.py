@@ -264,3 +264,38 @@ def test_dock_wait_matches_erlang_c():
     expected = _erlang_c_wait(lam, 1.0 / mean_service, c)
     print(f"mean dock wait {measured:.1f} s, Erlang C {expected:.1f} s")
     assert abs(measured - expected) / expected < 0.05, (measured, expected)
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 3])
+def test_capacity_grants_as_simpy_resource_with_fewer_steps(capacity):
+    """Docks and sorters: the same grants, in the same order, as SimPy's own Resource."""
+    import simpy
+
+    from twin.model import _Capacity
+
+    def trace(kind):
+        env = simpy.Environment()
+        res = kind(env, capacity=capacity)
+        rng = random.Random(7)
+        log = []
+
+        def user(name, arrive, hold):
+            yield env.timeout(arrive)
+            with res.request() as req:
+                yield req
+                log.append((env.now, name))
+                yield env.timeout(hold)
+
+        for i in range(200):
+            # whole seconds, so that arrivals, grants and releases often fall in the same second
+            env.process(user(i, rng.randint(0, 400), rng.randint(1, 12)))
+        steps = 0
+        while env.peek() < float("inf"):
+            env.step()
+            steps += 1
+        return log, steps
+
+    expected, simpy_steps = trace(simpy.Resource)
+    got, steps = trace(_Capacity)
+    assert got == expected
+    assert steps < simpy_steps
