@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import simpy
 
@@ -467,6 +467,20 @@ class _Capacity(simpy.Resource):
             return None
         return super().release(request)
 
+    def take(self) -> simpy.resources.resource.Request | None:
+        """Occupy a slot at once, without an event, if one is free and no one waits (else None).
+
+        Returns the token to ``release``. This is what ``request`` does when a slot is free,
+        except that the requesting process goes on at once instead of when the request's
+        event is processed; only for a caller that no other event can come before (see
+        ``Model._unload``).
+        """
+        if self.put_queue or len(self.users) >= self.capacity:
+            return None
+        token = cast(simpy.resources.resource.Request, object())
+        self.users.append(token)
+        return token
+
 
 class Model:
     """The network model, built from a world state; see the module docstring."""
@@ -499,8 +513,8 @@ class Model:
         self.trips: dict[str, TripRun] = {}
         self.lots: list[Lot] = []
         self.info: dict[str, OrderInfo] = {}
-        self.docks: dict[str, simpy.Resource] = {}
-        self.sorters: dict[str, simpy.Resource] = {}
+        self.docks: dict[str, _Capacity] = {}
+        self.sorters: dict[str, _Capacity] = {}
         self.rates: dict[str, float] = {}
         #: orders booked for (trip, boarding site), ready or not
         self.booked: dict[tuple[str, str], dict[int, Lot]] = {}
@@ -1203,9 +1217,13 @@ class Model:
         if self._observing:
             self.observer.arrived(env.now, trip_id, leg_index, vehicle_id, site)
         if self.onboard.get(trip_id):
-            yield from self._unload(trip_id, leg_index, site)
+            yield from self._unload(trip_id, leg_index, site, woken=True)
 
-    def _unload(self, trip_id: str, leg_index: int, site: str) -> Proc:
+    def _unload(self, trip_id: str, leg_index: int, site: str, *, woken: bool = False) -> Proc:
+        """Unload the freight that alights at ``site`` at a dock, then hand it to the sorter.
+
+        ``woken``: the vehicle arrived in its own wake-up (see ``_wait``).
+        """
         env = self.env
         onboard = self.onboard.get(trip_id, [])
         alighting: list[Lot] = []
@@ -1217,28 +1235,34 @@ class Model:
         self.onboard[trip_id] = staying
         docks = self.docks[site]
         queued = env.now
-        with docks.request() as req:
-            yield req
-            wait = env.now - queued
-            run = self.trips[trip_id]
-            run.dock_waits.append(wait)
-            run.dock_wait_at[leg_index] = wait
-            _add(run.ledger, "dock_queue", site, wait, queued)
+        # Under ``vehicles_last`` a vehicle arrives in its own wake-up, after every other
+        # event of its second: a request for a free dock would be the next event processed
+        # and would only resume this process, so the dock is taken at once instead.
+        slot = docks.take() if woken and self.vehicles_last else None
+        if slot is None:
+            slot = docks.request()
+            yield slot
+        wait = env.now - queued
+        run = self.trips[trip_id]
+        run.dock_waits.append(wait)
+        run.dock_wait_at[leg_index] = wait
+        _add(run.ledger, "dock_queue", site, wait, queued)
+        if self._observing:
+            self.observer.docks(env.now, site, docks.count, int(docks.capacity))
+        s = self.net.sites[site]
+        count = sum(len(o.ids) for o in alighting)
+        yield env.timeout(self.durations.unload(s, count, f"{trip_id}/{leg_index}"))
+        for o in alighting:
+            o.stage = "unloaded"
+            o.site = site
+            o.trip = None
+            o.inbound_trip = trip_id
+            o.inbound_leg = leg_index
+            o.hop += 1
             if self._observing:
-                self.observer.docks(env.now, site, docks.count, int(docks.capacity))
-            s = self.net.sites[site]
-            count = sum(len(o.ids) for o in alighting)
-            yield env.timeout(self.durations.unload(s, count, f"{trip_id}/{leg_index}"))
-            for o in alighting:
-                o.stage = "unloaded"
-                o.site = site
-                o.trip = None
-                o.inbound_trip = trip_id
-                o.inbound_leg = leg_index
-                o.hop += 1
-                if self._observing:
-                    for oid in o.ids:
-                        self.observer.scanned(env.now, oid, site, "unloaded", None)
+                for oid in o.ids:
+                    self.observer.scanned(env.now, oid, site, "unloaded", None)
+        docks.release(slot)
         if self._observing:
             self.observer.docks(env.now, site, docks.count, int(docks.capacity))
         self._start(self._sort(site, alighting, f"{trip_id}/{leg_index}"))

@@ -251,6 +251,45 @@ def test_coasting_gives_exactly_the_simpy_results(request, scenario, at_hours, h
     assert coasted > 0
 
 
+@pytest.mark.parametrize(
+    ("scenario", "at_hours"), [("default_scenario", 9), ("default_scenario", 13), ("mini_scenario", 3)]
+)
+def test_taking_a_free_dock_at_once_gives_exactly_the_simpy_results(request, monkeypatch, scenario, at_hours):
+    """A vehicle that arrives in its own wake-up takes a free dock without a request event."""
+    from twin.model import _Capacity, detachable, freight_free
+
+    gen = request.getfixturevalue(scenario)
+    twin = LiveTwin(gen.network)
+    twin.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    state = twin.state
+    until = state.clock + 12 * 3600
+
+    def run(r):
+        return _records(
+            _replica(
+                state,
+                gen.network,
+                r,
+                until,
+                lambda p: detachable(state, p),
+                vehicles_last=True,
+                coast=lambda p: freight_free(state, p),
+            )
+        )
+
+    fast = [run(r) for r in range(2)]
+    taken = []
+
+    def counted(self):
+        # what ``take`` would have done; the slot is requested instead
+        taken.append(not self.put_queue and len(self.users) < self.capacity)
+        return None
+
+    monkeypatch.setattr(_Capacity, "take", counted)
+    assert [run(r) for r in range(2)] == fast
+    assert any(taken)
+
+
 def test_detachable_trips_carry_no_freight(default_scenario):
     from twin.model import detachable, place
 
