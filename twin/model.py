@@ -1276,13 +1276,19 @@ class Model:
         for o in batch:
             self._book(o)
         queued = env.now
-        with self.sorters[site].request() as req:
-            yield req
-            for o in batch:
-                o.sort_wait = env.now - queued
-            s = self.net.sites[site]
-            count = sum(len(o.ids) for o in batch)
-            yield env.timeout(max(1.0, self.durations.sort(s, count, self.rates[site], key) - credit))
+        sorter = self.sorters[site]
+        # with nothing else due in this instant, a request for a free sorter would be the
+        # next event processed and would only resume this process: take it at once
+        slot = sorter.take() if env.peek() > env.now else None
+        if slot is None:
+            slot = sorter.request()
+            yield slot
+        for o in batch:
+            o.sort_wait = env.now - queued
+        s = self.net.sites[site]
+        count = sum(len(o.ids) for o in batch)
+        yield env.timeout(max(1.0, self.durations.sort(s, count, self.rates[site], key) - credit))
+        sorter.release(slot)
         for o in batch:
             if o.site == o.destination:
                 o.stage = "delivered"
