@@ -15,7 +15,13 @@ Delay cascades through the three mechanisms of the design:
 3. contention: arriving vehicles queue for a site's docks, and unloaded freight queues for the
    site's sorting capacity.
 
-Phases: ``build()`` -> ``run(until)`` -> ``collect()``.
+Durations are whole seconds, so events often fall in the same second. By default SimPy
+orders those by when they were created; forecasts run with ``vehicles_last=True``, an
+explicit rule instead: a vehicle's own wake-ups come after everything else in their second,
+vehicles in id order. Under that rule the model computes the freight-free stretches of a
+vehicle's timeline (``coast``) instead of simulating them, with exactly the same results.
+
+Phases: ``build()`` -> ``run(until)`` -> ``collect()`` (-> ``close()``).
 """
 
 from __future__ import annotations
