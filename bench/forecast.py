@@ -5,7 +5,8 @@
 Replays the default scenario up to ``--at-hours`` (about 100 vehicles, 450 trips, 5,000
 orders in the system at 09:00), then times full forecasts (median of ``--runs``) on one core
 and with replicas in a 2-process pool (this process runs half the replicas, one worker the
-other half and sends back only their tallies), and prints peak memory. The naive way to keep
+other half and sends back only their tallies), and prints peak memory and the number of
+simulation steps (SimPy events processed) per replica. The naive way to keep
 predictions current is a full re-forecast after every event: its cost per event is the full
 forecast's, printed alongside.
 
@@ -42,6 +43,26 @@ def timed(fc: Forecaster, state, runs: int) -> tuple[list[float], list[float]]:
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
     return wall, cpu
+
+
+def steps_per_replica(network, state, kwargs: dict, replicas: int = 4) -> float:
+    """SimPy steps (events processed) per replica of a forecast of ``state``."""
+    import simpy
+
+    count = 0
+    step = simpy.Environment.step
+
+    def counted(env: simpy.Environment) -> None:
+        nonlocal count
+        count += 1
+        step(env)
+
+    simpy.Environment.step = counted
+    try:
+        Forecaster(network, **{**kwargs, "replicas": replicas}).forecast(state)
+    finally:
+        simpy.Environment.step = step
+    return count / replicas
 
 
 def main() -> None:
@@ -82,6 +103,7 @@ def main() -> None:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     print(f"peak memory of one forecast: {peak / 2**20:.1f} MiB (tracemalloc)")
+    print(f"simulation steps per replica: {steps_per_replica(gen.network, st, kwargs):,.0f}")
     print(f"load average (1 min) on {os.cpu_count()} cores: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
 
 

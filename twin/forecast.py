@@ -22,7 +22,17 @@ import numpy.typing as npt
 
 from twin.durations import DrawTable, StochasticDurations, whole
 from twin.lane import Lane
-from twin.model import ROOT_CAUSES, Ledger, Model, ModelResult, OrderInfo, Placement, detachable, place
+from twin.model import (
+    ROOT_CAUSES,
+    Ledger,
+    Model,
+    ModelResult,
+    OrderInfo,
+    Placement,
+    detachable,
+    freight_free,
+    place,
+)
 from twin.network import Network
 from twin.site import Site
 from twin.state import WorldState
@@ -286,8 +296,10 @@ class Forecaster:
         spreads = lane_spreads(state)
         draws = DrawTable(self.seed, ids, _draw_keys(state))
         lots = _LotIndex(placement.info)
-        # trips no freight can ride after each vehicle's last one that can: plain arithmetic
-        detached = detachable(state, placement)
+        # trips no freight can ride: computed, not simulated (during the run, or after it
+        # for those after each vehicle's last trip that freight can ride)
+        free = freight_free(state, placement)
+        detached = detachable(state, placement, free)
         for r in ids:
             durations = ForecastDurations(
                 self.seed,
@@ -301,10 +313,13 @@ class Forecaster:
                 draws,
                 spreads,
             )
-            model = Model(state, durations, placement=placement, detached=detached).build()
+            model = Model(
+                state, durations, placement=placement, detached=detached, vehicles_last=True, coast=free
+            ).build()
             model.run(until)
             result = model.collect()
             result.ledgers, result.lot_ledgers = _late_ledgers(model, until, lots)
+            model.close()
             yield placement, result
 
     def _tally_here(self, state: WorldState, ids: Sequence[int]) -> tuple[_Keys | None, list[_Tally]]:

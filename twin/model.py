@@ -15,7 +15,13 @@ Delay cascades through the three mechanisms of the design:
 3. contention: arriving vehicles queue for a site's docks, and unloaded freight queues for the
    site's sorting capacity.
 
-Phases: ``build()`` -> ``run(until)`` -> ``collect()``.
+Durations are whole seconds, so events often fall in the same second. By default SimPy
+orders those by when they were created; forecasts run with ``vehicles_last=True``, an
+explicit rule instead: a vehicle's own wake-ups come after everything else in their second,
+vehicles in id order. Under that rule the model computes the freight-free stretches of a
+vehicle's timeline (``coast``) instead of simulating them, with exactly the same results.
+
+Phases: ``build()`` -> ``run(until)`` -> ``collect()`` (-> ``close()``).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import simpy
 
@@ -43,6 +49,7 @@ __all__ = [
     "Placement",
     "TripRun",
     "detachable",
+    "freight_free",
     "observed_history",
     "place",
 ]
@@ -302,14 +309,12 @@ def _observed_misses(state: WorldState, misses: list[list[object]]) -> Ledger:
     return led
 
 
-def detachable(state: WorldState, placement: Placement) -> frozenset[str]:
-    """Trips that no freight can ride and that only their vehicle's earlier trips affect.
+def freight_free(state: WorldState, placement: Placement) -> frozenset[str]:
+    """Trips that no freight can ride.
 
     A trip is freight-free when it is on no open order's remaining path and serves none of
     the hops such an order still has to make (so no missed connection can roll freight onto
-    it). The detachable trips are, per vehicle, the freight-free trips after its last trip
-    that is not: not started, they touch no dock, no sorter and no other vehicle, and no
-    one reads them during a run. A model can compute them after its SimPy run.
+    it): nothing is ever booked on it or loaded on it, so it touches no dock and no sorter.
     """
     net = state.network
     capable: set[str] = set()
@@ -323,11 +328,23 @@ def detachable(state: WorldState, placement: Placement) -> frozenset[str]:
                 hops.add((lot.site, alight))
     for board, alight in hops:
         capable.update(net.services(board, alight))
+    return frozenset(t for t in net.trips if t not in capable)
+
+
+def detachable(state: WorldState, placement: Placement, free: frozenset[str] | None = None) -> frozenset[str]:
+    """Trips that no freight can ride and that only their vehicle's earlier trips affect.
+
+    The detachable trips are, per vehicle, the freight-free trips (``freight_free``) after
+    its last trip that is not: not started, they touch no dock, no sorter and no other
+    vehicle, and no one reads them during a run. A model can compute them after its SimPy run.
+    """
+    net = state.network
+    free = freight_free(state, placement) if free is None else free
     out: set[str] = set()
     for rotation in net.rotations.values():
         for tid in reversed(rotation):
             ts = state.trips[tid]
-            if tid in capable or ts.arrivals[-1] is not None or any(d is not None for d in ts.departures):
+            if tid not in free or ts.arrivals[-1] is not None or any(d is not None for d in ts.departures):
                 break
             out.add(tid)
     return frozenset(out)
@@ -419,6 +436,58 @@ class ModelResult:
         return out
 
 
+#: Priority of the first vehicle's wake-ups under ``vehicles_last`` (SimPy's own are 0 and 1).
+_VEHICLES = 2
+
+
+class _Wake(simpy.Event):
+    """A timeout with a chosen priority: it is processed after same-time events of lower priority."""
+
+    def __init__(self, env: simpy.Environment, delay: float, priority: int) -> None:
+        self.env = env
+        self.callbacks = []
+        self._value = None
+        self._ok = True
+        env.schedule(self, priority, delay)  # type: ignore[arg-type]
+
+
+class _Capacity(simpy.Resource):
+    """A SimPy ``Resource`` (docks, a sorter) whose release schedules no event when no one waits.
+
+    SimPy frees the slot when ``release`` is called and hands it to the first waiting
+    request only when the release event is processed, later in the same second. With no
+    request waiting at the release, processing that event would change nothing: a request
+    made after the release takes a free slot as it is made, and one that finds every slot
+    taken waits for a later release, which has its own event (every use of a slot lasts at
+    least a second, so no slot is taken and freed again within the same instant). So the
+    event is left out: one simulation step less per unwaited release, and the events that
+    are left keep their order.
+    """
+
+    def release(  # type: ignore[override]
+        self, request: simpy.resources.resource.Request
+    ) -> simpy.resources.resource.Release | None:
+        """Free the request's slot; an event (as SimPy's) only when a request is waiting."""
+        if not self.put_queue and request in self.users:
+            self.users.remove(request)
+            return None
+        return super().release(request)
+
+    def take(self) -> simpy.resources.resource.Request | None:
+        """Occupy a slot at once, without an event, if one is free and no one waits (else None).
+
+        Returns the token to ``release``. This is what ``request`` does when a slot is free,
+        except that the requesting process goes on at once instead of when the request's
+        event is processed; only for a caller that no other event can come before (see
+        ``Model._unload``).
+        """
+        if self.put_queue or len(self.users) >= self.capacity:
+            return None
+        token = cast(simpy.resources.resource.Request, object())
+        self.users.append(token)
+        return token
+
+
 class Model:
     """The network model, built from a world state; see the module docstring."""
 
@@ -431,7 +500,15 @@ class Model:
         observer: Observer | None = None,
         placement: Placement | None = None,
         detached: frozenset[str] = frozenset(),
+        vehicles_last: bool = False,
+        coast: frozenset[str] | None = None,
     ) -> None:
+        if coast is not None and not vehicles_last:
+            msg = "coast= needs vehicles_last=True: computed stretches are exact only under that rule"
+            raise ValueError(msg)
+        if coast is not None and observer is not None:
+            msg = "coast= computes stretches of a timeline ahead of the clock; an observer would see them out of order"
+            raise ValueError(msg)
         self.state = state
         self.placement = placement
         self.net = state.network
@@ -442,8 +519,8 @@ class Model:
         self.trips: dict[str, TripRun] = {}
         self.lots: list[Lot] = []
         self.info: dict[str, OrderInfo] = {}
-        self.docks: dict[str, simpy.Resource] = {}
-        self.sorters: dict[str, simpy.Resource] = {}
+        self.docks: dict[str, _Capacity] = {}
+        self.sorters: dict[str, _Capacity] = {}
         self.rates: dict[str, float] = {}
         #: orders booked for (trip, boarding site), ready or not
         self.booked: dict[tuple[str, str], dict[int, Lot]] = {}
@@ -459,6 +536,20 @@ class Model:
         self.detached = detached
         #: when each vehicle reached its detached trips during the run
         self._free_at: dict[str, float] = {}
+        #: same-second rule: a vehicle's own wake-ups (its departure time has come, a drive
+        #: ends) come after everything else in that second, vehicles in id order (see ``_wait``)
+        self.vehicles_last = vehicles_last
+        self._rank = {vid: _VEHICLES + i for i, vid in enumerate(sorted(self.net.vehicles))}
+        #: freight-free trips whose stretches of the timeline are computed, not simulated
+        #: (see ``_coast``); None: simulate every step
+        self.coast = coast
+        #: legs computed by ``_coast`` in this run (for measurements and tests)
+        self.coasted = 0
+        self._until = math.inf
+        #: never triggered: a process that is done waits on it instead of ending (see ``_park``)
+        self._never = self.env.event()
+        #: the generators of the processes started, to stop them in ``close``
+        self._procs: list[Proc] = []
         self._built = False
         self._ran = False
 
@@ -472,12 +563,12 @@ class Model:
         env, net, st = self.env, self.net, self.state
         for sid, site in net.sites.items():
             s = st.sites[sid]
-            self.docks[sid] = simpy.Resource(env, capacity=max(site.docks, s.docks_in_service, 1))
-            self.sorters[sid] = simpy.Resource(env, capacity=1)
+            self.docks[sid] = _Capacity(env, capacity=max(site.docks, s.docks_in_service, 1))
+            self.sorters[sid] = _Capacity(env, capacity=1)
             self.rates[sid] = s.handling_rate if s.handling_rate > 0 else site.handling_rate
             lost = site.docks - max(1, s.docks_in_service)
             if lost > 0 or self.rates[sid] < site.handling_rate:
-                env.process(self._capacity_loss(sid, max(0, lost)))
+                self._start(self._capacity_loss(sid, max(0, lost)))
         placement = self.placement if self.placement is not None else place(st)
         for tid, ts in st.trips.items():
             run = self.trips[tid] = TripRun(list(ts.departures), list(ts.arrivals))
@@ -504,14 +595,14 @@ class Model:
         for sid, since in sorted(batches, key=lambda k: (k[1], k[0])):
             credit = 0.0 if sid in started else max(0.0, env.now - since)
             started.add(sid)
-            env.process(self._sort(sid, batches[(sid, since)], f"init/{sid}/{since!r}", credit))
+            self._start(self._sort(sid, batches[(sid, since)], f"init/{sid}/{since!r}", credit))
         for t in placement.ready:
             lot = self._new_lot(t)
             self._catch_up(lot, ready=True)
             self._make_ready(lot)
         for vid in sorted(net.vehicles):
             if any(self.trips[t].arrivals[-1] is None or self.onboard.get(t) for t in net.rotations[vid]):
-                env.process(self._operate(vid))
+                self._start(self._operate(vid))
             else:
                 v = st.vehicles[vid]
                 self.vehicle_site[vid] = v.site_id if v.status == "at_site" else None
@@ -604,10 +695,11 @@ class Model:
 
     def run(self, until: float) -> Model:
         """Run the model until ``until`` (seconds since epoch)."""
-        if self.detached and self._ran:
-            msg = "a model with detached trips runs once; build a new Model to run further"
+        if (self.detached or self.coast is not None) and self._ran:
+            msg = "a model with detached or coasting trips runs once; build a new Model to run further"
             raise RuntimeError(msg)
         self._ran = True
+        self._until = until
         if until > self.env.now:
             self.env.run(until=until)
             # the clock now stands where SimPy stopped: events at or after it did not happen
@@ -761,14 +853,19 @@ class Model:
         st, net = self.state, self.net
         v = st.vehicles[vehicle_id]
         self.vehicle_site[vehicle_id] = v.site_id if v.status == "at_site" else None
-        for tid in net.rotations[vehicle_id]:
+        rotation = net.rotations[vehicle_id]
+        coast = self.coast
+        k = 0
+        while k < len(rotation):
+            tid = rotation[k]
             if tid in self.detached:
                 # the rest of the rotation is computed after the run (``_run_detached``)
                 self._free_at[vehicle_id] = self.env.now
-                return
+                break
             run = self.trips[tid]
             trip = net.trips[tid]
             if run.released is not None:
+                k += 1
                 continue
             if run.arrivals[-1] is not None:
                 # Arrived before the snapshot: unload whatever is still on board.
@@ -776,10 +873,20 @@ class Model:
                     yield from self._unload(tid, len(trip.legs) - 1, trip.destination)
                 run.released = self.env.now
                 run.release_ledger = run.ledger
+                k += 1
                 continue
             if st.trips[tid].cancelled:
                 self._cancel(tid)
+                k += 1
                 continue
+            if coast is not None and tid in coast and run.departures[0] is None:
+                k, wake = self._coast(vehicle_id, k, self.env.now)
+                if wake is None:
+                    break
+                if wake > self.env.now:
+                    yield self._wait(vehicle_id, wake - self.env.now)
+                continue
+            last = len(trip.legs) - 1
             for i, leg in enumerate(trip.legs):
                 if run.arrivals[i] is not None:
                     continue
@@ -789,10 +896,169 @@ class Model:
                 else:
                     remaining = 1.0 - st.vehicle_progress(vehicle_id) if v.lane_id == leg.lane_id else 1.0
                     self._observed_delay(tid, i, remaining)
+                if coast is not None and i == last and not self.onboard.get(tid):
+                    # nothing aboard for the rest of the trip: the drive touches nothing else
+                    break
                 yield from self._drive(tid, i, vehicle_id, max(0.0, remaining))
                 yield from self._arrive(tid, i, vehicle_id)
+            if run.arrivals[last] is None:
+                end = self._coast_leg(tid, last, vehicle_id, self.env.now, max(0.0, remaining))
+                if end is None:
+                    break
+                run.released = end
+                run.release_ledger = run.ledger
+                k, wake = self._coast(vehicle_id, k + 1, end)
+                if wake is None:
+                    break
+                if wake > self.env.now:
+                    yield self._wait(vehicle_id, wake - self.env.now)
+                continue
             run.released = self.env.now
             run.release_ledger = run.ledger
+            k += 1
+        yield self._park()
+
+    def _wait(self, vehicle_id: str, delay: float) -> simpy.Event:
+        """A vehicle waits ``delay`` seconds (for its departure time, or while it drives).
+
+        Under ``vehicles_last`` the wake-up is processed after every other event of its
+        second, vehicles in id order, instead of in the order the events were created
+        (SimPy's insertion counter). Durations are whole seconds, so such ties are common;
+        with the rule, when a vehicle acts in a second no longer depends on when its wait
+        was scheduled, which is what lets ``_coast`` replace a stretch of waits by one.
+        """
+        if not self.vehicles_last:
+            return self.env.timeout(delay)
+        return _Wake(self.env, delay, self._rank[vehicle_id])
+
+    def _coast(self, vehicle_id: str, k: int, now: float) -> tuple[int, float | None]:
+        """Compute the vehicle's freight-free trips from ``rotation[k]`` on, free at ``now``.
+
+        Nothing is booked on a freight-free trip and nothing is aboard, so its departure
+        loads nothing, its arrival unloads nothing, and nothing else reads its records or
+        where its vehicle is during the run: each wait and each leg is the arithmetic that
+        ``_depart``, ``_drive`` and ``_arrive`` would do in SimPy, on the same draws, and a
+        step at or after the end of the run did not happen. Returns the index of the next
+        trip and when the vehicle next has to act in SimPy: when that trip is due to leave
+        (or when the vehicle is free, if later or if the trip is not a plain departure).
+        None: the run ends first (or the rotation does).
+        """
+        st, net = self.state, self.net
+        rotation = net.rotations[vehicle_id]
+        coast = self.coast or frozenset()
+        while k < len(rotation):
+            tid = rotation[k]
+            run = self.trips[tid]
+            if (
+                tid in self.detached
+                or tid not in coast
+                or run.released is not None
+                or run.arrivals[-1] is not None
+                or any(d is not None for d in run.departures)
+            ):
+                break
+            if st.trips[tid].cancelled:
+                # ``_cancel`` of a freight-free trip: nothing is booked on it
+                k += 1
+                continue
+            for i in range(len(net.trips[tid].legs)):
+                left = self._coast_depart(tid, i, vehicle_id, now)
+                if left is None:
+                    return k, None
+                end = self._coast_leg(tid, i, vehicle_id, left, 1.0)
+                if end is None:
+                    return k, None
+                now = end
+            run.released = now
+            run.release_ledger = run.ledger
+            k += 1
+        if k >= len(rotation):
+            return k, None
+        tid = rotation[k]
+        if tid in self.detached:
+            self._free_at[vehicle_id] = now
+            return k, None
+        run, ts = self.trips[tid], st.trips[tid]
+        wake = now
+        if run.released is None and run.arrivals[-1] is None and run.departures[0] is None and not ts.cancelled:
+            planned = net.trips[tid].legs[0].planned_departure
+            if now < planned:
+                wake = now + (planned - now)
+        return k, (wake if wake < self._until else None)
+
+    def _coast_depart(self, trip_id: str, leg_index: int, vehicle_id: str, now: float) -> float | None:
+        """``_depart`` of a freight-free trip, computed: when it leaves (None: not in this run)."""
+        ts, run, trip = self.state.trips[trip_id], self.trips[trip_id], self.net.trips[trip_id]
+        planned = trip.legs[leg_index].planned_departure
+        if now < planned:
+            now = now + (planned - now)
+            if now >= self._until:
+                return None
+        elif leg_index == 0 and now > planned:
+            late = now - planned
+            run.waited_for_vehicle = late
+            prev = self.net.previous_trip(trip_id)
+            if prev is not None:
+                _carry(run.ledger, self.trips[prev].release_ledger, late)
+                _add(run.ledger, "vehicle_rotation", prev, late, now)
+        if ts.hold_until is not None and now < ts.hold_until:
+            start = now
+            now = now + (ts.hold_until - now)
+            if now >= self._until:
+                return None
+            _add(run.ledger, "held_departure", trip_id, now - start, start)
+        run.departures[leg_index] = now
+        self.vehicle_site[vehicle_id] = None
+        return now
+
+    def _coast_leg(self, trip_id: str, leg_index: int, vehicle_id: str, now: float, remaining: float) -> float | None:
+        """``_drive`` and ``_arrive`` of a leg with nothing aboard, computed (None: not in this run)."""
+        run, trip = self.trips[trip_id], self.net.trips[trip_id]
+        leg = trip.legs[leg_index]
+        lane = self.net.lanes[leg.lane_id]
+        duration = self.durations.travel(trip_id, leg_index, lane, now, remaining)
+        end = now + duration
+        if end >= self._until:
+            return None
+        self.coasted += 1
+        excess = duration - lane.travel_time * remaining
+        if excess > 0:
+            mechanism, entity = self.durations.lane_cause(lane)
+            _add(run.ledger, mechanism, entity, excess, now)
+        run.arrivals[leg_index] = end
+        run.arrival_ledgers[leg_index] = dict(run.ledger)
+        self.vehicle_site[vehicle_id] = leg.destination
+        return end
+
+    def _start(self, proc: Proc) -> None:
+        self._procs.append(proc)
+        self.env.process(proc)
+
+    def close(self) -> None:
+        """Stop the model's processes; its records (``collect``) stay as they are.
+
+        Suspended processes reference the model, and SimPy's events and resources
+        reference the processes, so a model that has run is a large reference cycle that
+        only the cyclic garbage collector frees. The forecaster pauses that collector while
+        it runs replicas (``twin.forecast._gc_paused``); without ``close`` every replica
+        stayed in memory until the end, and the collector then scanned all of them. Closing
+        the generators drops their frames, so reference counting frees a replica as soon
+        as its records are dropped.
+        """
+        for proc in self._procs:
+            proc.close()
+        self._procs.clear()
+
+    def _park(self) -> simpy.Event:
+        """What a process that is done waits on, forever.
+
+        A SimPy process that ends schedules its own termination event, which no one here
+        waits for: processing it changes nothing but costs a simulation step (about one in
+        eight of a forecast's). A parked process schedules nothing, and the events that are
+        left keep their order (SimPy orders same-time events by an insertion counter, and
+        leaving events out does not reorder the others).
+        """
+        return self._never
 
     def _capacity_loss(self, site_id: str, docks: int) -> Proc:
         """Docks out of service stay taken, and sorting stays slow, until the site recovers."""
@@ -801,13 +1067,13 @@ class Model:
         requests = [self.docks[site_id].request() for _ in range(docks)]
         for req in requests:
             yield req
-        if back is None:
-            return
-        if back > self.env.now:
-            yield self.env.timeout(back - self.env.now)
-        for req in requests:
-            self.docks[site_id].release(req)
-        self.rates[site_id] = max(self.rates[site_id], site.handling_rate)
+        if back is not None:
+            if back > self.env.now:
+                yield self.env.timeout(back - self.env.now)
+            for req in requests:
+                self.docks[site_id].release(req)
+            self.rates[site_id] = max(self.rates[site_id], site.handling_rate)
+        yield self._park()
 
     def _observed_delay(self, trip_id: str, leg_index: int, remaining: float) -> None:
         """Provenance of a trip on the road: progress behind nominal so far is put on the lane.
@@ -831,7 +1097,7 @@ class Model:
         site = leg.origin
         planned = leg.planned_departure
         if env.now < planned:
-            yield env.timeout(planned - env.now)
+            yield self._wait(trip.vehicle_id, planned - env.now)
         elif leg_index == 0 and env.now > planned:
             late = env.now - planned
             run.waited_for_vehicle = late
@@ -841,7 +1107,7 @@ class Model:
                 _add(run.ledger, "vehicle_rotation", prev, late, env.now)
         if ts.hold_until is not None and env.now < ts.hold_until:
             start = env.now
-            yield env.timeout(ts.hold_until - env.now)
+            yield self._wait(trip.vehicle_id, ts.hold_until - env.now)
             _add(run.ledger, "held_departure", trip_id, env.now - start, start)
         if leg_index == 0 and not ts.depart_now:
             deadline = planned + trip.hold_limit
@@ -940,7 +1206,7 @@ class Model:
         duration = self.durations.travel(trip_id, leg_index, lane, env.now, remaining)
         self.vehicle_leg[vehicle_id] = (lane.id, env.now, 1.0 - remaining, env.now + duration)
         start = env.now
-        yield env.timeout(duration)
+        yield self._wait(vehicle_id, duration)
         del self.vehicle_leg[vehicle_id]
         excess = duration - lane.travel_time * remaining
         if excess > 0:
@@ -957,9 +1223,13 @@ class Model:
         if self._observing:
             self.observer.arrived(env.now, trip_id, leg_index, vehicle_id, site)
         if self.onboard.get(trip_id):
-            yield from self._unload(trip_id, leg_index, site)
+            yield from self._unload(trip_id, leg_index, site, woken=True)
 
-    def _unload(self, trip_id: str, leg_index: int, site: str) -> Proc:
+    def _unload(self, trip_id: str, leg_index: int, site: str, *, woken: bool = False) -> Proc:
+        """Unload the freight that alights at ``site`` at a dock, then hand it to the sorter.
+
+        ``woken``: the vehicle arrived in its own wake-up (see ``_wait``).
+        """
         env = self.env
         onboard = self.onboard.get(trip_id, [])
         alighting: list[Lot] = []
@@ -971,31 +1241,37 @@ class Model:
         self.onboard[trip_id] = staying
         docks = self.docks[site]
         queued = env.now
-        with docks.request() as req:
-            yield req
-            wait = env.now - queued
-            run = self.trips[trip_id]
-            run.dock_waits.append(wait)
-            run.dock_wait_at[leg_index] = wait
-            _add(run.ledger, "dock_queue", site, wait, queued)
-            if self._observing:
-                self.observer.docks(env.now, site, docks.count, int(docks.capacity))
-            s = self.net.sites[site]
-            count = sum(len(o.ids) for o in alighting)
-            yield env.timeout(self.durations.unload(s, count, f"{trip_id}/{leg_index}"))
-            for o in alighting:
-                o.stage = "unloaded"
-                o.site = site
-                o.trip = None
-                o.inbound_trip = trip_id
-                o.inbound_leg = leg_index
-                o.hop += 1
-                if self._observing:
-                    for oid in o.ids:
-                        self.observer.scanned(env.now, oid, site, "unloaded", None)
+        # Under ``vehicles_last`` a vehicle arrives in its own wake-up, after every other
+        # event of its second: a request for a free dock would be the next event processed
+        # and would only resume this process, so the dock is taken at once instead.
+        slot = docks.take() if woken and self.vehicles_last else None
+        if slot is None:
+            slot = docks.request()
+            yield slot
+        wait = env.now - queued
+        run = self.trips[trip_id]
+        run.dock_waits.append(wait)
+        run.dock_wait_at[leg_index] = wait
+        _add(run.ledger, "dock_queue", site, wait, queued)
         if self._observing:
             self.observer.docks(env.now, site, docks.count, int(docks.capacity))
-        env.process(self._sort(site, alighting, f"{trip_id}/{leg_index}"))
+        s = self.net.sites[site]
+        count = sum(len(o.ids) for o in alighting)
+        yield env.timeout(self.durations.unload(s, count, f"{trip_id}/{leg_index}"))
+        for o in alighting:
+            o.stage = "unloaded"
+            o.site = site
+            o.trip = None
+            o.inbound_trip = trip_id
+            o.inbound_leg = leg_index
+            o.hop += 1
+            if self._observing:
+                for oid in o.ids:
+                    self.observer.scanned(env.now, oid, site, "unloaded", None)
+        docks.release(slot)
+        if self._observing:
+            self.observer.docks(env.now, site, docks.count, int(docks.capacity))
+        self._start(self._sort(site, alighting, f"{trip_id}/{leg_index}"))
 
     def _sort(self, site: str, batch: list[Lot], key: str, credit: float = 0.0) -> Proc:
         """Sort a batch at the site's handling capacity (first come, first served).
@@ -1006,13 +1282,19 @@ class Model:
         for o in batch:
             self._book(o)
         queued = env.now
-        with self.sorters[site].request() as req:
-            yield req
-            for o in batch:
-                o.sort_wait = env.now - queued
-            s = self.net.sites[site]
-            count = sum(len(o.ids) for o in batch)
-            yield env.timeout(max(1.0, self.durations.sort(s, count, self.rates[site], key) - credit))
+        sorter = self.sorters[site]
+        # with nothing else due in this instant, a request for a free sorter would be the
+        # next event processed and would only resume this process: take it at once
+        slot = sorter.take() if env.peek() > env.now else None
+        if slot is None:
+            slot = sorter.request()
+            yield slot
+        for o in batch:
+            o.sort_wait = env.now - queued
+        s = self.net.sites[site]
+        count = sum(len(o.ids) for o in batch)
+        yield env.timeout(max(1.0, self.durations.sort(s, count, self.rates[site], key) - credit))
+        sorter.release(slot)
         for o in batch:
             if o.site == o.destination:
                 o.stage = "delivered"
@@ -1034,3 +1316,4 @@ class Model:
                     _add(ledger, k[0], k[1], secs, at)
                 o.miss_ledger, o.miss_carry = ledger, 0.0
             self._make_ready(o)
+        yield self._park()

@@ -117,7 +117,7 @@ def test_forecast_rejects_bad_settings():
         Forecaster(_network(), horizon=0)
 
 
-def _replica(state, network, replica, until, detached):
+def _replica(state, network, replica, until, detached, *, vehicles_last=False, coast=None, models=None):
     from twin.durations import DrawTable
     from twin.forecast import ForecastDurations, _draw_keys, lane_beliefs, lane_ends
     from twin.model import Model, place
@@ -126,7 +126,16 @@ def _replica(state, network, replica, until, detached):
     draws = DrawTable(5, [replica], _draw_keys(state))
     durations = ForecastDurations(5, replica, state.clock, factors, causes, lane_ends=lane_ends(state), draws=draws)
     placement = place(state, causes)
-    model = Model(state, durations, placement=placement, detached=detached(placement)).build()
+    model = Model(
+        state,
+        durations,
+        placement=placement,
+        detached=detached(placement),
+        vehicles_last=vehicles_last,
+        coast=coast(placement) if coast is not None else None,
+    ).build()
+    if models is not None:
+        models.append(model)
     return model.run(until).collect()
 
 
@@ -134,7 +143,10 @@ def _records(result):
     from dataclasses import fields
 
     trips = {tid: tuple(getattr(run, f.name) for f in fields(run)) for tid, run in result.trips.items()}
-    lots = [(lot.ids, lot.stage, lot.site, lot.trip, lot.delivered_at, lot.rolls, lot.path) for lot in result.lots]
+    lots = [
+        (lot.ids, lot.stage, lot.site, lot.trip, lot.delivered_at, lot.rolls, lot.path, lot.sort_wait, lot.miss_ledger)
+        for lot in result.lots
+    ]
     return result.until, trips, lots
 
 
@@ -178,6 +190,104 @@ def test_detached_trips_give_exactly_the_simpy_results(request, scenario, at_hou
     # and some of them really ran within the horizon
     ran = [t for t in detached if fast.trips[t].departures[0] is not None]
     assert ran or horizon_hours < 6
+
+
+@pytest.mark.parametrize(
+    ("scenario", "at_hours", "horizon_hours", "hold"),
+    [
+        ("default_scenario", 6, 12, None),
+        ("default_scenario", 9, 12, None),
+        ("default_scenario", 9, 3, None),
+        ("default_scenario", 13, 3, None),
+        ("mini_scenario", 3, 6, None),
+        ("mini_scenario", 3, 6, 1800.0),
+    ],
+)
+def test_coasting_gives_exactly_the_simpy_results(request, scenario, at_hours, horizon_hours, hold):
+    """Freight-free stretches of vehicle timelines, computed, equal the same stretches run in SimPy.
+
+    Both sides use the same-second rule the forecaster runs with (``vehicles_last``); the
+    fast side also computes the detached trips after the run, as the forecaster does.
+    """
+    from twin.events import DispatchCommand
+    from twin.model import detachable, freight_free, place
+
+    gen = request.getfixturevalue(scenario)
+    twin = LiveTwin(gen.network)
+    twin.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    state = twin.state
+    free = freight_free(state, place(state))
+    if hold is not None:
+        # a dispatch hold on a freight-free trip in the middle of a rotation
+        inner = free - detachable(state, place(state), free)
+        target = min(
+            (t for t in inner if state.trips[t].departures[0] is None),
+            key=lambda t: (gen.network.trips[t].planned_departure, t),
+        )
+        planned = gen.network.trips[target].planned_departure
+        twin.apply(DispatchCommand(id="hold", time=twin.clock, trip_id=target, action="hold", until=planned + hold))
+        state = twin.state
+    until = state.clock + horizon_hours * 3600
+    coasted = 0
+    for r in range(3):
+        plain = _replica(state, gen.network, r, until, lambda _: frozenset(), vehicles_last=True)
+        models = []
+        fast = _replica(
+            state,
+            gen.network,
+            r,
+            until,
+            lambda p: detachable(state, p),
+            vehicles_last=True,
+            coast=lambda p: freight_free(state, p),
+            models=models,
+        )
+        assert _records(fast) == _records(plain)
+        coasted += models[0].coasted
+        if hold is not None and fast.trips[target].departures[0] is not None:
+            assert fast.trips[target].departures[0] >= planned + hold
+            assert ("held_departure", target) in fast.trips[target].ledger
+    # and stretches were really computed
+    assert coasted > 0
+
+
+@pytest.mark.parametrize(
+    ("scenario", "at_hours"), [("default_scenario", 9), ("default_scenario", 13), ("mini_scenario", 3)]
+)
+def test_taking_a_free_dock_at_once_gives_exactly_the_simpy_results(request, monkeypatch, scenario, at_hours):
+    """A vehicle that arrives in its own wake-up takes a free dock without a request event."""
+    from twin.model import _Capacity, detachable, freight_free
+
+    gen = request.getfixturevalue(scenario)
+    twin = LiveTwin(gen.network)
+    twin.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    state = twin.state
+    until = state.clock + 12 * 3600
+
+    def run(r):
+        return _records(
+            _replica(
+                state,
+                gen.network,
+                r,
+                until,
+                lambda p: detachable(state, p),
+                vehicles_last=True,
+                coast=lambda p: freight_free(state, p),
+            )
+        )
+
+    fast = [run(r) for r in range(2)]
+    taken = []
+
+    def counted(self):
+        # what ``take`` would have done; the slot is requested instead
+        taken.append(not self.put_queue and len(self.users) < self.capacity)
+        return None
+
+    monkeypatch.setattr(_Capacity, "take", counted)
+    assert [run(r) for r in range(2)] == fast
+    assert any(taken)
 
 
 def test_detachable_trips_carry_no_freight(default_scenario):

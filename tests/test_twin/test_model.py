@@ -148,6 +148,60 @@ def test_hold_waits_only_for_freight_due_before_the_deadline():
     assert res.orders["O1"].rolls == 0
 
 
+@pytest.mark.parametrize(("vehicles_last", "loaded"), [(False, False), (True, True)])
+def test_same_second_rule_freight_sorted_as_its_trip_is_due(vehicles_last, loaded):
+    # T1 reaches B at 3897 (A->B slowed to 3897 s); O1 is unloaded (602 s) and sorted (1 s)
+    # at 4500, the second T2 is due to leave, and T2 may not be held (hold limit 0). SimPy
+    # alone orders the two by when their events were created: T2's wait was scheduled
+    # first, so T2 leaves and O1 rolls to T4. Under ``vehicles_last`` a vehicle acts after
+    # everything else in its second: O1 is sorted first and rides T2.
+    net = _abc_network(hold=0.0)
+    model = Model(WorldState(net), NominalDurations({"A->B": 3897 / 3600}), vehicles_last=vehicles_last).build()
+    model.add_order("O1", "A", "C", 99999, ["T1", "T2"], ["A", "B"])
+    model.run(30000)
+    res = model.collect()
+    assert res.trips["T1"].arrivals == [3897.0]
+    assert res.trips["T2"].departures == [4500.0]
+    if loaded:
+        assert (res.orders["O1"].path, res.orders["O1"].rolls) == (["T1", "T2"], 0)
+        assert res.orders["O1"].delivered_at == 8100.0 + 602.0 + 1.0
+    else:
+        assert (res.orders["O1"].path, res.orders["O1"].rolls) == (["T1", "T4"], 1)
+        assert res.orders["O1"].delivered_at == 12600.0 + 602.0 + 1.0
+
+
+def test_a_closed_model_is_freed_without_the_cycle_collector():
+    # the forecaster pauses the cyclic collector while it runs replicas; a closed model
+    # (its processes stopped, some of them mid-wait at the end of the run) must not be
+    # kept alive by reference cycles until the collector runs again
+    import gc
+    import weakref
+
+    net = _abc_network(hold=1800.0)
+    model = Model(WorldState(net), NominalDurations({"A->B": 1.5})).build()
+    model.add_order("O1", "A", "C", 99999, ["T1", "T2"], ["A", "B"])
+    model.run(6100)  # T2 is held for O1, the sorter and V3 are mid-wait
+    res = model.collect()
+    assert res.trips["T2"].departures == [6003.0]
+    ref = weakref.ref(model)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        model.close()
+        del model
+        assert ref() is None
+    finally:
+        if enabled:
+            gc.enable()
+    assert res.trips["T2"].departures == [6003.0]
+
+
+def test_coasting_needs_the_same_second_rule():
+    net = _abc_network(hold=0.0)
+    with pytest.raises(ValueError, match="vehicles_last"):
+        Model(WorldState(net), NominalDurations(), coast=frozenset())
+
+
 def test_dock_contention_queues_bunched_arrivals():
     # Three vehicles reach B together; B has one dock; each unload takes 602 s.
     sites = [_site("A", docks=3), _site("B", docks=1)]
@@ -210,3 +264,46 @@ def test_dock_wait_matches_erlang_c():
     expected = _erlang_c_wait(lam, 1.0 / mean_service, c)
     print(f"mean dock wait {measured:.1f} s, Erlang C {expected:.1f} s")
     assert abs(measured - expected) / expected < 0.05, (measured, expected)
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 3])
+def test_capacity_grants_as_simpy_resource_with_fewer_steps(capacity):
+    """Docks and sorters: the same grants, in the same order, as SimPy's own Resource."""
+    import simpy
+
+    from twin.model import _Capacity
+
+    def trace(kind, take=False):
+        env = simpy.Environment()
+        res = kind(env, capacity=capacity)
+        rng = random.Random(7)
+        log = []
+
+        def user(name, arrive, hold):
+            yield env.timeout(arrive)
+            # as the model's sorting does: with nothing else due in this instant, take a
+            # free slot at once instead of waiting for the request's event
+            slot = res.take() if take and env.peek() > env.now else None
+            if slot is None:
+                slot = res.request()
+                yield slot
+            log.append((env.now, name))
+            yield env.timeout(hold)
+            res.release(slot)
+
+        for i in range(200):
+            # whole seconds, so that arrivals, grants and releases often fall in the same second
+            env.process(user(i, rng.randint(0, 400), rng.randint(1, 12)))
+        steps = 0
+        while env.peek() < float("inf"):
+            env.step()
+            steps += 1
+        return log, steps
+
+    expected, simpy_steps = trace(simpy.Resource)
+    got, steps = trace(_Capacity)
+    assert got == expected
+    assert steps < simpy_steps
+    got, fewer = trace(_Capacity, take=True)
+    assert got == expected
+    assert fewer < steps
