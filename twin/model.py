@@ -719,29 +719,12 @@ class Model:
         for tid in net.rotations[vehicle_id]:
             if tid not in self.detached or st.trips[tid].cancelled:
                 continue
-            ts, run, trip = st.trips[tid], self.trips[tid], net.trips[tid]
+            run, trip = self.trips[tid], net.trips[tid]
             for i, leg in enumerate(trip.legs):
-                planned = leg.planned_departure
-                if now < planned:
-                    t = now + (planned - now)
-                    if t >= stop:
-                        return
-                    now = t
-                elif i == 0 and now > planned:
-                    late = now - planned
-                    run.waited_for_vehicle = late
-                    prev = net.previous_trip(tid)
-                    if prev is not None:
-                        _carry(run.ledger, self.trips[prev].release_ledger, late)
-                        _add(run.ledger, "vehicle_rotation", prev, late, now)
-                if ts.hold_until is not None and now < ts.hold_until:
-                    held = now
-                    t = now + (ts.hold_until - now)
-                    if t >= stop:
-                        return
-                    now = t
-                    _add(run.ledger, "held_departure", tid, now - held, held)
-                run.departures[i] = now
+                left_at = self._departure(tid, i, now, stop)
+                if left_at is None:
+                    return
+                now = left_at
                 lane = net.lanes[leg.lane_id]
                 duration = self.durations.travel(tid, i, lane, now, 1.0)
                 t = now + duration
@@ -988,11 +971,23 @@ class Model:
 
     def _coast_depart(self, trip_id: str, leg_index: int, vehicle_id: str, now: float) -> float | None:
         """``_depart`` of a freight-free trip, computed: when it leaves (None: not in this run)."""
-        ts, run, trip = self.state.trips[trip_id], self.trips[trip_id], self.net.trips[trip_id]
-        planned = trip.legs[leg_index].planned_departure
+        left_at = self._departure(trip_id, leg_index, now, self._until)
+        if left_at is not None:
+            self.vehicle_site[vehicle_id] = None
+        return left_at
+
+    def _departure(self, trip_id: str, leg_index: int, now: float, stop: float) -> float | None:
+        """When a vehicle ready at ``now`` leaves on a leg nothing can delay but its plan and a hold.
+
+        The waits ``_depart`` would make (the planned time; a dispatch hold), with the same
+        provenance (a late vehicle's rotation, the hold), and the departure recorded; None if
+        a wait ends at or after ``stop`` (it did not happen in this run).
+        """
+        ts, run = self.state.trips[trip_id], self.trips[trip_id]
+        planned = self.net.trips[trip_id].legs[leg_index].planned_departure
         if now < planned:
             now = now + (planned - now)
-            if now >= self._until:
+            if now >= stop:
                 return None
         elif leg_index == 0 and now > planned:
             late = now - planned
@@ -1004,11 +999,10 @@ class Model:
         if ts.hold_until is not None and now < ts.hold_until:
             start = now
             now = now + (ts.hold_until - now)
-            if now >= self._until:
+            if now >= stop:
                 return None
             _add(run.ledger, "held_departure", trip_id, now - start, start)
         run.departures[leg_index] = now
-        self.vehicle_site[vehicle_id] = None
         return now
 
     def _coast_leg(self, trip_id: str, leg_index: int, vehicle_id: str, now: float, remaining: float) -> float | None:
