@@ -197,7 +197,10 @@ class Worker:
 
     def applied(self) -> float | None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as resp:
+            # Only the one metric: rendering the whole registry (Faust's sensors included) every
+            # 20 ms took about 8% of the worker's CPU samples (py-spy) away from the pipeline.
+            url = f"http://127.0.0.1:{self.port}/metrics?name[]=twin_events_total"
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 text = resp.read().decode()
         except OSError:
             return None
