@@ -390,8 +390,10 @@ async def _on_message(worker: TwinWorker, stream: Any, event: Any) -> None:
         await stream.ack(event)  # already inside the restored snapshot
         return
     worker.unacked[part].append(event)
-    out = await host.step()
-    await _send(worker, out)
+    if not host.last_inert:
+        # (The copy of a batch taken directly and progress of a shard hosted here change nothing
+        # a step acts on: two thirds of the agent's messages with 4 shards in one worker.)
+        await _send(worker, await host.step())
     if host.snapshot_due(part, worker.settings.snapshot_every, len(worker.unacked[part])):
         # A refresh in flight publishes first, so the snapshot knows what it published.
         await _send(worker, await host.settle(part))
