@@ -7,7 +7,8 @@ Drives what a worker does per poll of the ingest stage, in process, with the sce
 encoded messages: ``BatchBuilder.build`` (decode, route), ``encode_message`` of every batch
 (the copy the ingest stage writes to the shard topic), ``ShardHost.offer_direct`` + ``step``
 (the direct hand-over to the local shards), then the shard topic's copy read back
-(``ShardHost.receive``, which skips it by key) and a step per copy, as the Faust agent does;
+(``ShardHost.receive``, which skips it by key) and a step per message that may change
+something, as the Faust agent does;
 snapshots at the worker's cadence (every ``--snapshot-every`` wall seconds). Prints events/s
 per stage; with ``--profile``, cProfile's top functions (per event, microseconds).
 """
@@ -102,13 +103,16 @@ def run(gen, codec, msgs, args) -> dict[str, float]:
         t3 = pc()
         for part, key2, value in out.shard_messages:
             shard_log[part].append((key2, value))
-        # The agent: every shard-topic message (the copies, handoffs, progress), a step each.
+        # The agent: every shard-topic message (the copies, handoffs, progress), a step each
+        # unless it changes nothing (a copy of a batch taken directly, a local shard's progress).
         for part in sorted(shard_log):
             log = shard_log[part]
             while consumed[part] < len(log):
                 k, v = log[consumed[part]]
                 host.receive(part, consumed[part], v, k)
                 consumed[part] += 1
+                if host.last_inert:
+                    continue  # as the worker does: nothing for a step to act on
                 out = loop.run_until_complete(host.step())
                 for p2, k2, v2 in out.shard_messages:
                     shard_log[p2].append((k2, v2))

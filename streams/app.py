@@ -35,7 +35,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 
@@ -116,6 +116,14 @@ class TwinWorker:
         import faust
 
         faust.Worker(self.app, loglevel=self.settings.log_level, quiet=True).execute_from_commandline()
+
+
+#: How long the broker may hold the ingest consumer's fetch when it has no data (aiokafka's
+#: default: 500 ms). aiokafka sends the next fetch to a broker only when the previous one is back
+#: and every partition's prefetched records are consumed; a fetch for only the partitions that
+#: had nothing (the dispatch topic, an input read to its end) was held the full 500 ms while the
+#: busy partitions waited behind it: three stalls of 250-300 ms in a 4.5 s run of the default day.
+INGEST_FETCH_WAIT_MS: Final = 20
 
 
 def create_app(
@@ -252,6 +260,7 @@ def create_app(
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=16 * 1024 * 1024,
+            fetch_max_wait_ms=INGEST_FETCH_WAIT_MS,
             session_timeout_ms=int(settings.session_timeout * 1000),
             heartbeat_interval_ms=int(settings.session_timeout * 100),
             **settings.security.aiokafka(),
@@ -384,8 +393,10 @@ async def _on_message(worker: TwinWorker, stream: Any, event: Any) -> None:
         await stream.ack(event)  # already inside the restored snapshot
         return
     worker.unacked[part].append(event)
-    out = await host.step()
-    await _send(worker, out)
+    if not host.last_inert:
+        # (The copy of a batch taken directly and progress of a shard hosted here change nothing
+        # a step acts on: two thirds of the agent's messages with 4 shards in one worker.)
+        await _send(worker, await host.step())
     if host.snapshot_due(part, worker.settings.snapshot_every, len(worker.unacked[part])):
         # A refresh in flight publishes first, so the snapshot knows what it published.
         await _send(worker, await host.settle(part))

@@ -289,6 +289,10 @@ class ShardHost:
         #: partitions whose next ingest batch must go through the topic
         self._barrier: set[int] = set(range(settings.partitions))
         self.forecast_seconds: list[float] = []
+        #: True if the last message :meth:`receive` took changes nothing a step acts on (the copy
+        #: of a batch taken directly, progress announced by a shard hosted here): the caller may
+        #: skip the step after it
+        self.last_inert = False
         #: called (from the event loop) when a background forecast is done: the caller should step
         self.on_refresh_done: Callable[[], None] | None = None
         #: background forecasts in the order they started (they are published in that order)
@@ -382,6 +386,7 @@ class ShardHost:
         if not slots:
             msg = f"partition {partition} is not hosted here; call host({partition}) first"
             raise KeyError(msg)
+        self.last_inert = False
         fresh = [s for s in slots if offset > s.offset]
         if not fresh:
             return False
@@ -390,6 +395,7 @@ class ShardHost:
             direct.discard(key)
             for slot in fresh:
                 slot.offset = offset
+            self.last_inert = True
             return True
         if key is not None:
             self._awaiting.get(partition, set()).discard(key)
@@ -410,6 +416,8 @@ class ShardHost:
             elif message.from_shard != slot.name:
                 prev = slot.peers.get(message.from_shard, _NEG_INF)
                 slot.peers[message.from_shard] = max(prev, message.time)
+        # Progress of a shard hosted here: its slot's own progress is read in memory instead.
+        self.last_inert = isinstance(message, Progress) and message.from_shard in self.slots
         return True
 
     def _take_batch(self, slot: _Slot, batch: Batch, decoded: Sequence[Event | None] | None = None) -> None:

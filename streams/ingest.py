@@ -135,6 +135,8 @@ class BatchBuilder:
         events, errors = self.codec.decode_many([m.value for m in messages])
         failed = dict(errors)
         route = self.router.route
+        #: shard -> appenders of its partition's records and decoded events
+        sinks = {name: (by_part[p].append, evs_part[p].append) for name, p in self.partition_of.items()}
         part_of = self.partition_of
         sources = self.sources
         # Messages come in runs per input partition (one poll's records of a partition are
@@ -168,20 +170,30 @@ class BatchBuilder:
                     continue
             ev = events[j]
             j += 1
-            if ev.time > max_time:
-                max_time = ev.time
+            t = ev.time
+            if t > max_time:
+                max_time = t
             r = route(ev)
             accountable = r.accountable
-            for name in r.shards:
+            shards = r.shards
+            if len(shards) == 1:  # almost every event: one shard
+                name = shards[0]
+                add_record, add_event = sinks[name]
                 if accountable is None:
                     acct = BROADCAST_DYNAMIC
                 else:
                     acct = ACCOUNTABLE if name == accountable else COPY
-                part = part_of[name]
-                by_part[part].append(
-                    WireRecord(name, acct, topic, partition, m.offset, m.timestamp, m.key, headers, m.value)
-                )
-                evs_part[part].append(ev)
+                add_record(WireRecord(name, acct, topic, partition, m.offset, m.timestamp, m.key, headers, m.value))
+                add_event(ev)
+                continue
+            for name in shards:
+                if accountable is None:
+                    acct = BROADCAST_DYNAMIC
+                else:
+                    acct = ACCOUNTABLE if name == accountable else COPY
+                add_record, add_event = sinks[name]
+                add_record(WireRecord(name, acct, topic, partition, m.offset, m.timestamp, m.key, headers, m.value))
+                add_event(ev)
         if max_time > src.max_time:
             src.max_time = max_time
         sent_at = now

@@ -177,7 +177,16 @@ class Route:
 class ShardRouter:
     """Static routing of events to shards (regions), from the network."""
 
-    __slots__ = ("network", "regions", "site_region", "lane_dest_region", "trip_origin_region", "_routes", "_all")
+    __slots__ = (
+        "network",
+        "regions",
+        "site_region",
+        "lane_dest_region",
+        "trip_origin_region",
+        "_routes",
+        "_all",
+        "_by_class",
+    )
 
     def __init__(self, network: Network) -> None:
         self.network = network
@@ -192,6 +201,16 @@ class ShardRouter:
         self.trip_origin_region: dict[str, str] = {tid: self.site_region[t.origin] for tid, t in network.trips.items()}
         self._routes: dict[str, Route] = {r: Route((r,), r) for r in self.regions}
         self._all = self.regions
+        #: the routes of the frequent event classes, looked up by exact class (one dict lookup
+        #: instead of a chain of isinstance checks); anything else takes :meth:`_route`
+        self._by_class: dict[type, Callable[[Any], Route]] = {
+            VehiclePosition: self._position,
+            VehicleArrived: self._at_site,
+            VehicleDeparted: self._at_site,
+            OrderScanned: self._at_site,
+            OrderDelivered: self._at_site,
+            DockStatus: self._at_site,
+        }
 
     def fallback(self, key: str) -> str:
         """The shard for an entity the network does not know: a stable hash of its id."""
@@ -207,6 +226,21 @@ class ShardRouter:
 
     def route(self, event: Event) -> Route:
         """Where ``event`` goes (see the module docstring)."""
+        fn = self._by_class.get(type(event))
+        return fn(event) if fn is not None else self._route(event)
+
+    def _position(self, event: VehiclePosition) -> Route:
+        if event.lane_id is not None:
+            region = self.lane_dest_region.get(event.lane_id)
+        else:
+            region = self.site_region.get(event.site_id or "")
+        return self._routes[region if region is not None else self.fallback(event.vehicle_id)]
+
+    def _at_site(self, event: VehicleArrived | VehicleDeparted | OrderScanned | OrderDelivered | DockStatus) -> Route:
+        region = self.site_region.get(event.site_id)
+        return self._routes[region if region is not None else self.fallback(event.subject)]
+
+    def _route(self, event: Event) -> Route:
         site = self.site_region
         if isinstance(event, VehiclePosition):
             if event.lane_id is not None:
