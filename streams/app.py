@@ -9,7 +9,7 @@ Data flow (DESIGN.md, "Layers and the way data flows")::
         |  Faust agent "shards" (concurrency 1, manual acks) -> ShardHost.step()
         v
     twin.predictions (compacted, key kind:id)   twin.dlq (original bytes + twin.dlq.* headers)
-    <app id>-snapshots-changelog                per-shard snapshots (Faust table, memory store)
+    <app id>-snapshots (compacted, key shard)    per-shard snapshots, written and read by the worker
 
 Why the ingest stage is not a Faust agent: Faust's consumer costs about 200 microseconds per
 message here (see ``streams.ingest``); the shard topic carries one message per poll and
@@ -17,8 +17,8 @@ partition, so the Faust agent's per-message cost is paid per batch, not per even
 
 Delivery is at-least-once everywhere; application is idempotent: the ingest stage commits input
 offsets after the broker has its batches, the shard agent acks shard-topic messages only once a
-snapshot that includes them is on the changelog (so Faust's committed offset never passes the
-newest snapshot), shards drop redelivered records by source offset and repeated handoffs by id,
+snapshot that includes them is on the snapshot topic (so Faust's committed offset never passes
+the newest snapshot), shards drop redelivered records by source offset and repeated handoffs by id,
 and predictions are keyed by entity on a compacted topic. Faust's exactly-once mode is not used
 (FAUST-NOTES.md). Faust's web server is off (its ``/table`` and ``/router`` endpoints would expose
 table data); metrics are served by prometheus-client on ``--metrics-port``.
@@ -59,10 +59,12 @@ log = logging.getLogger(__name__)
 
 
 async def prepare_topics(settings: WorkerSettings) -> list[str]:
-    """Create the input, predictions and DLQ topics if missing; return the input partitions' names.
+    """Create the input, predictions, DLQ, shard and snapshot topics if missing; return the input partitions' names.
 
-    Input topics must exist before the ingest stage subscribes (a consumer does not see a
-    topic created later by a producer's auto-creation until its next metadata refresh).
+    Topics must exist before anything subscribes: a consumer does not see a topic created later
+    (by a producer's auto-creation, or by Faust declaring its internal topic) until its next
+    metadata refresh, and a worker's first group assignment on a fresh broker then left the
+    shard topic out ("Topic ... not found in cluster metadata"): no shard was hosted for minutes.
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -78,6 +80,19 @@ async def prepare_topics(settings: WorkerSettings) -> list[str]:
             settings.partitions,
             settings.replication,
             topic_configs={"cleanup.policy": "compact"},
+        )
+        wanted[settings.shard_topic] = NewTopic(settings.shard_topic, settings.partitions, settings.replication)
+        # One snapshot per shard is what counts; small segments let compaction keep it small.
+        wanted[settings.snapshot_topic] = NewTopic(
+            settings.snapshot_topic,
+            settings.partitions,
+            settings.replication,
+            topic_configs={
+                "cleanup.policy": "compact",
+                "segment.bytes": str(16 * 1024 * 1024),
+                "min.cleanable.dirty.ratio": "0.1",
+                "max.message.bytes": str(16 * 1024 * 1024),
+            },
         )
         missing = [nt for name, nt in wanted.items() if name not in existing]
         if missing:
@@ -104,7 +119,6 @@ class TwinWorker:
     ingest: Ingest
     registry: CollectorRegistry
     metrics: TwinMetrics
-    table: Any
     #: runs the forecasts: one child process (``--forecast-in process``) or one thread
     executor: Executor
     #: the shard host is driven by the agent and by the ingest stage's direct batches: one at a time
@@ -162,9 +176,9 @@ def create_app(
         # wait for them (it would wait forever): they are read again after it, from the last
         # commit, which is never past the newest snapshot.
         stream_wait_empty=False,
-        # No standby copies of the snapshot table: a worker taking a shard over replays its
-        # (compacted, one snapshot per shard) changelog from the start anyway, and with standbys
-        # a takeover after a worker left sometimes never finished Faust's recovery.
+        # No Faust tables: the snapshots are on a compacted topic the worker reads itself when it
+        # takes a shard (a Faust table's changelog recovery sometimes never finished after a
+        # takeover: "No event received for active tp ... since recovery start").
         table_standby_replicas=0,
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=settings.session_timeout / 10,
@@ -176,14 +190,6 @@ def create_app(
         key_serializer="raw",
         value_serializer="raw",
         internal=True,
-    )
-    table = app.Table(
-        "snapshots",
-        partitions=settings.partitions,
-        key_type=bytes,
-        value_type=bytes,
-        schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
-        help="Per-shard snapshots (shard name -> compressed msgpack), with the shard-topic offset.",
     )
     forecast = None
     if settings.forecast_every > 0:
@@ -204,6 +210,7 @@ def create_app(
         dlq_topic=settings.topics.dlq,
         background_refresh=settings.forecast_in == "process",
         in_flight=max(4, 2 * settings.forecast_processes),
+        background_ticks=settings.background_ticks,
         parallel_forecasts=settings.forecast_processes if settings.forecast_in == "process" else 1,
     )
     executor: Executor
@@ -294,7 +301,7 @@ def create_app(
         direct=direct,
         on_assigned=host.reset_direct,
     )
-    worker = TwinWorker(settings, network, codec, app, host, ingest, registry, metrics, table, executor, lock)
+    worker = TwinWorker(settings, network, codec, app, host, ingest, registry, metrics, executor, lock)
 
     tasks: set[asyncio.Task[None]] = set()
 
@@ -372,7 +379,8 @@ async def _on_message(worker: TwinWorker, stream: Any, event: Any) -> None:
         await stream.ack(event)
         return
     if part not in host.hosted_partitions():
-        blobs = {name: worker.table.get(name.encode()) for name in host.shards_on(part)}
+        stored = await _read_snapshots(worker, part)
+        blobs = {name: stored.get(name.encode()) for name in host.shards_on(part)}
         host.host(part, blobs)
         for name in host.shards_on(part):
             slot = host.slots[name]
@@ -401,10 +409,44 @@ async def _on_message(worker: TwinWorker, stream: Any, event: Any) -> None:
         # A refresh in flight publishes first, so the snapshot knows what it published.
         await _send(worker, await host.settle(part))
         for name, blob in host.snapshot(part).items():
-            worker.table[name.encode()] = blob
+            await worker.app.producer.send(worker.settings.snapshot_topic, name.encode(), blob, part, None, None)
         await worker.app.producer.flush()
         for ev in worker.unacked.pop(part, []):
             await stream.ack(ev)
+
+
+async def _read_snapshots(worker: TwinWorker, partition: int) -> dict[bytes, bytes]:
+    """The newest snapshot of every shard on a partition of the snapshot topic (key -> blob)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    s = worker.settings
+    tp = TopicPartition(s.snapshot_topic, partition)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=s.broker,
+        group_id=None,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=32 * 1024 * 1024,
+        **s.security.aiokafka(),
+    )
+    await consumer.start()
+    out: dict[bytes, bytes] = {}
+    try:
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        await consumer.seek_to_beginning(tp)
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            for m in batch.get(tp, []):
+                if m.key is None:
+                    continue
+                if m.value is None:
+                    out.pop(m.key, None)
+                else:
+                    out[m.key] = m.value
+    finally:
+        await consumer.stop()
+    return out
 
 
 async def _read_range(worker: TwinWorker, partition: int, start: int, end: int) -> list[tuple[int, Any, bytes]]:

@@ -1,4 +1,4 @@
-"""The internal shard topic's messages, and the snapshot blobs of the snapshot table.
+"""The internal shard topic's messages, and the snapshot blobs of the snapshot topic.
 
 Nothing outside the worker reads these, so they are compact msgpack (``msgspec.msgpack``), not
 CloudEvents. Three kinds of message travel on the shard topic, each to the partition of the

@@ -118,11 +118,12 @@ class HostSettings:
     #: it runs, and its predictions are published, with the input offsets of that copy, by the
     #: first step after it is done (see ``ShardHost.on_refresh_done``)
     background_refresh: bool = False
-    #: with ``background_refresh``, forecast ticks run in the background too: the tick's state is
+    #: with ``background_refresh``, forecast ticks may run in the background too: the tick's state is
     #: copied and events after it go on being applied while it is forecast; its predictions are
     #: published, in order, when it is done (with the ownership and input offsets of the tick).
     #: At most this many forecasts may be in flight before applying waits for the oldest.
     in_flight: int = 4
+    background_ticks: bool = False
     #: forecasts the runner can work on at once (child processes): a refresh starts only while
     #: fewer than this many are in flight
     parallel_forecasts: int = 1
@@ -586,7 +587,11 @@ class ShardHost:
                 if shard.next_tick > floor:
                     break  # a tick sees every handoff before it: wait for the other shards
                 self._emit_handoffs(slot, t, out)
-                if self.settings.background_refresh and slot.name in self.forecasters:
+                if (
+                    self.settings.background_ticks
+                    and self.settings.background_refresh
+                    and slot.name in self.forecasters
+                ):
                     await self._start_tick(slot, out)
                 else:
                     await self._publish(slot, out, full=True)

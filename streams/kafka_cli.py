@@ -114,7 +114,7 @@ def add_kafka_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
             "Run the Faust worker: read the input topics, apply every event on its region's shard "
             "(one live twin per shard, several shards per worker), publish predicted states to the "
             "compacted predictions topic and bad input to the dead-letter topic, snapshot each shard "
-            "into a changelog-backed table. Start more workers with the same --app-id to share the "
+            "into a compacted snapshot topic. Start more workers with the same --app-id to share the "
             "shards. Every option can be set in the environment instead, as shown."
         ),
     )

@@ -171,7 +171,7 @@ TOPICS: Final = (
 WORKER: Final = (
     _opt("app_id", str, "logistics-twin", "Faust application id (consumer groups, internal topics, table)"),
     _opt("scenario", str, "regional-day", "library scenario name or .toml path: the network and its epoch"),
-    _opt("partitions", int, 4, "partitions of the internal shard topic and the snapshot table"),
+    _opt("partitions", int, 4, "partitions of the internal shard topic and the snapshot topic"),
     _opt("input_partitions", int, 1, "partitions to create input topics with, if they do not exist"),
     _opt("replication", int, 1, "replication factor of topics the worker creates"),
     _opt("metrics_port", int, 9464, "port of the Prometheus metrics endpoint (0: off)"),
@@ -192,6 +192,13 @@ WORKER: Final = (
         int,
         1,
         "child processes forecasting in parallel (--forecast-in process); more than the free cores adds contention",
+    ),
+    _opt(
+        "background_ticks",
+        _truth,
+        False,
+        "forecast ticks in the background: events after a tick are applied while it is forecast",
+        switch=True,
     ),
     _opt("skew", float, 300.0, "event-time seconds a shard may run ahead of the slowest other shard"),
     _opt("idle_after", float, 1.0, "publish a fresh forecast after this many quiet seconds"),
@@ -295,6 +302,7 @@ class WorkerSettings:
     seed: int = -1
     forecast_in: str = "process"
     forecast_processes: int = 1
+    background_ticks: bool = False
     skew: float = 300.0
     idle_after: float = 1.0
     refresh_every: float = 0.0
@@ -343,6 +351,11 @@ class WorkerSettings:
     def shard_topic(self) -> str:
         """The internal shard topic."""
         return self.topics.shard_topic(self.app_id)
+
+    @property
+    def snapshot_topic(self) -> str:
+        """The compacted topic of the shards' snapshots (key: shard name)."""
+        return f"{self.app_id}-snapshots"
 
     def masked(self) -> dict[str, Any]:
         """Plain data for printing and logs, the password masked."""

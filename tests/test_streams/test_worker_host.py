@@ -487,7 +487,7 @@ class _LateForecastCluster(Cluster):
         self.turns = itertools.cycle(turns)
         self.applied_while_in_flight = 0
         super().__init__(mini, **kw)
-        self.settings = dataclasses.replace(self.settings, background_refresh=True, in_flight=3)
+        self.settings = dataclasses.replace(self.settings, background_refresh=True, background_ticks=True, in_flight=3)
         self.hosts = {w: self._new_host() for w in self.workers}
 
     def _new_host(self):

@@ -99,7 +99,7 @@ def test_worker_app_is_built_by_a_factory_with_the_table_and_router_endpoints_of
     conf = a.app.conf
     assert conf.web_enabled is False and conf.web_tables_enabled is False and conf.web_router_enabled is False
     assert conf.stream_wait_empty is False
-    assert a.table.name == "snapshots" and a.table.partitions == 3
+    assert settings.snapshot_topic == "factory-test-snapshots" and not a.app.tables  # snapshots: our own topic
     assert sorted(a.host.partition_of.values()) == [0, 1]
     names = {m.name for m in a.registry.collect()}
     assert {"twin_events", "twin_event_lag_seconds", "twin_dlq_events", "twin_snapshot_age_seconds"} <= names
