@@ -204,7 +204,8 @@ class Worker:
             # Only the one metric: rendering the whole registry (Faust's sensors included) every
             # 20 ms was about 4% of the worker's CPU samples (py-spy); now under 1%. The HTTP
             # server's own cost per scrape (a thread per request, socket writes) remains.
-            url = f"http://127.0.0.1:{self.port}/metrics?name[]=twin_events_total"
+            family = name.removesuffix("_count").removesuffix("_sum")
+            url = f"http://127.0.0.1:{self.port}/metrics?name[]={family}&name[]={name}"
             with urllib.request.urlopen(url, timeout=2) as resp:
                 text = resp.read().decode()
         except OSError:
