@@ -247,16 +247,22 @@ def test_write_backtest_records_config_beside_results(tmp_path):
     assert "## Acceptance (issue 3)" in report and "| 0.5 h | 4 |" in report
 
 
-def test_twin_backtest_command(tmp_path):
-    out = tmp_path / "bt"
+def _backtest_mini(out, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``twin backtest two-region-mini`` with small settings, as a user runs it."""
     done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "backtest", "two-region-mini", "--replicas", "4"]
+        [sys.executable, "-m", "streams.cli", "backtest", "two-region-mini", *extra, "--replicas", "4"]
         + ["--cadence", "3600", "--horizon", "8", "--out", str(out), "--quiet"],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_twin_backtest_command(tmp_path):
+    out = tmp_path / "bt"
+    done = _backtest_mini(out)
     assert "MAE p50" in done.stdout and "acceptance (issue 3)" in done.stdout
     config = json.loads((out / "config.json").read_text())
     assert config["scenario"] == "two-region-mini" and config["seed"] == 7 and config["code_version"]
@@ -328,14 +334,7 @@ def test_p10_p90_interval_holds_75_to_85_percent(backtest_result):
 
 def test_twin_backtest_pools_several_world_seeds(tmp_path):
     out = tmp_path / "bt"
-    done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "backtest", "two-region-mini", "--seeds", "2", "--replicas", "4"]
-        + ["--cadence", "3600", "--horizon", "8", "--out", str(out), "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _backtest_mini(out, "--seeds", "2")
     assert "seeds 7, 8, pooled" in done.stdout and "seed 8:" in done.stdout
     pooled = pl.read_parquet(out / "by_lead.parquet").sort("lead_s")
     per_seed = [pl.read_parquet(out / f"seed-{s}" / "by_lead.parquet").sort("lead_s") for s in (7, 8)]
