@@ -47,6 +47,7 @@ __all__ = [
     "BacktestResult",
     "backtest",
     "carried_delay",
+    "coverage_by_seed",
     "cascade_metrics",
     "disruption_targets",
     "forecast_along",
@@ -393,6 +394,18 @@ def pool_results(results: Sequence[BacktestResult]) -> BacktestResult:
     return BacktestResult(
         pl.DataFrame(leads, schema=_LEAD_SCHEMA), pl.DataFrame(cascades, schema=_CASCADE_SCHEMA), rows, config
     )
+
+
+def coverage_by_seed(results: Sequence[BacktestResult]) -> str:
+    """Each backtest's p10-p90 coverage per lead, with its number of independent outcomes."""
+    lines = ["per seed: p10-p90 coverage at each lead (groups of orders sharing one outcome)"]
+    for r in results:
+        cells = "  ".join(
+            f"{_hours(row['lead_s'])} {100 * (row['coverage'] or 0):5.1f}% ({row['outcomes']})"
+            for row in r.by_lead.iter_rows(named=True)
+        )
+        lines.append(f"  seed {r.config.get('seed')}: {cells}")
+    return "\n".join(lines)
 
 
 _LEAD_SCHEMA = pl.Schema(

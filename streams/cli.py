@@ -153,7 +153,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _backtest(args: argparse.Namespace) -> int:
-    from scenarios.backtest import pool_results, run_backtest
+    from scenarios.backtest import coverage_by_seed, pool_results, run_backtest
     from scenarios.backtest_report import write_backtest
 
     progress = ProgressPrinter(quiet=args.quiet)
@@ -170,10 +170,11 @@ def _backtest(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         print(f"twin: error: --seeds={args.seeds} must be at least 1", file=sys.stderr)
         return 2
+    pooling = args.seeds > 1
     results = []
     for i in range(args.seeds):
         seed_spec = dataclasses.replace(spec, seed=spec.seed + i)
-        if args.seeds > 1:
+        if pooling:
             progress.done()
             print(f"seed {seed_spec.seed} ({i + 1} of {args.seeds})", file=sys.stderr)
         result, predictions = run_backtest(
@@ -185,30 +186,19 @@ def _backtest(args: argparse.Namespace) -> int:
             **extra,
         )
         progress.done()
-        if args.seeds == 1:
-            write_backtest(result, out, predictions)
-            print(result.table())
-            print(f"\noutput {out} (config.json, by_lead/cascade/scored/predictions Parquet, report.md)")
-            return 0
-        write_backtest(result, out / f"seed-{seed_spec.seed}", predictions)
+        write_backtest(result, out / f"seed-{seed_spec.seed}" if pooling else out, predictions)
         results.append(result)
+    if not pooling:
+        print(results[0].table())
+        print(f"\noutput {out} (config.json, by_lead/cascade/scored/predictions Parquet, report.md)")
+        return 0
     pooled = pool_results(results)
     write_backtest(pooled, out)
-    print("per seed: p10-p90 coverage at each lead (groups of orders sharing one outcome)")
-    for r in results:
-        cells = "  ".join(
-            f"{_lead_label(row['lead_s'])} {100 * (row['coverage'] or 0):5.1f}% ({row['outcomes']})"
-            for row in r.by_lead.iter_rows(named=True)
-        )
-        print(f"  seed {r.config['seed']}: {cells}")
+    print(coverage_by_seed(results))
     print()
     print(pooled.table())
     print(f"\noutput {out} (pooled; each seed's own in seed-<seed>/)")
     return 0
-
-
-def _lead_label(seconds: float) -> str:
-    return f"{seconds / 3600:g} h"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -101,32 +101,28 @@ class PredictedState:
         return f"{self.kind}:{self.id}"
 
 
-def lane_beliefs(state: WorldState) -> tuple[dict[str, float], dict[str, tuple[str, str]]]:
-    """The slowdown factor the twin believes for every lane, and the lanes a disruption explains.
+def lane_beliefs(
+    state: WorldState,
+) -> tuple[dict[str, float], dict[str, tuple[str, str]], dict[str, float]]:
+    """What the twin believes of every lane: slowdowns, their causes, and how sure it is.
 
-    Lanes with a reported disruption are blamed on the disruption, the rest on the lane.
+    Returns the slowdown factors, the lanes a disruption explains, and how uncertain each
+    observed slowdown is (the standard deviation of its log). Lanes with a reported
+    disruption are blamed on the disruption, the rest on the lane.
     """
     factors: dict[str, float] = {}
+    spreads: dict[str, float] = {}
     causes: dict[str, tuple[str, str]] = {}
     for lid, lane in state.network.lanes.items():
-        ls = state.lanes[lid]
-        f = ls.factor(lane.travel_time, lane.sigma)
+        f, spread = state.lanes[lid].belief(lane.travel_time, lane.sigma)
         if f != 1.0:
             factors[lid] = f
+            if spread > 0.0:
+                spreads[lid] = spread
     for did, d in state.disruptions.items():
         if d.cleared_at is None and d.kind in ("lane_slowdown", "lane_closure") and d.target_id in state.lanes:
             causes[d.target_id] = ("disruption", did)
-    return factors, causes
-
-
-def lane_spreads(state: WorldState) -> dict[str, float]:
-    """How uncertain each observed slowdown is: the standard deviation of its log (lanes with one)."""
-    out: dict[str, float] = {}
-    for lid, lane in state.network.lanes.items():
-        f, spread = state.lanes[lid].belief(lane.travel_time, lane.sigma)
-        if spread > 0.0 and f != 1.0:
-            out[lid] = spread
-    return out
+    return factors, causes, spreads
 
 
 def lane_ends(state: WorldState) -> dict[str, float]:
@@ -289,11 +285,10 @@ class Forecaster:
 
     def _replicas(self, state: WorldState, ids: Sequence[int]) -> Iterator[tuple[Placement, ModelResult]]:
         """Run the replicas one after the other; yield each one's records as it finishes."""
-        factors, causes = lane_beliefs(state)
+        factors, causes, spreads = lane_beliefs(state)
         until = state.clock + self.horizon
         placement = place(state, causes)
         ends = lane_ends(state)
-        spreads = lane_spreads(state)
         draws = DrawTable(self.seed, ids, _draw_keys(state))
         lots = _LotIndex(placement.info)
         # trips no freight can ride: computed, not simulated (during the run, or after it

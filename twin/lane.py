@@ -86,11 +86,6 @@ class LaneState:
         elif time <= s.first_time and progress <= s.first_progress + PROGRESS_EPS:
             s.first_time, s.first_progress = time, progress
 
-    def observed_factor(self, travel_time: float, sigma: float = 0.0) -> float | None:
-        """The estimate of :meth:`observed_belief` (its mean), None if no evidence."""
-        belief = self.observed_belief(travel_time, sigma)
-        return None if belief is None else belief[0]
-
     def observed_belief(self, travel_time: float, sigma: float = 0.0) -> tuple[float, float] | None:
         """Observed travel-time multiplier of the lane over recent traversals, None if no evidence.
 

@@ -122,7 +122,7 @@ def _replica(state, network, replica, until, detached, *, vehicles_last=False, c
     from twin.forecast import ForecastDurations, _draw_keys, lane_beliefs, lane_ends
     from twin.model import Model, place
 
-    factors, causes = lane_beliefs(state)
+    factors, causes, _spreads = lane_beliefs(state)
     draws = DrawTable(5, [replica], _draw_keys(state))
     durations = ForecastDurations(5, replica, state.clock, factors, causes, lane_ends=lane_ends(state), draws=draws)
     placement = place(state, causes)
