@@ -23,7 +23,10 @@ producers write in event-time order overall:
   (a day in seconds), a few milliseconds of that race are many minutes of event time, beyond
   the lateness;
 - once it is caught up and has had no new message for ``idle_after`` seconds: no bound at all
-  (an idle input does not hold the others back; Kafka Streams' ``max.task.idle.ms``).
+  (an idle input does not hold the others back; Kafka Streams' ``max.task.idle.ms``). Caught
+  up is judged on a fresh highwater only (:func:`caught_up`): during a group rebalance the
+  consumer fetches nothing for seconds, its partitions look idle, and the last highwater it
+  knows is long past.
 
 So an input that goes quiet holds the others back for at most ``idle_after`` wall seconds.
 
@@ -62,6 +65,10 @@ DEFAULT_MAX_RECORDS: Final = 5000
 #: Shared by every record without headers (never mutated; msgpack writes it as an empty array).
 _NO_HEADERS: Final[list[tuple[str, bytes]]] = []
 DEFAULT_HEARTBEAT: Final = 0.5
+#: a partition counts as caught up only on a highwater fetched this recently (seconds): while the
+#: consumer does not fetch (a group rebalance takes seconds), the last known highwater is stale
+#: and the partition may hold many new records
+CAUGHT_UP_FRESH: Final = 0.5
 
 #: ``send(topic, key, value, partition) -> awaitable delivery``
 Send = Callable[[str, bytes | None, bytes, int], Awaitable[Awaitable[Any]]]
@@ -219,6 +226,16 @@ class BatchBuilder:
         return f"{self.source}:{self.batches}".encode()
 
 
+def caught_up(position: int, highwater: int | None, polled_ms: int | None, now: float) -> bool:
+    """True if the partition is read to its end, by a highwater fetched in the last :data:`CAUGHT_UP_FRESH` s.
+
+    ``polled_ms``: when the highwater was last updated (aiokafka's ``last_poll_timestamp``, Unix ms).
+    """
+    if highwater is None or polled_ms is None or position < highwater:
+        return False
+    return now - polled_ms / 1000.0 <= CAUGHT_UP_FRESH
+
+
 class Ingest:
     """Reads the input topics with aiokafka (its own consumer group) and feeds the shard topic."""
 
@@ -298,7 +315,8 @@ class Ingest:
         for tp in consumer.assignment():
             pos = await consumer.position(tp)
             hw = consumer.highwater(tp)
-            positions[(tp.topic, tp.partition)] = (pos, hw is not None and pos >= hw)
+            polled = consumer.last_poll_timestamp(tp)
+            positions[(tp.topic, tp.partition)] = (pos, caught_up(pos, hw, polled, now))
             commit[tp] = pos
         batches = self.builder.build(messages, positions, now)
         key = self.builder.batch_key()
