@@ -9,7 +9,8 @@ Data flow (DESIGN.md, "Layers and the way data flows")::
         |  Faust agent "shards" (concurrency 1, manual acks) -> ShardHost.step()
         v
     twin.predictions (compacted, key kind:id)   twin.dlq (original bytes + twin.dlq.* headers)
-    <app id>-snapshots (compacted, key shard)    per-shard snapshots, written and read by the worker
+    <app id>-snapshots (compacted, key shard)    per-shard snapshots and newest published ticks
+                                                 (key <shard>~published), written and read by the worker
 
 Why the ingest stage is not a Faust agent: Faust's consumer costs about 200 microseconds per
 message here (see ``streams.ingest``); the shard topic carries one message per poll and
@@ -19,9 +20,12 @@ Delivery is at-least-once everywhere; application is idempotent: the ingest stag
 offsets after the broker has its batches, the shard agent acks shard-topic messages only once a
 snapshot that includes them is on the snapshot topic (so Faust's committed offset never passes
 the newest snapshot), shards drop redelivered records by source offset and repeated handoffs by id,
-and predictions are keyed by entity on a compacted topic. Faust's exactly-once mode is not used
-(FAUST-NOTES.md). Faust's web server is off (its ``/table`` and ``/router`` endpoints would expose
-table data); metrics are served by prometheus-client on ``--metrics-port``.
+and predictions are keyed by entity on a compacted topic. A shard taken over replays the forecast
+ticks its previous host published without publishing them again (``<shard>~published``): a
+replayed tick would overwrite what the new owners of keys handed off since have published.
+Faust's exactly-once mode is not used (FAUST-NOTES.md). Faust's web server is off (its ``/table``
+and ``/router`` endpoints would expose table data); metrics are served by prometheus-client on
+``--metrics-port``.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from prometheus_client import CollectorRegistry
 from scenarios.build import build_network
 from scenarios.spec import load_scenario
 from streams.codec import Codec
-from streams.envelopes import Batch
+from streams.envelopes import Batch, decode_published, encode_published, published_key
 from streams.forecast_process import RemoteForecaster, forecast_executor, forecast_remote, pickle_state
 from streams.host import HostOutput, HostSettings, ShardHost, input_name
 from streams.ingest import BatchBuilder, Ingest
@@ -380,8 +384,10 @@ async def _on_message(worker: TwinWorker, stream: Any, event: Any) -> None:
         return
     if part not in host.hosted_partitions():
         stored = await _read_snapshots(worker, part)
-        blobs = {name: stored.get(name.encode()) for name in host.shards_on(part)}
-        host.host(part, blobs)
+        names = host.shards_on(part)
+        blobs = {name: stored.get(name.encode()) for name in names}
+        marks = {name: stored.get(published_key(name)) for name in names}
+        host.host(part, blobs, {name: decode_published(m) for name, m in marks.items() if m is not None})
         for name in host.shards_on(part):
             slot = host.slots[name]
             how = f"restored at offset {slot.offset}" if blobs.get(name) else "with no snapshot: new"
@@ -417,57 +423,70 @@ async def _on_message(worker: TwinWorker, stream: Any, event: Any) -> None:
 
 async def _read_snapshots(worker: TwinWorker, partition: int) -> dict[bytes, bytes]:
     """The newest snapshot of every shard on a partition of the snapshot topic (key -> blob)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    s = worker.settings
-    tp = TopicPartition(s.snapshot_topic, partition)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=s.broker,
-        group_id=None,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
-        fetch_max_bytes=32 * 1024 * 1024,
-        **s.security.aiokafka(),
-    )
-    await consumer.start()
     out: dict[bytes, bytes] = {}
-    try:
-        consumer.assign([tp])
-        end = (await consumer.end_offsets([tp]))[tp]
-        await consumer.seek_to_beginning(tp)
-        while await consumer.position(tp) < end:
-            batch = await consumer.getmany(tp, timeout_ms=1000)
-            for m in batch.get(tp, []):
-                if m.key is None:
-                    continue
-                if m.value is None:
-                    out.pop(m.key, None)
-                else:
-                    out[m.key] = m.value
-    finally:
-        await consumer.stop()
+    for m in await _read_partition(worker, worker.settings.snapshot_topic, partition):
+        if m.key is None:
+            continue
+        if m.value is None:
+            out.pop(m.key, None)
+        else:
+            out[m.key] = m.value
     return out
 
 
 async def _read_range(worker: TwinWorker, partition: int, start: int, end: int) -> list[tuple[int, Any, bytes]]:
     """Messages ``start`` to ``end - 1`` of a shard-topic partition, read with a plain consumer."""
+    records = await _read_partition(worker, worker.settings.shard_topic, partition, start, end)
+    return [(m.offset, m.key, m.value) for m in records]
+
+
+#: a plain read of a partition that makes no progress for this long fails (wall seconds)
+READ_TIMEOUT: Final = 60.0
+
+
+async def _read_partition(
+    worker: TwinWorker, topic: str, partition: int, start: int | None = None, end: int | None = None
+) -> list[Any]:
+    """Records of one partition from ``start`` (default: its beginning) to ``end`` (default: its end now).
+
+    The consumer is placed with an explicit ``seek`` and resets to the earliest offset:
+    ``seek_to_beginning`` right after ``assign`` races with the reset to the latest offset that
+    ``assign`` starts in aiokafka, and often lost it: the read came back empty, and a shard taken
+    over was rebuilt from the start of its partition instead of its snapshot.
+    """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     s = worker.settings
-    tp = TopicPartition(s.shard_topic, partition)
+    tp = TopicPartition(topic, partition)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=s.broker, group_id=None, enable_auto_commit=False, **s.security.aiokafka()
+        bootstrap_servers=s.broker,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=32 * 1024 * 1024,
+        **s.security.aiokafka(),
     )
     await consumer.start()
-    out: list[tuple[int, Any, bytes]] = []
+    out: list[Any] = []
     try:
         consumer.assign([tp])
+        if start is None:
+            start = (await consumer.beginning_offsets([tp]))[tp]
+        if end is None:
+            end = (await consumer.end_offsets([tp]))[tp]
+        if start >= end:
+            return out
         consumer.seek(tp, start)
-        while not out or out[-1][0] < end - 1:
+        last_move = time.monotonic()
+        while (position := await consumer.position(tp)) < end:
             batch = await consumer.getmany(tp, timeout_ms=1000)
-            for m in batch.get(tp, []):
-                if m.offset < end:
-                    out.append((m.offset, m.key, m.value))
+            out.extend(m for m in batch.get(tp, []) if m.offset < end)
+            if await consumer.position(tp) > position:
+                last_move = time.monotonic()
+            elif time.monotonic() - last_move > READ_TIMEOUT:
+                msg = f"reading {topic}[{partition}] to offset {end - 1}: stuck at {position} for {READ_TIMEOUT:.0f} s"
+                raise TimeoutError(msg)
     finally:
         await consumer.stop()
     return out
@@ -481,6 +500,17 @@ async def _send(worker: TwinWorker, out: HostOutput) -> None:
         delivered.append(await producer.send(topics.dlq, letter.key, letter.value, None, None, letter.headers))
     for key, value in out.predictions:
         delivered.append(await producer.send(topics.predictions, key, value, None, None, None))
+    if out.ticks:
+        # The tick's predictions are on the broker before the record saying so (which the next
+        # host of the shard reads to not publish them again), and that is before the handoffs.
+        await asyncio.gather(*delivered)
+        part_of = worker.host.partition_of
+        delivered = [
+            await producer.send(
+                worker.settings.snapshot_topic, published_key(name), encode_published(tick), part_of[name], None, None
+            )
+            for name, tick in sorted(out.ticks.items())
+        ]
     if out.shard_messages:
         if delivered:
             # Predictions before the handoffs and progress that let other shards move on.

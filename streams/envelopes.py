@@ -17,7 +17,12 @@ shard(s) it is for:
     "Shard S has applied every event before time T and emitted its handoffs before T": what
     another shard waits for before it moves past T (event-time alignment across shards).
 
-Snapshots are a msgpack document compressed with zlib; see ``streams.host``.
+Snapshots are a msgpack document compressed with zlib; see ``streams.host``. Next to each
+shard's snapshot (key ``<shard>``) the snapshot topic holds the newest forecast tick the shard
+published (key ``<shard>~published``, :func:`encode_published`), written once the tick's
+predictions are on the broker: whoever hosts the shard next replays the ticks up to there
+without publishing them again (a replayed tick would overwrite the newer predictions of keys
+handed off to another shard since).
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ __all__ = [
     "decode_snapshot",
     "encode_message",
     "encode_snapshot",
+    "decode_published",
+    "encode_published",
+    "published_key",
 ]
 
 #: ``WireRecord.accountable`` values: the copy that counts, a broadcast copy, or decided later.
@@ -126,3 +134,23 @@ def decode_snapshot(blob: bytes) -> dict[str, Any]:
     """Inverse of :func:`encode_snapshot`."""
     doc: dict[str, Any] = msgspec.msgpack.decode(zlib.decompress(blob))
     return doc
+
+
+#: suffix of a shard's published-tick key on the snapshot topic
+PUBLISHED_SUFFIX: Final = "~published"
+
+
+def published_key(shard: str) -> bytes:
+    """Snapshot-topic key of the newest tick ``shard`` published."""
+    return (shard + PUBLISHED_SUFFIX).encode()
+
+
+def encode_published(tick: float) -> bytes:
+    """The value of a :func:`published_key`: the tick's event time (seconds)."""
+    return msgspec.msgpack.encode({"tick": tick})
+
+
+def decode_published(blob: bytes) -> float:
+    """Inverse of :func:`encode_published`."""
+    tick: float = msgspec.msgpack.decode(blob)["tick"]
+    return tick

@@ -142,6 +142,8 @@ class HostOutput:
     shard_messages: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     #: produce timestamps (Unix seconds) of the input records applied in this step, per publication
     publication_lags: list[float] = field(default_factory=list)
+    #: shard -> the newest forecast tick published in this output (to record once it is sent)
+    ticks: dict[str, float] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.dead_letters or self.predictions or self.shard_messages)
@@ -212,6 +214,9 @@ class _Slot:
         self.offset = -1
         self.announced = _NEG_INF
         self.announced_at = 0.0
+        #: forecast ticks up to this time were published by an earlier host of the shard: replayed,
+        #: they are forecast again (for the shard's bookkeeping) but not published again
+        self.published_through = _NEG_INF
         self.dirty = False
         self.last_apply = 0.0
         self.last_publish = 0.0
@@ -244,8 +249,8 @@ class _InFlight:
     unpublished: list[int]
     started: float
     ticket: PublicationTicket
-    #: a forecast tick (a full publication), not a refresh
-    tick: bool
+    #: the time of the forecast tick (a full publication) it is; None for a refresh
+    tick: float | None
 
 
 class ShardHost:
@@ -304,13 +309,23 @@ class ShardHost:
         """The shards that live on a partition of the shard topic."""
         return sorted(s for s, p in self.partition_of.items() if p == partition)
 
-    def host(self, partition: int, snapshots: dict[str, bytes | None] | None = None) -> None:
-        """Start hosting the shards of ``partition``, restored from their snapshot blobs when given."""
+    def host(
+        self,
+        partition: int,
+        snapshots: dict[str, bytes | None] | None = None,
+        published: dict[str, float] | None = None,
+    ) -> None:
+        """Start hosting the shards of ``partition``, restored from their snapshot blobs when given.
+
+        ``published``: per shard, the newest forecast tick an earlier host published (its
+        ``~published`` record): ticks up to it are replayed without being published again.
+        """
         for name in self.shards_on(partition):
             if name in self.slots:
                 continue
             blob = (snapshots or {}).get(name)
             slot = self._restore(name, blob) if blob else _Slot(self._new_shard(name), partition)
+            slot.published_through = (published or {}).get(name, _NEG_INF)
             self.slots[name] = slot
             self._barrier.add(partition)
             self._attach_forecaster(slot)
@@ -594,7 +609,7 @@ class ShardHost:
                 ):
                     await self._start_tick(slot, out)
                 else:
-                    await self._publish(slot, out, full=True)
+                    await self._publish(slot, out, full=True, tick=shard.next_tick)
                 shard.ticked(t)
             moved = True
             if handoffs and (t_h, handoffs[0][1]) < (t_r, seq_r):
@@ -750,13 +765,13 @@ class ShardHost:
             return
         slot = min(due, key=lambda s: (s.last_publish, s.name))
         if background:
-            self._start_background(slot, tick=False)
+            self._start_background(slot, tick=None)
             slot.last_publish = now
             return
         incremental = callable(getattr(self.forecasters[slot.name], "update", None))
         await self._publish(slot, out, full=not incremental)
 
-    def _start_background(self, slot: _Slot, *, tick: bool) -> None:
+    def _start_background(self, slot: _Slot, *, tick: float | None) -> None:
         """Start forecasting the slot's state as it is now (the runner copies it before returning)."""
         ticket = slot.shard.ticket()
         future = asyncio.ensure_future(self.runner(slot.name, slot.shard.state, False))
@@ -770,7 +785,7 @@ class ShardHost:
 
     async def _start_tick(self, slot: _Slot, out: HostOutput) -> None:
         """A forecast tick in the background; waits for the oldest forecast if too many are in flight."""
-        self._start_background(slot, tick=True)
+        self._start_background(slot, tick=slot.shard.next_tick)
         slot.ticks_started += 1
         slot.last_publish = self.clock()
         slot.dirty = False
@@ -804,9 +819,10 @@ class ShardHost:
             # A refresh is not a full set: the state has moved on since the copy, so it neither
             # tombstones nor counts as the quiet-time publication (ticks and quiet time do).
             self._emit_publication(
-                slot, preds, out, job.offsets, job.unpublished, took, full=job.tick, ticket=job.ticket
-            )
-        if job.tick:
+                slot, preds, out, job.offsets, job.unpublished, took,
+                full=job.tick is not None, ticket=job.ticket, tick=job.tick,
+            )  # fmt: skip
+        if job.tick is not None:
             slot.ticks_published += 1
             held = slot.held
             while held and held[0][0] <= slot.ticks_published:
@@ -818,14 +834,15 @@ class ShardHost:
         await self._finish(out, wait=True)
         return out
 
-    async def _publish(self, slot: _Slot, out: HostOutput, *, full: bool) -> None:
+    async def _publish(self, slot: _Slot, out: HostOutput, *, full: bool, tick: float | None = None) -> None:
         if slot.name not in self.forecasters:
             return
         await self._finish(out, wait=True)  # publications stay in order
         start = time.perf_counter()
         preds = await self.runner(slot.name, slot.shard.state, not full)
         took = time.perf_counter() - start
-        self._emit_publication(slot, preds, out, self.applied_offsets(slot), slot.unpublished, took, full=full)
+        offsets = self.applied_offsets(slot)
+        self._emit_publication(slot, preds, out, offsets, slot.unpublished, took, full=full, tick=tick)
         slot.unpublished = []
         slot.last_publish = self.clock()
         if full:
@@ -842,9 +859,16 @@ class ShardHost:
         *,
         full: bool,
         ticket: PublicationTicket | None = None,
+        tick: float | None = None,
     ) -> None:
         self.forecast_seconds.append(took)
         pubs = slot.shard.publish(preds, full=full, ticket=ticket)
+        if tick is not None:
+            if tick <= slot.published_through:
+                # Published by the shard's previous host: sent again, it would overwrite what the
+                # new owners of the keys handed off since have published.
+                return
+            out.ticks[slot.name] = tick
         for pub in pubs:
             out.predictions.append(self._encode_publication(pub, offsets))
         now = self.clock()
