@@ -45,6 +45,7 @@ __all__ = [
     "decode_snapshot",
     "encode_message",
     "encode_snapshot",
+    "PUBLISHED_SUFFIX",
     "decode_published",
     "encode_published",
     "published_key",

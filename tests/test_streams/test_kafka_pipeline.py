@@ -29,7 +29,7 @@ from scenarios.generate import generate
 from scenarios.spec import load_scenario
 from streams.codec import Codec
 from streams.deadletter import from_message
-from streams.envelopes import decode_snapshot
+from streams.envelopes import PUBLISHED_SUFFIX, decode_snapshot
 from streams.predictions import decode_prediction, prediction_fields
 from streams.shards import ForecastSettings, Shard, ShardedPipeline
 from streams.topics import Topics, input_topic
@@ -232,10 +232,10 @@ def final_predictions(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
 
 
 def latest_snapshots(bootstrap: str, app_id: str) -> dict[str, dict[str, Any]]:
-    """The newest snapshot of every shard on the snapshot table's changelog."""
+    """The newest snapshot of every shard on the snapshot topic (not its ``~published`` records)."""
     out: dict[str, dict[str, Any]] = {}
     for m in sorted(read_all(bootstrap, f"{app_id}-snapshots"), key=lambda m: (m.partition, m.offset)):
-        if m.value is not None:
+        if m.value is not None and not m.key.endswith(PUBLISHED_SUFFIX.encode()):
             out[m.key.decode()] = decode_snapshot(m.value)
     return out
 
