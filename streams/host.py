@@ -638,7 +638,9 @@ class ShardHost:
         shard = slot.shard
         apply = shard.apply
         next_tick = shard.next_tick  # ticks are taken between runs, never inside one
-        unpublished = slot.unpublished
+        # Produce timestamps wait for the publication that covers them (the latency metric); a
+        # shard with no forecasts publishes nothing, so they would pile up forever.
+        unpublished = slot.unpublished if slot.name in self.forecasters else None
         popleft = queue.popleft
         inbox = slot.routed
         n = 0
@@ -657,7 +659,7 @@ class ShardHost:
                     slot.parked[ev.id] = rec
                 self._settle(slot, result.settled, result.dead_letters, rec, out)
             ts = rec.timestamp
-            if ts is not None:
+            if ts is not None and unpublished is not None:
                 unpublished.append(ts)
         inbox.size -= n
 

@@ -52,8 +52,9 @@ def reference(mini, events):
 class Cluster:
     """Input topics, the shard topic and the output topics in memory, and the workers' hosts."""
 
-    def __init__(self, mini, *, partitions=2, workers=None, skew=300.0, direct=None):
+    def __init__(self, mini, *, partitions=2, workers=None, skew=300.0, direct=None, forecasts=True):
         self.net = mini.network
+        self.forecasts = forecasts
         self.codec = Codec(mini.spec.epoch)
         self.partitions = partitions
         self.now = [1000.0]
@@ -83,7 +84,7 @@ class Cluster:
             self.codec,
             inputs=names,
             settings=self.settings,
-            forecasters=lambda _name: FAST.build(self.net),
+            forecasters=(lambda _name: FAST.build(self.net)) if self.forecasts else None,
             clock=lambda: self.now[0],
         )
 
@@ -378,6 +379,16 @@ def test_a_shard_taken_over_does_not_publish_its_old_ticks_again(mini, events, r
         assert cluster.states() == _ref_states(reference)
         assert cluster.final() == _ref_final(reference)
         assert len(cluster.predictions) > before  # the restored shard's final set, published again
+
+
+def test_a_worker_without_forecasts_keeps_no_produce_timestamps(mini, events, reference):
+    """Produce timestamps wait for the publication that covers them (the latency metric): with
+    forecasts off there is none, and they must not pile up for the life of the worker."""
+    cluster = Cluster(mini, forecasts=False)
+    _feed_skewed(cluster, events, random.Random(5))
+    assert cluster.states() == _ref_states(reference)
+    assert cluster.predictions == []
+    assert all(slot.unpublished == [] for slot in cluster.hosts["w1"].slots.values())
 
 
 def test_snapshot_blob_holds_the_whole_slot(mini, events):
