@@ -366,9 +366,17 @@ def create_app(
         async with lock:
             host.reset_direct()
             for tp in revoked:
-                if tp.topic == settings.shard_topic:
-                    host.release(tp.partition)
-                    worker.unacked.pop(tp.partition, None)
+                if tp.topic != settings.shard_topic:
+                    continue
+                if tp.partition in host.hosted_partitions():
+                    # The next host (perhaps this worker again) starts from here instead of
+                    # replaying everything since the last periodic snapshot.
+                    try:
+                        await _write_snapshots(worker, tp.partition)
+                    except Exception as exc:  # it replays from the older snapshot: slower, not wrong
+                        log.warning("shard partition %d: no snapshot on revocation (%s)", tp.partition, exc)
+                host.release(tp.partition)
+                worker.unacked.pop(tp.partition, None)
 
     return worker
 
@@ -412,13 +420,19 @@ async def _on_message(worker: TwinWorker, stream: Any, event: Any) -> None:
         # a step acts on: two thirds of the agent's messages with 4 shards in one worker.)
         await _send(worker, await host.step())
     if host.snapshot_due(part, worker.settings.snapshot_every, len(worker.unacked[part])):
-        # A refresh in flight publishes first, so the snapshot knows what it published.
-        await _send(worker, await host.settle(part))
-        for name, blob in host.snapshot(part).items():
-            await worker.app.producer.send(worker.settings.snapshot_topic, name.encode(), blob, part, None, None)
-        await worker.app.producer.flush()
+        await _write_snapshots(worker, part)
         for ev in worker.unacked.pop(part, []):
             await stream.ack(ev)
+
+
+async def _write_snapshots(worker: TwinWorker, part: int) -> None:
+    """Snapshot the shards of a shard-topic partition onto the snapshot topic (flushed)."""
+    host = worker.host
+    # A refresh in flight publishes first, so the snapshot knows what it published.
+    await _send(worker, await host.settle(part))
+    for name, blob in host.snapshot(part).items():
+        await worker.app.producer.send(worker.settings.snapshot_topic, name.encode(), blob, part, None, None)
+    await worker.app.producer.flush()
 
 
 async def _read_snapshots(worker: TwinWorker, partition: int) -> dict[bytes, bytes]:
