@@ -196,7 +196,7 @@ WORKER: Final = (
     _opt(
         "background_ticks",
         _truth,
-        False,
+        True,
         "forecast ticks in the background: events after a tick are applied while it is forecast",
         switch=True,
     ),
@@ -226,7 +226,8 @@ def add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) ->
         default = f" (default: {shown})" if shown not in (None, "") else ""
         kw: dict[str, Any] = {"default": None, "help": f"{opt.help} [env: {opt.env}]{default}", "dest": opt.name}
         if opt.switch:
-            kw["action"] = "store_true"
+            # A switch that is on by default gets its --no-... form too.
+            kw["action"] = argparse.BooleanOptionalAction if opt.default is True else "store_true"
         else:
             kw["metavar"] = opt.name.split("_")[-1].upper()
             if opt.choices:
@@ -236,6 +237,8 @@ def add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) ->
 
 def _value(opt: Option, args: argparse.Namespace, env: Mapping[str, str]) -> Any:
     raw = getattr(args, opt.name, None)
+    if raw is False and opt.switch and opt.default is True:
+        return False  # --no-...: turned off on the command line, whatever the environment says
     if raw is not None and raw is not False:
         return raw if not isinstance(raw, str) else _parse(opt, raw)
     if opt.env in env:
@@ -302,7 +305,7 @@ class WorkerSettings:
     seed: int = -1
     forecast_in: str = "process"
     forecast_processes: int = 1
-    background_ticks: bool = False
+    background_ticks: bool = True
     skew: float = 300.0
     idle_after: float = 1.0
     refresh_every: float = 0.0

@@ -25,6 +25,15 @@ def test_flags_win_over_environment_and_environment_over_defaults():
     assert s.shard_topic == "logistics-twin-shards"
 
 
+def test_background_ticks_are_on_by_default_and_can_be_turned_off():
+    assert _parse(WorkerSettings, []).background_ticks is True
+    assert _parse(WorkerSettings, ["--no-background-ticks"]).background_ticks is False
+    assert _parse(WorkerSettings, [], {"TWIN_BACKGROUND_TICKS": "false"}).background_ticks is False
+    off, on = {"TWIN_BACKGROUND_TICKS": "false"}, {"TWIN_BACKGROUND_TICKS": "true"}
+    assert _parse(WorkerSettings, ["--no-background-ticks"], on).background_ticks is False
+    assert _parse(WorkerSettings, ["--background-ticks"], off).background_ticks is True
+
+
 def test_the_sasl_password_comes_from_the_environment_and_is_masked_when_printed():
     s = _parse(
         WorkerSettings,
