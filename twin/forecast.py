@@ -51,13 +51,8 @@ SCHEDULE_GRACE: Final = 300.0
 #: Causes smaller than this (seconds, averaged over replicas) are left out of a chain.
 MIN_CAUSE_SECONDS: Final = 30.0
 MAX_CAUSES: Final = 6
-#: Observed lane slowdowns fade back to nominal with this time constant (seconds): the
-#: median of the time constants the replicas draw (see ``MEMORY_SPREAD``).
+#: Observed lane slowdowns fade back to nominal with this time constant (seconds).
 SLOWDOWN_MEMORY: Final = 3 * 3600.0
-#: How unsure the twin is of that time constant: each replica draws its own per lane or site,
-#: lognormal around ``SLOWDOWN_MEMORY`` with this standard deviation of the log (one: within
-#: a factor e, 1.1-8 h, two times in three).
-MEMORY_SPREAD: Final = 1.0
 
 EntityKind = Literal["order", "trip", "site"]
 
@@ -183,13 +178,10 @@ class ForecastDurations(StochasticDurations):
         lane_spreads: dict[str, float] | None = None,
         paces: dict[tuple[str, int], tuple[float, float]] | None = None,
         persistence: float = 0.0,
-        memory_spread: float = MEMORY_SPREAD,
     ) -> None:
         super().__init__(seed, replica, lane_factors, handling_sigma, lane_causes, draws)
         self.now = now
         self.memory = memory
-        #: uncertainty (sd of the log) of the time constant ``memory``
-        self.memory_spread = memory_spread
         #: reported end of a disruption on a lane
         self.lane_ends = lane_ends or {}
         #: uncertainty (sd of the log) of each observed slowdown: each replica draws its own
@@ -231,30 +223,15 @@ class ForecastDurations(StochasticDurations):
             if end is None:
                 if self.memory <= 0:
                     return f0
-                end = self.now + self._lasts(lane.id)
+                end = self.now - self.memory * math.log(self._uniform(f"recover/{lane.id}"))
             self._ends[lane.id] = end
         return f0 if t < end else 1.0
 
-    def _lasts(self, entity: str) -> float:
-        """How long a lane's slowdown or a site's lost capacity lasts in this replica.
-
-        Exponential (it is as likely to end in the next minute whenever it is looked at),
-        with a time constant that is itself uncertain: drawn per replica and entity,
-        lognormal with median ``memory`` and log standard deviation ``memory_spread``.
-        Persistence is what the twin knows least about a condition it has only observed, and
-        a single time constant would make every replica agree on it: with it drawn, replicas
-        spread over slowdowns that clear within the hour and ones that last the morning.
-        """
-        memory = self.memory
-        if self.memory_spread > 0.0:
-            memory *= self._noise(f"memory/{entity}", self.memory_spread)
-        return -memory * math.log(self._uniform(f"recover/{entity}"))
-
     def recovery(self, site: Site, start: float) -> float | None:
-        """A site's lost capacity returns after a drawn time (see :meth:`_lasts`)."""
+        """A site's lost capacity returns after a drawn time (exponential, mean ``memory``)."""
         if self.memory <= 0:
             return None
-        return start + self._lasts(site.id)
+        return start - self.memory * math.log(self._uniform(f"recover/{site.id}"))
 
     def travel(self, trip_id: str, leg: int, lane: Lane, start: float, remaining: float) -> float:
         """Nominal time times the fading slowdown at departure times the keyed noise.
@@ -614,8 +591,8 @@ def _run_in_worker(snapshot: dict[str, object], replicas: list[int]) -> list[Mod
 
 def _draw_keys(state: WorldState) -> list[str]:
     """Keys of the draws a replica may make: legs not yet arrived, slowed lanes, sites."""
-    keys = [f"{kind}/{lid}" for lid in state.network.lanes for kind in ("recover", "memory")]
-    keys += [f"{kind}/{sid}" for sid in state.network.sites for kind in ("recover", "memory")]
+    keys = [f"recover/{lid}" for lid in state.network.lanes]
+    keys += [f"recover/{sid}" for sid in state.network.sites]
     for tid, ts in state.trips.items():
         for leg, arrived in enumerate(ts.arrivals):
             if arrived is None:

@@ -422,38 +422,3 @@ def test_the_rest_of_a_leg_follows_the_pace_the_vehicle_has_shown():
     assert d.travel("T", 0, lane, 0.0, rest) == round(3600.0 * rest * 1.3)
     # a leg not yet started, or one without a pace shown, draws its noise as before
     assert d.travel("T", 1, lane, 0.0, 1.0) == ForecastDurations(7, 0, 0.0, {}, {}).travel("T", 1, lane, 0.0, 1.0)
-
-
-def test_how_long_a_slowdown_lasts_is_exponential_with_an_uncertain_time_constant():
-    """Oracle: the replicas' durations follow the lognormal mixture of exponentials, whose
-    survival ``E[exp(-t / (M e^(s Z)))]`` is integrated numerically (Gauss-Hermite); with no
-    spread, the plain exponential. Keyed per lane: the same replica draws the same end."""
-    import math
-
-    import numpy as np
-
-    from twin.forecast import ForecastDurations
-
-    lane = Lane("A->B", "A", "B", 3600.0, sigma=0.12)
-    memory, n = 3 * 3600.0, 4000
-
-    def ends(spread: float) -> np.ndarray:
-        out = []
-        for r in range(n):
-            d = ForecastDurations(7, r, 0.0, {"A->B": 1.5}, {}, memory=memory, memory_spread=spread)
-            lo, hi = 0.0, 1e7  # the end: the first time the lane is back to nominal
-            while hi - lo > 1.0:
-                mid = (lo + hi) / 2
-                lo, hi = (mid, hi) if d.factor_at(lane, mid) != 1.0 else (lo, mid)
-            assert d.factor_at(lane, lo) == 1.5 and d.factor_at(lane, hi) == 1.0
-            out.append(hi)
-        return np.array(out)
-
-    z, w = np.polynomial.hermite_e.hermegauss(60)
-    for spread in (0.0, 1.0):
-        drawn = ends(spread)
-        for t in (0.25, 1.0, 3.0, 8.0):
-            expected = float(np.sum(w * np.exp(-t * 3600.0 / (memory * np.exp(spread * z)))) / math.sqrt(2 * math.pi))
-            assert np.mean(drawn > t * 3600.0) == pytest.approx(expected, abs=0.025)
-    d = ForecastDurations(7, 3, 0.0, {"A->B": 1.5}, {}, memory=memory)
-    assert d.recovery(Site("S", "hub", "r", 2, 100.0), 50.0) == 50.0 + d._lasts("S")
