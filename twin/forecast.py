@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from twin.durations import DrawTable, StochasticDurations, whole
-from twin.lane import Lane
+from twin.lane import MIN_SAMPLE_PROGRESS, Lane, pace_persistence
 from twin.model import (
     ROOT_CAUSES,
     Ledger,
@@ -43,6 +43,7 @@ __all__ = [
     "Forecaster",
     "PredictedState",
     "lane_beliefs",
+    "leg_paces",
 ]
 
 #: A trip counts as off schedule when it arrives more than this late (seconds).
@@ -125,6 +126,32 @@ def lane_beliefs(
     return factors, causes, spreads
 
 
+def leg_paces(state: WorldState) -> dict[tuple[str, int], tuple[float, float]]:
+    """The pace each vehicle on the road has shown so far on its current leg.
+
+    ``(trip, leg) -> (log travel-time ratio, fraction of the lane)`` observed from the
+    leg's departure to the vehicle's latest position (its lane sample), for legs on which
+    that span is long enough to tell (see ``LaneSample.ratio``).
+    """
+    out: dict[tuple[str, int], tuple[float, float]] = {}
+    net = state.network
+    for vid, v in state.vehicles.items():
+        if v.status != "en_route" or v.lane_id is None or v.trip_id is None:
+            continue
+        legs = net.trips[v.trip_id].legs
+        ts = state.trips[v.trip_id]
+        if not 0 <= v.leg < len(legs) or legs[v.leg].lane_id != v.lane_id:
+            continue
+        dep = ts.departures[v.leg]
+        sample = state.lanes[v.lane_id].samples.get(vid)
+        if dep is None or ts.arrivals[v.leg] is not None or sample is None or sample.first_time < dep:
+            continue
+        r = sample.ratio(net.lanes[v.lane_id].travel_time)
+        if r is not None:
+            out[(v.trip_id, v.leg)] = (math.log(max(r, 1e-9)), sample.last_progress - sample.first_progress)
+    return out
+
+
 def lane_ends(state: WorldState) -> dict[str, float]:
     """Reported end of the disruption on each lane that has one."""
     out: dict[str, float] = {}
@@ -149,6 +176,8 @@ class ForecastDurations(StochasticDurations):
         lane_ends: dict[str, float] | None = None,
         draws: DrawTable | None = None,
         lane_spreads: dict[str, float] | None = None,
+        paces: dict[tuple[str, int], tuple[float, float]] | None = None,
+        persistence: float = 0.0,
     ) -> None:
         super().__init__(seed, replica, lane_factors, handling_sigma, lane_causes, draws)
         self.now = now
@@ -161,14 +190,13 @@ class ForecastDurations(StochasticDurations):
         self._ends: dict[str, float] = {}
         #: each slowed lane's slowdown in this replica
         self._factors: dict[str, float] = {}
+        #: pace shown so far by vehicles on the road: (trip, leg) -> (log ratio, fraction)
+        self.paces = paces or {}
+        #: share of a leg's travel-time variance that persists along the leg (``pace_persistence``)
+        self.persistence = persistence
 
-    def factor_at(self, lane: Lane, t: float) -> float:
-        """The lane's slowdown at time ``t`` in this replica.
-
-        The believed slowdown lasts until its reported end, or, for one only observed, for a
-        duration drawn per replica (exponential, mean ``memory``): the replicas spread over
-        how long it lasts instead of all assuming the same.
-        """
+    def _believed(self, lane: Lane) -> float:
+        """The lane's slowdown now in this replica (before any fading)."""
         f0 = self._factors.get(lane.id)
         if f0 is None:
             f0 = self.lane_factor(lane)
@@ -177,6 +205,16 @@ class ForecastDurations(StochasticDurations):
                 # How slow the lane is, is itself uncertain: each replica draws it (keyed).
                 f0 *= self._noise(f"belief/{lane.id}", spread)
             self._factors[lane.id] = f0
+        return f0
+
+    def factor_at(self, lane: Lane, t: float) -> float:
+        """The lane's slowdown at time ``t`` in this replica.
+
+        The believed slowdown lasts until its reported end, or, for one only observed, for a
+        duration drawn per replica (exponential, mean ``memory``): the replicas spread over
+        how long it lasts instead of all assuming the same.
+        """
+        f0 = self._believed(lane)
         if f0 == 1.0:
             return f0
         end = self._ends.get(lane.id)
@@ -196,9 +234,40 @@ class ForecastDurations(StochasticDurations):
         return start - self.memory * math.log(self._uniform(f"recover/{site.id}"))
 
     def travel(self, trip_id: str, leg: int, lane: Lane, start: float, remaining: float) -> float:
-        """Nominal time times the fading slowdown at departure times the keyed noise."""
-        noise = self._noise(f"travel/{trip_id}/{leg}", lane.sigma)
+        """Nominal time times the fading slowdown at departure times the keyed noise.
+
+        For the rest of a leg a vehicle is already driving, the noise is the vehicle's own
+        pace given what it has shown so far (:meth:`pace_rest`).
+        """
+        key = f"travel/{trip_id}/{leg}"
+        seen = self.paces.get((trip_id, leg)) if remaining < 1.0 else None
+        if seen is None or lane.sigma <= 0:
+            noise = self._noise(key, lane.sigma)
+        else:
+            noise = self.pace_rest(key, lane, seen[0], seen[1], remaining)
         return whole(lane.travel_time * self.factor_at(lane, start) * remaining * noise)
+
+    def pace_rest(self, key: str, lane: Lane, log_ratio: float, seen: float, remaining: float) -> float:
+        """The travel-time multiplier (beyond the lane's slowdown) of the rest of a leg.
+
+        Model (``twin.lane.pace_persistence``): the log pace over a stretch covering a
+        fraction ``p`` of the lane is the lane's slowdown, plus the vehicle's own pace for the
+        leg ``b`` (variance ``rho * sigma**2``, ``rho`` the persistence), plus variation along
+        the road averaged over the stretch (variance ``(1 - rho) * sigma**2 / p``). The
+        vehicle has shown ``y``, its log pace over the fraction ``seen`` less the replica's
+        slowdown of the lane; the posterior of ``b`` has mean ``k * y`` and variance
+        ``rho * sigma**2 * (1 - k)`` with ``k = rho / (rho + (1 - rho) / seen)``, and the rest
+        adds its own variation over the fraction ``remaining`` (taken as at least
+        ``MIN_SAMPLE_PROGRESS``). With full persistence the vehicle keeps the pace it has
+        shown; with none each stretch is fresh luck. The same keyed normal draw as the leg's
+        noise (common random numbers).
+        """
+        s2 = lane.sigma * lane.sigma
+        rho = self.persistence
+        y = log_ratio - math.log(self._believed(lane))
+        k = rho / (rho + (1.0 - rho) / seen) if rho > 0.0 else 0.0
+        var = rho * s2 * (1.0 - k) + (1.0 - rho) * s2 / max(remaining, MIN_SAMPLE_PROGRESS)
+        return math.exp(k * y) * self._noise(key, math.sqrt(var))
 
 
 class Forecaster:
@@ -286,6 +355,8 @@ class Forecaster:
     def _replicas(self, state: WorldState, ids: Sequence[int]) -> Iterator[tuple[Placement, ModelResult]]:
         """Run the replicas one after the other; yield each one's records as it finishes."""
         factors, causes, spreads = lane_beliefs(state)
+        paces = leg_paces(state)
+        persistence = pace_persistence([(lane, state.lanes[lid]) for lid, lane in state.network.lanes.items()])
         until = state.clock + self.horizon
         placement = place(state, causes)
         ends = lane_ends(state)
@@ -307,6 +378,8 @@ class Forecaster:
                 ends,
                 draws,
                 spreads,
+                paces,
+                persistence.share,
             )
             model = Model(
                 state, durations, placement=placement, detached=detached, vehicles_last=True, coast=free

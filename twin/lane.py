@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["Lane", "LaneSample", "LaneState", "lane_id"]
+__all__ = ["Lane", "LaneSample", "LaneState", "PacePersistence", "lane_id", "pace_persistence"]
 
 #: Observations need at least this much elapsed time and progress before they count as a
 #: speed estimate (shorter spans are dominated by rounding and dwell).
@@ -15,6 +15,9 @@ MIN_SAMPLE_PROGRESS = 0.05
 SAMPLE_WINDOW_SECONDS = 3 * 3600.0
 #: A drop in progress larger than this starts a new traversal of the lane.
 PROGRESS_EPS = 1e-6
+#: A traversal's pace is compared before and after its first observation at or past this
+#: progress (see :func:`pace_persistence`).
+HALFWAY = 0.5
 
 
 def lane_id(origin: str, destination: str) -> str:
@@ -39,20 +42,54 @@ class Lane:
 
 @dataclass(slots=True)
 class LaneSample:
-    """First and last observation of one vehicle's latest traversal of a lane."""
+    """First and last observation of one vehicle's latest traversal of a lane.
+
+    Also its first observation at or past halfway (``mid_time`` inf until there is one),
+    which splits the traversal in two spans whose paces say how much of a vehicle's pace
+    on a leg persists from one part of the leg to the rest.
+    """
 
     first_time: float
     first_progress: float
     last_time: float
     last_progress: float
+    mid_time: float = math.inf
+    mid_progress: float = 1.0
 
     def ratio(self, travel_time: float) -> float | None:
         """Observed travel-time multiplier, or None while the span is too short to tell."""
-        dt = self.last_time - self.first_time
-        dp = self.last_progress - self.first_progress
-        if dt < MIN_SAMPLE_SECONDS or dp < MIN_SAMPLE_PROGRESS:
+        return _span_ratio(travel_time, self.first_time, self.first_progress, self.last_time, self.last_progress)
+
+    def halves(self, travel_time: float) -> tuple[float, float, float, float] | None:
+        """Log pace ratios before and after halfway, and the fractions of the lane they span.
+
+        None unless both spans are long enough to tell (as for :meth:`ratio`).
+        """
+        if not math.isfinite(self.mid_time):
             return None
-        return (dt / travel_time) / dp
+        a = _span_ratio(travel_time, self.first_time, self.first_progress, self.mid_time, self.mid_progress)
+        b = _span_ratio(travel_time, self.mid_time, self.mid_progress, self.last_time, self.last_progress)
+        if a is None or b is None:
+            return None
+        return (
+            math.log(max(a, 1e-9)),
+            math.log(max(b, 1e-9)),
+            self.mid_progress - self.first_progress,
+            self.last_progress - self.mid_progress,
+        )
+
+    def _note_mid(self, time: float, progress: float) -> None:
+        if progress >= HALFWAY and time < self.mid_time:
+            self.mid_time, self.mid_progress = time, progress
+
+
+def _span_ratio(travel_time: float, t0: float, p0: float, t1: float, p1: float) -> float | None:
+    """Travel-time multiplier between two observations, None if the span is too short."""
+    dt = t1 - t0
+    dp = p1 - p0
+    if dt < MIN_SAMPLE_SECONDS or dp < MIN_SAMPLE_PROGRESS:
+        return None
+    return (dt / travel_time) / dp
 
 
 @dataclass(slots=True)
@@ -76,15 +113,19 @@ class LaneState:
             self.latest_time = time
         s = self.samples.get(vehicle_id)
         if s is None:
-            self.samples[vehicle_id] = LaneSample(time, progress, time, progress)
+            s = self.samples[vehicle_id] = LaneSample(time, progress, time, progress)
         elif time >= s.last_time:
             if progress >= s.last_progress - PROGRESS_EPS:
                 s.last_time, s.last_progress = time, progress
             else:
                 s.first_time = s.last_time = time
                 s.first_progress = s.last_progress = progress
+                s.mid_time, s.mid_progress = math.inf, 1.0
         elif time <= s.first_time and progress <= s.first_progress + PROGRESS_EPS:
             s.first_time, s.first_progress = time, progress
+        elif not s.first_progress - PROGRESS_EPS <= progress <= s.last_progress + PROGRESS_EPS:
+            return
+        s._note_mid(time, progress)
 
     def observed_belief(self, travel_time: float, sigma: float = 0.0) -> tuple[float, float] | None:
         """Observed travel-time multiplier of the lane over recent traversals, None if no evidence.
@@ -135,3 +176,51 @@ class LaneState:
         if observed is not None:
             return max(observed[0], 0.1), observed[1]
         return self.disruption_factor, 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PacePersistence:
+    """How much of a vehicle's pace on a leg persists over the rest of the leg.
+
+    ``share`` is the part of a leg's travel-time variance (``sigma**2``, log scale) that is
+    the vehicle's own pace for the whole leg; the rest varies along the leg, independently
+    from one stretch to the next. ``traversals`` is how many split traversals it rests on.
+    """
+
+    share: float
+    traversals: int
+
+
+#: Until traversals say otherwise, a pace is assumed not to persist at all (each stretch of
+#: a leg its own luck): the estimate starts as this many pseudo-traversals at share 0.
+PERSISTENCE_PRIOR_TRAVERSALS = 2.0
+
+
+def pace_persistence(lanes: list[tuple[Lane, LaneState]]) -> PacePersistence:
+    """Estimate, from traversals split at halfway, how much of a leg's pace persists.
+
+    Model: a vehicle's log pace over a stretch covering a fraction ``p`` of a lane is the
+    lane's slowdown, plus its own pace for the leg (variance ``share * sigma**2``), plus the
+    mean of independent variation along the road (variance ``(1 - share) * sigma**2 / p``),
+    which adds up to the lane's ``sigma**2`` over a whole leg. The lane's slowdown and the
+    vehicle's own pace cancel in the difference ``d`` between the log paces before and after
+    halfway, whose variance is ``(1 - share) * sigma**2 * (1/p1 + 1/p2)``: so
+    ``d**2 / (sigma**2 * (1/p1 + 1/p2))`` estimates ``1 - share``, unbiased, and their mean
+    over traversals of every lane is the estimate (with ``PERSISTENCE_PRIOR_TRAVERSALS`` at
+    share 0, so a handful of traversals cannot claim full persistence on their own).
+    A slowdown that starts or ends during a traversal shows as variation along the road.
+    """
+    total = PERSISTENCE_PRIOR_TRAVERSALS
+    n = 0
+    for lane, state in lanes:
+        if lane.sigma <= 0:
+            continue
+        for s in state.samples.values():
+            h = s.halves(lane.travel_time)
+            if h is None:
+                continue
+            y1, y2, p1, p2 = h
+            total += min((y1 - y2) ** 2 / (lane.sigma**2 * (1.0 / p1 + 1.0 / p2)), 1e6)
+            n += 1
+    unexplained = total / (n + PERSISTENCE_PRIOR_TRAVERSALS)
+    return PacePersistence(max(0.0, 1.0 - unexplained), n)

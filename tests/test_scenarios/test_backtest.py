@@ -322,9 +322,9 @@ def test_disruption_late_orders_are_flagged_with_their_cause_at_2h(backtest_resu
 @pytest.mark.slow
 @pytest.mark.xfail(
     reason=(
-        "issue 3 not met yet (needs 75-85 %): p10-p90 coverage on the scenario seeds is 88.7 / 82.7 / 83.2 / "
-        "79.0 % at 0.5 / 1 / 2 / 4 h on regional-day and 84.5 / 81.9 / 85.2 / 83.3 % on hub-morning-outage; "
-        "pooled over 5 seeds (twin backtest --seeds 5) 86.9 / 83.2 / 76.6 / 74.9 % and 77.1 / 81.2 / 75.2 / 79.1 %"
+        "issue 3 not met yet (needs 75-85 %): p10-p90 coverage on the scenario seeds is 92.1 / 82.7 / 84.6 / "
+        "74.97 % at 0.5 / 1 / 2 / 4 h on regional-day and 84.0 / 81.9 / 83.2 / 83.3 % on hub-morning-outage; "
+        "pooled over 5 seeds (twin backtest --seeds 5) 83.3 / 84.3 / 76.4 / 74.7 % and 79.6 / 82.0 / 74.8 / 79.1 %"
     ),
     strict=False,
 )

@@ -384,3 +384,41 @@ def test_p10_p90_of_the_replicas_hold_80_percent_of_new_outcomes():
         lo, hi = np.array(_column_quantile(draws, 0.1)), np.array(_column_quantile(draws, 0.9))
         actual = rng.lognormal(0.0, 0.15, size=20_000)
         assert 0.77 < np.mean((lo <= actual) & (actual <= hi)) < 0.83
+
+
+def test_the_rest_of_a_leg_follows_the_pace_the_vehicle_has_shown():
+    """Oracle: legs drawn from the pace model (own pace plus variation along the road); given
+    the pace shown over the first part, [p10, p90] of the replicas' rest of the leg holds the
+    true rest 80 % of the time, and is narrower the more of the pace persists."""
+    import math
+
+    import numpy as np
+
+    from twin.forecast import ForecastDurations, _column_quantile
+
+    sigma, seen, rest = 0.15, 0.4, 0.6
+    lane = Lane("A->B", "A", "B", 3600.0, sigma=sigma)
+    rng = np.random.default_rng(3)
+    n_legs, n_rep = 400, 64
+    widths = {}
+    for share in (0.0, 0.6, 0.95):
+        b = rng.normal(0.0, math.sqrt(share) * sigma, n_legs)
+        w_seen = rng.normal(0.0, math.sqrt((1 - share) / seen) * sigma, n_legs)
+        w_rest = rng.normal(0.0, math.sqrt((1 - share) / rest) * sigma, n_legs)
+        truth = 3600.0 * rest * np.exp(b + w_rest)
+        sims = np.empty((n_rep, n_legs))
+        for k in range(n_legs):
+            paces = {(f"T{k}", 0): (float(b[k] + w_seen[k]), seen)}
+            for r in range(n_rep):
+                d = ForecastDurations(7, r, 0.0, {}, {}, memory=0.0, paces=paces, persistence=share)
+                sims[r, k] = d.travel(f"T{k}", 0, lane, 0.0, rest)
+        ordered = np.sort(sims, axis=0)
+        lo, hi = np.array(_column_quantile(ordered, 0.1)), np.array(_column_quantile(ordered, 0.9))
+        assert 0.75 < np.mean((lo <= truth) & (truth <= hi)) < 0.85
+        widths[share] = float(np.median(np.log(hi / lo)))
+    assert widths[0.0] > widths[0.6] > widths[0.95]
+    # full persistence: the vehicle keeps exactly the pace it has shown
+    d = ForecastDurations(7, 0, 0.0, {}, {}, memory=0.0, paces={("T", 0): (math.log(1.3), seen)}, persistence=1.0)
+    assert d.travel("T", 0, lane, 0.0, rest) == round(3600.0 * rest * 1.3)
+    # a leg not yet started, or one without a pace shown, draws its noise as before
+    assert d.travel("T", 1, lane, 0.0, 1.0) == ForecastDurations(7, 0, 0.0, {}, {}).travel("T", 1, lane, 0.0, 1.0)

@@ -298,3 +298,50 @@ def test_a_lane_belief_carries_its_own_uncertainty():
     for v in ("V5", "V6", "V7", "V8"):
         _traversal(ls, v, 1.11)
     assert 0 < ls.belief(3600.0, 0.12)[1] < spread
+
+
+def test_a_traversal_remembers_its_first_observation_past_halfway_in_any_order():
+    import itertools
+
+    obs = [(0.0, 0.0), (900.0, 0.3), (1500.0, 0.5), (2100.0, 0.7), (3000.0, 1.0)]
+    for order in itertools.permutations(obs):
+        ls = LaneState()
+        for t, p in order:
+            ls.observe("V1", t, p)
+        s = ls.samples["V1"]
+        assert (s.first_time, s.mid_time, s.last_time) == (0.0, 1500.0, 3000.0)
+    assert s.halves(3000.0) == pytest.approx((0.0, 0.0, 0.5, 0.5))
+    ls.observe("V1", 3100.0, 0.1)  # a new traversal forgets the old halfway point
+    assert ls.samples["V1"].mid_time == math.inf and ls.samples["V1"].halves(3000.0) is None
+
+
+def _split_traversals(rng, share: float, sigma: float, n: int, travel: float = 3600.0) -> list[tuple[Lane, LaneState]]:
+    """Traversals whose pace on each half is the vehicle's own (variance ``share * sigma**2``)
+    times independent variation along the road (``(1 - share) * sigma**2 / 0.5`` per half)."""
+    lane = Lane("A->B", "A", "B", travel, sigma=sigma)
+    ls = LaneState()
+    for i in range(n):
+        b = rng.normal(0.0, math.sqrt(share) * sigma)
+        w1, w2 = rng.normal(0.0, math.sqrt((1 - share) * sigma**2 / 0.5), size=2)
+        t_mid = 0.5 * travel * math.exp(b + w1)
+        ls.observe(f"V{i}", 0.0, 0.0)
+        ls.observe(f"V{i}", t_mid, 0.5)
+        ls.observe(f"V{i}", t_mid + 0.5 * travel * math.exp(b + w2), 1.0)
+    return [(lane, ls)]
+
+
+def test_pace_persistence_recovers_the_share_that_generated_the_traversals():
+    """Oracle: traversals drawn from the model with a known persistent share."""
+    import numpy as np
+
+    from twin.lane import PERSISTENCE_PRIOR_TRAVERSALS, pace_persistence
+
+    rng = np.random.default_rng(11)
+    for share in (0.0, 0.5, 0.9):
+        est = pace_persistence(_split_traversals(rng, share, 0.12, 4000))
+        assert est.traversals == 4000
+        assert est.share == pytest.approx(share, abs=0.05)
+    # few traversals: held toward no persistence by the prior pseudo-traversals
+    few = pace_persistence(_split_traversals(rng, 1.0, 0.12, 2))
+    assert few.share == pytest.approx(1 - PERSISTENCE_PRIOR_TRAVERSALS / (2 + PERSISTENCE_PRIOR_TRAVERSALS), abs=0.01)
+    assert pace_persistence([]).share == 0.0
