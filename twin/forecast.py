@@ -245,7 +245,23 @@ class ForecastDurations(StochasticDurations):
             noise = self._noise(key, lane.sigma)
         else:
             noise = self.pace_rest(key, lane, seen[0], seen[1], remaining)
-        return whole(lane.travel_time * self.factor_at(lane, start) * remaining * noise)
+        return whole(self.drive_time(lane, start, lane.travel_time * remaining * noise))
+
+    def drive_time(self, lane: Lane, start: float, work: float) -> float:
+        """Seconds to do ``work`` seconds of driving at nominal speed, from ``start``.
+
+        The vehicle drives at the slowed speed until the slowdown ends in this replica, and
+        at its own speed after that: a slowdown that ends while a vehicle is on the road
+        shortens the rest of its drive (as it does in the world), instead of lasting to the
+        end of every leg that started under it.
+        """
+        f = self.factor_at(lane, start)
+        if f == 1.0:
+            return work
+        end = self._ends.get(lane.id, math.inf)
+        if start + work * f <= end:
+            return work * f
+        return (end - start) + work - (end - start) / f
 
     def pace_rest(self, key: str, lane: Lane, log_ratio: float, seen: float, remaining: float) -> float:
         """The travel-time multiplier (beyond the lane's slowdown) of the rest of a leg.

@@ -56,7 +56,8 @@ def test_hand_worked_cascade_to_the_second():
     # T2 arrives C at 9900 (planned 8100); O1 and O2 unloaded at 9900 + 901, sorted (2 s): 10803.
     # V2 is free at 10801, so T3 (planned 9000) leaves at 10801, arrives B at 14401 (planned 12600);
     # O3 is unloaded at 14401 + 899 and sorted at 15301: 2301 s past its promise (13000).
-    fc = Forecaster(_network(), horizon=24 * 3600.0, replicas=4, seed=3, handling_sigma=0.0)
+    # (the observed slowdown persists: slowdown_memory 0; see the next test for one that ends)
+    fc = Forecaster(_network(), horizon=24 * 3600.0, replicas=4, seed=3, handling_sigma=0.0, slowdown_memory=0.0)
     preds = {p.key: p for p in fc.forecast(_state())}
     t2, t3 = preds["trip:T2"], preds["trip:T3"]
     assert (t2.p50, t2.p_late, t2.expected_delay) == (9900.0, 1.0, 1800.0)
@@ -74,6 +75,29 @@ def test_hand_worked_cascade_to_the_second():
     assert o2.causes[:2] == (Cause("lane_slowdown", "A->B", 1800.0), Cause("held_departure", "T2", 1800.0))
     assert o1.causes[0] == Cause("lane_slowdown", "A->B", 1800.0)
     assert t3.causes[0].entity == "A->B"
+
+
+def test_a_slowdown_that_ends_mid_leg_slows_only_the_part_driven_under_it():
+    # The slowdown is reported to end at 2700 s. T1 has 0.75 of the lane (2700 s of nominal
+    # driving) left at 1350 s: 1350 s at 1.5x covers 900 s of it, the other 1800 s at nominal
+    # speed: T1 arrives at 4500 (not 5400), 900 s late, all of it the disruption's.
+    from twin.events import DisruptionReported
+
+    twin = LiveTwin(_network())
+    twin.apply_all(
+        [
+            VehicleDeparted(id="d1", time=0.0, vehicle_id="V1", trip_id="T1", leg=0, site_id="A"),
+            VehiclePosition(id="p1", time=1350.0, vehicle_id="V1", lane_id="A->B", progress=0.25),
+            DisruptionReported(
+                id="r1", time=1350.0, disruption_id="D1", kind="lane_slowdown", target_id="A->B",
+                factor=1.5, expected_end=2700.0,
+            ),
+        ]
+    )  # fmt: skip
+    fc = Forecaster(_network(), horizon=24 * 3600.0, replicas=4, seed=3, handling_sigma=0.0)
+    t1 = {p.key: p for p in fc.forecast(twin.state)}["trip:T1"]
+    assert (t1.p10, t1.p50, t1.p90, t1.expected_delay) == (4500.0, 4500.0, 4500.0, 900.0)
+    assert t1.causes[0] == Cause("disruption", "D1", 900.0)
 
 
 def test_same_seed_same_forecast_and_replicas_share_draws():
