@@ -23,6 +23,7 @@ import json
 import subprocess
 import sys
 import time
+from typing import Final
 
 import polars as pl
 import pytest
@@ -319,16 +320,21 @@ def test_disruption_late_orders_are_flagged_with_their_cause_at_2h(backtest_resu
     assert not _missed(backtest_result, "disruption"), "\n".join(_missed(backtest_result, "disruption"))
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    reason=(
-        "issue 3 not met yet (needs 75-85 %): p10-p90 coverage on the scenario seeds is 92.1 / 82.7 / 84.6 / "
-        "78.8 % at 0.5 / 1 / 2 / 4 h on regional-day and 84.0 / 81.9 / 83.2 / 83.3 % on hub-morning-outage; "
-        "pooled over 5 seeds (twin backtest --seeds 5) 84.6 / 84.3 / 76.9 / 78.1 % and 79.6 / 81.8 / 74.8 / 79.1 %"
+#: the scenarios whose coverage is not within 75-85 % at every lead yet
+COVERAGE_NOT_MET: Final = {
+    "regional-day": (
+        "issue 3 not met yet (needs 75-85 %): p10-p90 coverage on the scenario seed is 92.1 / 82.7 / 84.6 / 78.8 % "
+        "at 0.5 / 1 / 2 / 4 h (84.6 / 84.3 / 76.9 / 78.1 % pooled over 5 seeds, twin backtest --seeds 5)"
     ),
-    strict=False,
-)
-def test_p10_p90_interval_holds_75_to_85_percent(backtest_result):
+}
+
+
+@pytest.mark.slow
+def test_p10_p90_interval_holds_75_to_85_percent(backtest_result, request):
+    # hub-morning-outage's scenario seed is within the range (84.0 / 81.9 / 83.2 / 83.3 %): a real gate.
+    reason = COVERAGE_NOT_MET.get(request.node.callspec.params["backtest_result"])
+    if reason is not None:
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
     assert not _missed(backtest_result, "coverage"), "\n".join(_missed(backtest_result, "coverage"))
 
 
