@@ -333,24 +333,29 @@ class Forecaster:
         With ``workers > 1`` this process runs one share of the replicas while the workers
         run the others and send back only their tallies.
         """
-        ids = list(range(self.replicas))
         with _gc_paused():
-            if self.workers == 1:
-                keys, tallies = self._tally_here(state, ids)
-            else:
-                pool = self._ensure_pool()
-                k = self.workers
-                chunks = [ids[i::k] for i in range(k)]
-                snap = state.snapshot()
-                futures = [pool.submit(_tally_in_worker, snap, chunk) for chunk in chunks[1:] if chunk]
-                keys, mine = self._tally_here(state, chunks[0])
-                by_replica = dict(zip(chunks[0], mine, strict=True))
-                for chunk, fut in zip(chunks[1:], futures, strict=False):
-                    by_replica.update(zip(chunk, fut.result(), strict=True))
-                tallies = [by_replica[r] for r in ids]
-            if keys is None:
-                return []
-            return self._aggregate(state, keys, tallies)
+            # the replicas' tallies are dropped when ``_forecast`` returns, before the
+            # collector resumes: it then has only the predictions to scan
+            return self._forecast(state)
+
+    def _forecast(self, state: WorldState) -> list[PredictedState]:
+        ids = list(range(self.replicas))
+        if self.workers == 1:
+            keys, tallies = self._tally_here(state, ids)
+        else:
+            pool = self._ensure_pool()
+            k = self.workers
+            chunks = [ids[i::k] for i in range(k)]
+            snap = state.snapshot()
+            futures = [pool.submit(_tally_in_worker, snap, chunk) for chunk in chunks[1:] if chunk]
+            keys, mine = self._tally_here(state, chunks[0])
+            by_replica = dict(zip(chunks[0], mine, strict=True))
+            for chunk, fut in zip(chunks[1:], futures, strict=False):
+                by_replica.update(zip(chunk, fut.result(), strict=True))
+            tallies = [by_replica[r] for r in ids]
+        if keys is None:
+            return []
+        return self._aggregate(state, keys, tallies)
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -481,8 +486,9 @@ def _gc_paused() -> Iterator[None]:
 
     Every replica allocates tens of thousands of objects that stay alive until aggregation,
     so the collector would keep re-scanning a growing heap for nothing (about a fifth of a
-    forecast's time). Reference counting still frees everything else; cycles are collected
-    after the forecast.
+    forecast's time). Reference counting frees everything else: a closed model leaves no
+    cycles (``Model.close``), and the forecast drops its tallies before the collector
+    resumes, which then has only the predictions to scan.
     """
     enabled = gc.isenabled()
     gc.disable()
