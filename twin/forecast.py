@@ -27,6 +27,7 @@ from twin.model import (
     Ledger,
     Model,
     ModelResult,
+    ModelTemplate,
     OrderInfo,
     Placement,
     detachable,
@@ -295,6 +296,8 @@ class Forecaster:
         # for those after each vehicle's last trip that freight can ride)
         free = freight_free(state, placement)
         detached = detachable(state, placement, free)
+        # the records and lots every replica starts from, built once and copied per replica
+        template = ModelTemplate.of(state, placement)
         for r in ids:
             durations = ForecastDurations(
                 self.seed,
@@ -309,7 +312,7 @@ class Forecaster:
                 spreads,
             )
             model = Model(
-                state, durations, placement=placement, detached=detached, vehicles_last=True, coast=free
+                state, durations, detached=detached, vehicles_last=True, coast=free, template=template
             ).build()
             model.run(until)
             result = model.collect()

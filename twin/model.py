@@ -43,6 +43,7 @@ __all__ = [
     "Lot",
     "Model",
     "ModelResult",
+    "ModelTemplate",
     "Observer",
     "OrderInfo",
     "OrderView",
@@ -442,6 +443,83 @@ class ModelResult:
         return out
 
 
+def _copy_run(run: TripRun) -> TripRun:
+    """A trip record that can change without changing ``run`` (ledgers: see ``Ledger``)."""
+    ledger = dict(run.ledger)
+    return TripRun(
+        list(run.departures), list(run.arrivals), run.released, run.held_for, run.hold_seconds,
+        run.waited_for_vehicle, list(run.dock_waits), ledger, dict(run.arrival_ledgers),
+        ledger if run.release_ledger is run.ledger else run.release_ledger, dict(run.dock_wait_at),
+    )  # fmt: skip
+
+
+def _copy_lot(lot: Lot) -> Lot:
+    """A lot that can change without changing ``lot`` (its ``ids`` and ``boards`` are never changed in place)."""
+    return Lot(
+        lot.ids, lot.destination, list(lot.path), lot.boards, lot.hop, lot.stage, lot.site, lot.trip,
+        lot.ready, lot.delivered_at, lot.inbound_trip, lot.inbound_leg, lot.rolls, lot.sort_wait,
+        dict(lot.miss_ledger) if lot.miss_ledger is not None else None,
+        lot.serial, lot.since, lot.miss_carry,
+    )  # fmt: skip
+
+
+@dataclass(slots=True)
+class ModelTemplate:
+    """What building a model does the same way for every replica of a state, done once.
+
+    ``Model.build`` makes a trip record per trip, copies the placed lots, replays the rolls
+    of freight whose trip left before the snapshot (``_catch_up``) and books every lot:
+    none of it depends on the durations, so a forecast does it once (``ModelTemplate.of``)
+    and each replica copies the result (``Model(..., template=...)``), with the same
+    records, the same bookings in the same order and the same processes started in the
+    same order as a model built on its own (tested). Trip records that no run changes are
+    shared, not copied: those of vehicles with nothing left to do, and the completed trips
+    at the head of the others' rotations, which their process would release at the start
+    (they are released here, at the same time, the state's clock).
+    """
+
+    state: WorldState
+    placement: Placement
+    trips: dict[str, TripRun]
+    lots: list[Lot]
+    info: dict[str, OrderInfo]
+    booked: dict[tuple[str, str], dict[int, Lot]]
+    onboard: dict[str, list[Lot]]
+    batches: list[tuple[str, list[Lot], str, float]]
+    #: vehicles that get a process (the others have nothing left to do)
+    operating: frozenset[str]
+    #: trips whose records no run changes
+    frozen: frozenset[str]
+
+    @classmethod
+    def of(cls, state: WorldState, placement: Placement) -> ModelTemplate:
+        """Build the template of a state's models (placement: ``place(state, ...)``)."""
+        from twin.durations import NominalDurations  # no draw is made while placing freight
+
+        m = Model(state, NominalDurations(), placement=placement)
+        batches = m._place_freight()
+        net = state.network
+        operating: set[str] = set()
+        frozen: set[str] = set()
+        for vid, rotation in net.rotations.items():
+            if not any(m.trips[t].arrivals[-1] is None or m.onboard.get(t) for t in rotation):
+                frozen.update(rotation)
+                continue
+            operating.add(vid)
+            for tid in rotation:
+                run = m.trips[tid]
+                if run.arrivals[-1] is None or m.onboard.get(tid):
+                    break
+                # what ``_operate`` does first, at the state's clock
+                run.released = state.clock
+                run.release_ledger = run.ledger
+                frozen.add(tid)
+        return cls(
+            state, placement, m.trips, m.lots, m.info, m.booked, m.onboard, batches,
+            frozenset(operating), frozenset(frozen),
+        )  # fmt: skip
+
+
 #: Priority of the first vehicle's wake-ups under ``vehicles_last`` (SimPy's own are 0 and 1).
 _VEHICLES = 2
 
@@ -508,6 +586,7 @@ class Model:
         detached: frozenset[str] = frozenset(),
         vehicles_last: bool = False,
         coast: frozenset[str] | None = None,
+        template: ModelTemplate | None = None,
     ) -> None:
         if coast is not None and not vehicles_last:
             msg = "coast= needs vehicles_last=True: computed stretches are exact only under that rule"
@@ -515,8 +594,15 @@ class Model:
         if coast is not None and observer is not None:
             msg = "coast= computes stretches of a timeline ahead of the clock; an observer would see them out of order"
             raise ValueError(msg)
+        if template is not None and (observer is not None or template.state is not state or env is not None):
+            msg = "template= must come from ModelTemplate.of(state, ...) of this state, without an observer or env"
+            raise ValueError(msg)
         self.state = state
-        self.placement = placement
+        self.placement = placement if template is None else template.placement
+        #: what building from this state does the same way every time, done once (or None)
+        self.template = template
+        #: ``info`` is the template's, shared: copied before ``add_order`` changes it
+        self._shared_info = False
         self.net = state.network
         self.env = env if env is not None else simpy.Environment(initial_time=state.clock)
         self.durations = durations
@@ -575,7 +661,32 @@ class Model:
             lost = site.docks - max(1, s.docks_in_service)
             if lost > 0 or self.rates[sid] < site.handling_rate:
                 self._start(self._capacity_loss(sid, max(0, lost)))
+        if self.template is not None:
+            batches = self._adopt(self.template)
+        else:
+            batches = self._place_freight()
+        for sid, lots, key, credit in batches:
+            self._start(self._sort(sid, lots, key, credit))
+        for vid in sorted(net.vehicles):
+            if self.template is not None:
+                operates = vid in self.template.operating
+            else:
+                operates = any(self.trips[t].arrivals[-1] is None or self.onboard.get(t) for t in net.rotations[vid])
+            if operates:
+                self._start(self._operate(vid))
+            else:
+                v = st.vehicles[vid]
+                self.vehicle_site[vid] = v.site_id if v.status == "at_site" else None
+        return self
+
+    def _place_freight(self) -> list[tuple[str, list[Lot], str, float]]:
+        """Trip records and lots from the state, the rolls before it replayed (see ``_catch_up``).
+
+        Returns the batches of freight unloaded before the snapshot, to sort in this order.
+        """
+        env, st = self.env, self.state
         placement = self.placement if self.placement is not None else place(st)
+        self.placement = placement
         for tid, ts in st.trips.items():
             run = self.trips[tid] = TripRun(list(ts.departures), list(ts.arrivals))
             seen = placement.history.get(tid)
@@ -597,22 +708,28 @@ class Model:
             lot = self._new_lot(t)
             self._catch_up(lot, ready=False)
             batches.setdefault((t.site or "", t.since), []).append(lot)
+        out: list[tuple[str, list[Lot], str, float]] = []
         started: set[str] = set()
         for sid, since in sorted(batches, key=lambda k: (k[1], k[0])):
             credit = 0.0 if sid in started else max(0.0, env.now - since)
             started.add(sid)
-            self._start(self._sort(sid, batches[(sid, since)], f"init/{sid}/{since!r}", credit))
+            out.append((sid, batches[(sid, since)], f"init/{sid}/{since!r}", credit))
         for t in placement.ready:
             lot = self._new_lot(t)
             self._catch_up(lot, ready=True)
             self._make_ready(lot)
-        for vid in sorted(net.vehicles):
-            if any(self.trips[t].arrivals[-1] is None or self.onboard.get(t) for t in net.rotations[vid]):
-                self._start(self._operate(vid))
-            else:
-                v = st.vehicles[vid]
-                self.vehicle_site[vid] = v.site_id if v.status == "at_site" else None
-        return self
+        return out
+
+    def _adopt(self, t: ModelTemplate) -> list[tuple[str, list[Lot], str, float]]:
+        """The template's trip records and lots, copied (those no run changes are shared)."""
+        frozen = t.frozen
+        self.trips = {tid: run if tid in frozen else _copy_run(run) for tid, run in t.trips.items()}
+        self.info = t.info
+        self._shared_info = True
+        lots = self.lots = [_copy_lot(lot) for lot in t.lots]
+        self.booked = {key: {k: lots[k] for k in d} for key, d in t.booked.items()}
+        self.onboard = {tid: [lots[o.serial] for o in lst] for tid, lst in t.onboard.items()}
+        return [(sid, [lots[o.serial] for o in batch], key, credit) for sid, batch, key, credit in t.batches]
 
     def _new_lot(self, template: Lot) -> Lot:
         lot = Lot(
@@ -693,6 +810,8 @@ class Model:
         boards: list[str],
     ) -> Lot:
         """A new order appears at its origin, ready for the first trip of its path."""
+        if self._shared_info:
+            self.info, self._shared_info = dict(self.info), False
         self.info[order_id] = OrderInfo(origin, destination, promised_at)
         lot = Lot([order_id], destination, path, boards, 0, "created", origin, serial=len(self.lots))
         self.lots.append(lot)

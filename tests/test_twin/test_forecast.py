@@ -117,7 +117,9 @@ def test_forecast_rejects_bad_settings():
         Forecaster(_network(), horizon=0)
 
 
-def _replica(state, network, replica, until, detached, *, vehicles_last=False, coast=None, models=None):
+def _replica(
+    state, network, replica, until, detached, *, vehicles_last=False, coast=None, models=None, template=None
+):
     from twin.durations import DrawTable
     from twin.forecast import ForecastDurations, _draw_keys, lane_beliefs, lane_ends
     from twin.model import Model, place
@@ -125,14 +127,15 @@ def _replica(state, network, replica, until, detached, *, vehicles_last=False, c
     factors, causes, _spreads = lane_beliefs(state)
     draws = DrawTable(5, [replica], _draw_keys(state))
     durations = ForecastDurations(5, replica, state.clock, factors, causes, lane_ends=lane_ends(state), draws=draws)
-    placement = place(state, causes)
+    placement = place(state, causes) if template is None else template.placement
     model = Model(
         state,
         durations,
-        placement=placement,
+        placement=placement if template is None else None,
         detached=detached(placement),
         vehicles_last=vehicles_last,
         coast=coast(placement) if coast is not None else None,
+        template=template,
     ).build()
     if models is not None:
         models.append(model)
@@ -288,6 +291,48 @@ def test_taking_a_free_dock_at_once_gives_exactly_the_simpy_results(request, mon
     monkeypatch.setattr(_Capacity, "take", counted)
     assert [run(r) for r in range(2)] == fast
     assert any(taken)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "at_hours", "horizon_hours"),
+    [
+        ("default_scenario", 6, 12),
+        ("default_scenario", 9, 12),
+        ("default_scenario", 13, 3),
+        ("default_scenario", 17, 12),
+        ("mini_scenario", 3, 6),
+    ],
+)
+def test_models_copied_from_a_template_give_exactly_the_built_results(request, scenario, at_hours, horizon_hours):
+    """A model copied from the state's template runs exactly as one built on its own.
+
+    Several replicas run from one template (none may change it for the next), in the mode
+    the forecaster runs (same-second rule, coasting, detached trips).
+    """
+    from twin.forecast import lane_beliefs
+    from twin.model import ModelTemplate, detachable, freight_free, place
+
+    gen = request.getfixturevalue(scenario)
+    twin = LiveTwin(gen.network)
+    twin.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    state = twin.state
+    until = state.clock + horizon_hours * 3600
+    template = ModelTemplate.of(state, place(state, lane_beliefs(state)[1]))
+    assert template.frozen and template.operating
+    for r in range(3):
+        models = []
+        plain = _replica(
+            state, gen.network, r, until, lambda p: detachable(state, p), vehicles_last=True,
+            coast=lambda p: freight_free(state, p), models=models,
+        )  # fmt: skip
+        copied = _replica(
+            state, gen.network, r, until, lambda p: detachable(state, p), vehicles_last=True,
+            coast=lambda p: freight_free(state, p), models=models, template=template,
+        )  # fmt: skip
+        assert _records(copied) == _records(plain)
+        assert copied.info == plain.info
+        # the same processes, started in the same order
+        assert [p._generator.__name__ for p in models[1]._procs] == [p._generator.__name__ for p in models[0]._procs]
 
 
 def test_detachable_trips_carry_no_freight(default_scenario):
