@@ -284,8 +284,13 @@ class Forecaster:
         with _gc_paused():
             return [res for _, res in self._replicas(state, ids)]
 
-    def _replicas(self, state: WorldState, ids: Sequence[int]) -> Iterator[tuple[Placement, ModelResult]]:
-        """Run the replicas one after the other; yield each one's records as it finishes."""
+    def _replicas(
+        self, state: WorldState, ids: Sequence[int], *, per_order: bool = True
+    ) -> Iterator[tuple[Placement, ModelResult]]:
+        """Run the replicas one after the other; yield each one's records as it finishes.
+
+        ``per_order=False``: the results' ledgers of late orders only per lot (``lot_ledgers``).
+        """
         factors, causes, spreads = lane_beliefs(state)
         until = state.clock + self.horizon
         placement = place(state, causes)
@@ -316,7 +321,7 @@ class Forecaster:
             ).build()
             model.run(until)
             result = model.collect()
-            result.ledgers, result.lot_ledgers = _late_ledgers(model, until, lots)
+            result.ledgers, result.lot_ledgers = _late_ledgers(model, until, lots, orders=per_order)
             model.close()
             yield placement, result
 
@@ -324,7 +329,7 @@ class Forecaster:
         """Run the replicas and keep only their tallies (records are dropped as they come)."""
         keys: _Keys | None = None
         out: list[_Tally] = []
-        for placement, res in self._replicas(state, ids):
+        for placement, res in self._replicas(state, ids, per_order=False):
             if keys is None:
                 keys = _Keys(state, placement.info)
             out.append(_tally(res, keys))
@@ -588,9 +593,9 @@ class _Tally:
     its provenance index; and the dock wait of every arrival, by site.
     """
 
-    delivered: list[float]
+    delivered: npt.NDArray[np.float64]
     order_ledger: npt.NDArray[np.intp]
-    arrivals: list[float]
+    arrivals: npt.NDArray[np.float64]
     trip_ledger: npt.NDArray[np.intp]
     ledgers: list[Ledger]
     waits: list[tuple[str, float]]
@@ -611,20 +616,21 @@ def _tally(res: ModelResult, keys: _Keys) -> _Tally:
             ledgers.append(led)
     arrivals: list[float] = []
     trip_ledger = np.full(len(keys.trip_ids), -1, dtype=np.intp)
+    trips = res.trips
     for k, tid in enumerate(keys.trip_ids):
-        arr = res.trips[tid].arrivals[-1]
+        arr = trips[tid].arrivals[-1]
         arrivals.append(math.inf if arr is None else arr)
         led = res.ledgers.get(("trip", tid))
         if led:
             trip_ledger[k] = len(ledgers)
             ledgers.append(led)
     waits: list[tuple[str, float]] = []
-    trips = keys.network.trips
-    for tid, run in res.trips.items():
+    net_trips = keys.network.trips
+    for tid, run in trips.items():
         if run.dock_wait_at:
-            legs = trips[tid].legs
+            legs = net_trips[tid].legs
             waits.extend((legs[leg].destination, w) for leg, w in run.dock_wait_at.items())
-    return _Tally(delivered.tolist(), order_ledger, arrivals, trip_ledger, ledgers, waits)
+    return _Tally(delivered, order_ledger, np.array(arrivals, dtype=float), trip_ledger, ledgers, waits)
 
 
 def _lot_ledgers(res: ModelResult) -> list[Ledger | None]:
@@ -645,11 +651,12 @@ def _tally_in_worker(snapshot: dict[str, object], replicas: list[int]) -> list[_
 
 
 def _late_ledgers(
-    model: Model, until: float, lots: _LotIndex | None = None
+    model: Model, until: float, lots: _LotIndex | None = None, *, orders: bool = True
 ) -> tuple[dict[tuple[str, str], Ledger], list[Ledger | None]]:
     """Provenance of one replica, for the orders and trips that may count as late.
 
     Also the same order ledgers per lot, parallel to ``model.lots`` (None: no late order).
+    ``orders=False``: orders only per lot (what ``_tally`` reads), not also per order.
     """
     out: dict[tuple[str, str], Ledger] = {}
     memo = lots if lots is not None else _LotIndex(model.info)
@@ -663,6 +670,8 @@ def _late_ledgers(
             continue
         led = model.order_ledger(lot)
         per_lot.append(led)
+        if not orders:
+            continue
         if t > last:
             out.update(dict.fromkeys(keys, led))
         else:
