@@ -604,16 +604,23 @@ class _Tally:
 def _tally(res: ModelResult, keys: _Keys) -> _Tally:
     """Reduce one replica's records to a tally."""
     lots = keys.lots
-    delivered = np.full(len(keys.order_ids), np.inf)
-    order_ledger = np.full(len(keys.order_ids), -1, dtype=np.intp)
+    found = res.lots
+    # the lot of every order (each order is in one lot; len(found): in none), then per-lot
+    # values spread to the orders in one indexing each
+    cols = [lots.columns(lot.ids) for lot in found]
+    owner = np.full(len(keys.order_ids), len(found), dtype=np.intp)
+    if cols:
+        owner[np.concatenate(cols)] = np.repeat(np.arange(len(found)), [len(c) for c in cols])
+    times = [math.inf if lot.delivered_at is None else lot.delivered_at for lot in found]
+    times.append(math.inf)
+    delivered = np.array(times, dtype=float)[owner]
+    per_lot = np.full(len(found) + 1, -1, dtype=np.intp)
     ledgers: list[Ledger] = []
-    for lot, led in zip(res.lots, _lot_ledgers(res), strict=True):
-        cols = lots.columns(lot.ids)
-        if lot.delivered_at is not None:
-            delivered[cols] = lot.delivered_at
+    for i, led in enumerate(_lot_ledgers(res)):
         if led:
-            order_ledger[cols] = len(ledgers)
+            per_lot[i] = len(ledgers)
             ledgers.append(led)
+    order_ledger = per_lot[owner]
     arrivals: list[float] = []
     trip_ledger = np.full(len(keys.trip_ids), -1, dtype=np.intp)
     trips = res.trips
