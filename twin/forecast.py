@@ -281,22 +281,27 @@ class Forecaster:
         }
 
     def _run_here(self, state: WorldState, ids: Sequence[int]) -> list[ModelResult]:
+        out: list[ModelResult] = []
+        lots: _LotIndex | None = None
         with _gc_paused():
-            return [res for _, res in self._replicas(state, ids)]
+            for placement, model in self._replicas(state, ids):
+                if lots is None:
+                    lots = _LotIndex(placement.info)
+                result = model.collect()
+                result.ledgers, result.lot_ledgers = _late_ledgers(model, lots)
+                out.append(result)
+        return out
 
-    def _replicas(
-        self, state: WorldState, ids: Sequence[int], *, per_order: bool = True
-    ) -> Iterator[tuple[Placement, ModelResult]]:
-        """Run the replicas one after the other; yield each one's records as it finishes.
+    def _replicas(self, state: WorldState, ids: Sequence[int]) -> Iterator[tuple[Placement, Model]]:
+        """Run the replicas one after the other; yield each one's model as it finishes.
 
-        ``per_order=False``: the results' ledgers of late orders only per lot (``lot_ledgers``).
+        The model is closed (``Model.close``) once the caller asks for the next one.
         """
         factors, causes, spreads = lane_beliefs(state)
         until = state.clock + self.horizon
         placement = place(state, causes)
         ends = lane_ends(state)
         draws = DrawTable(self.seed, ids, _draw_keys(state))
-        lots = _LotIndex(placement.info)
         # trips no freight can ride: computed, not simulated (during the run, or after it
         # for those after each vehicle's last trip that freight can ride)
         free = freight_free(state, placement)
@@ -320,19 +325,19 @@ class Forecaster:
                 state, durations, detached=detached, vehicles_last=True, coast=free, template=template
             ).build()
             model.run(until)
-            result = model.collect()
-            result.ledgers, result.lot_ledgers = _late_ledgers(model, until, lots, orders=per_order)
-            model.close()
-            yield placement, result
+            try:
+                yield placement, model
+            finally:
+                model.close()
 
     def _tally_here(self, state: WorldState, ids: Sequence[int]) -> tuple[_Keys | None, list[_Tally]]:
         """Run the replicas and keep only their tallies (records are dropped as they come)."""
         keys: _Keys | None = None
         out: list[_Tally] = []
-        for placement, res in self._replicas(state, ids, per_order=False):
+        for placement, model in self._replicas(state, ids):
             if keys is None:
                 keys = _Keys(state, placement.info)
-            out.append(_tally(res, keys))
+            out.append(_tally_model(model, keys))
         return keys, out
 
     def forecast(self, state: WorldState) -> list[PredictedState]:
@@ -582,6 +587,11 @@ class _Keys:
         self.trip_ids = sorted(t for t, ts in state.trips.items() if ts.status not in ("completed", "cancelled"))
         self.lots = _LotIndex(info, self.order_ids)
         self.network = state.network
+        trips = state.network.trips
+        #: per trip: the arrival beyond which it is late, and its last leg
+        self.trip_dues = [
+            (tid, trips[tid].planned_arrival + SCHEDULE_GRACE, len(trips[tid].legs) - 1) for tid in self.trip_ids
+        ]
 
 
 @dataclass(slots=True)
@@ -640,6 +650,55 @@ def _tally(res: ModelResult, keys: _Keys) -> _Tally:
     return _Tally(delivered, order_ledger, np.array(arrivals, dtype=float), trip_ledger, ledgers, waits)
 
 
+def _tally_model(model: Model, keys: _Keys) -> _Tally:
+    """One replica's tally straight from its model, in one pass.
+
+    The same tally as ``_tally`` of its records with their late ledgers (``_late_ledgers``;
+    tested), without the per-entity map in between.
+    """
+    lots = keys.lots
+    found = model.lots
+    cols: list[npt.NDArray[np.intp]] = []
+    times: list[float] = []
+    per_lot = np.full(len(found) + 1, -1, dtype=np.intp)
+    ledgers: list[Ledger] = []
+    for i, lot in enumerate(found):
+        ids = lot.ids
+        cols.append(lots.columns(ids))
+        t = math.inf if lot.delivered_at is None else lot.delivered_at
+        times.append(t)
+        if t > lots.promises(ids)[0]:
+            led = model.order_ledger(lot)
+            if led:
+                per_lot[i] = len(ledgers)
+                ledgers.append(led)
+    times.append(math.inf)
+    owner = np.full(len(keys.order_ids), len(found), dtype=np.intp)
+    if cols:
+        owner[np.concatenate(cols)] = np.repeat(np.arange(len(found)), [len(c) for c in cols])
+    delivered = np.array(times, dtype=float)[owner]
+    order_ledger = per_lot[owner]
+    arrivals: list[float] = []
+    trip_ledger = np.full(len(keys.trip_ids), -1, dtype=np.intp)
+    trips = model.trips
+    for k, (tid, due, last) in enumerate(keys.trip_dues):
+        run = trips[tid]
+        arr = run.arrivals[-1]
+        arrivals.append(math.inf if arr is None else arr)
+        if arr is None or arr > due:
+            led = run.arrival_ledgers.get(last, run.ledger)
+            if led:
+                trip_ledger[k] = len(ledgers)
+                ledgers.append(led)
+    waits: list[tuple[str, float]] = []
+    net_trips = keys.network.trips
+    for tid, run in trips.items():
+        if run.dock_wait_at:
+            legs = net_trips[tid].legs
+            waits.extend((legs[leg].destination, w) for leg, w in run.dock_wait_at.items())
+    return _Tally(delivered, order_ledger, np.array(arrivals, dtype=float), trip_ledger, ledgers, waits)
+
+
 def _lot_ledgers(res: ModelResult) -> list[Ledger | None]:
     """The order ledgers of a result's lots (from ``ledgers`` when not recorded per lot)."""
     if len(res.lot_ledgers) == len(res.lots):
@@ -658,12 +717,11 @@ def _tally_in_worker(snapshot: dict[str, object], replicas: list[int]) -> list[_
 
 
 def _late_ledgers(
-    model: Model, until: float, lots: _LotIndex | None = None, *, orders: bool = True
+    model: Model, lots: _LotIndex | None = None
 ) -> tuple[dict[tuple[str, str], Ledger], list[Ledger | None]]:
     """Provenance of one replica, for the orders and trips that may count as late.
 
     Also the same order ledgers per lot, parallel to ``model.lots`` (None: no late order).
-    ``orders=False``: orders only per lot (what ``_tally`` reads), not also per order.
     """
     out: dict[tuple[str, str], Ledger] = {}
     memo = lots if lots is not None else _LotIndex(model.info)
@@ -677,8 +735,6 @@ def _late_ledgers(
             continue
         led = model.order_ledger(lot)
         per_lot.append(led)
-        if not orders:
-            continue
         if t > last:
             out.update(dict.fromkeys(keys, led))
         else:

@@ -117,9 +117,7 @@ def test_forecast_rejects_bad_settings():
         Forecaster(_network(), horizon=0)
 
 
-def _replica(
-    state, network, replica, until, detached, *, vehicles_last=False, coast=None, models=None, template=None
-):
+def _replica(state, network, replica, until, detached, *, vehicles_last=False, coast=None, models=None, template=None):
     from twin.durations import DrawTable
     from twin.forecast import ForecastDurations, _draw_keys, lane_beliefs, lane_ends
     from twin.model import Model, place
@@ -333,6 +331,35 @@ def test_models_copied_from_a_template_give_exactly_the_built_results(request, s
         assert copied.info == plain.info
         # the same processes, started in the same order
         assert [p._generator.__name__ for p in models[1]._procs] == [p._generator.__name__ for p in models[0]._procs]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "at_hours"), [("default_scenario", 9), ("default_scenario", 13), ("mini_scenario", 3)]
+)
+def test_a_tally_from_the_model_equals_the_tally_of_its_records(request, scenario, at_hours):
+    """``forecast`` tallies each replica straight from its model; ``aggregate`` from records."""
+    import numpy as np
+
+    from twin.forecast import _Keys, _late_ledgers, _LotIndex, _tally, _tally_model
+
+    gen = request.getfixturevalue(scenario)
+    twin = LiveTwin(gen.network)
+    twin.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    state = twin.state
+    fc = Forecaster(gen.network, horizon=12 * 3600, replicas=4, seed=11)
+    late = 0
+    for placement, model in fc._replicas(state, range(4)):
+        keys = _Keys(state, placement.info)
+        fast = _tally_model(model, keys)
+        res = model.collect()
+        res.ledgers, res.lot_ledgers = _late_ledgers(model, _LotIndex(placement.info))
+        slow = _tally(res, keys)
+        for name in ("delivered", "order_ledger", "arrivals", "trip_ledger"):
+            assert np.array_equal(getattr(fast, name), getattr(slow, name)), name
+        assert fast.ledgers == slow.ledgers
+        assert fast.waits == slow.waits
+        late += int((fast.order_ledger >= 0).sum())
+    assert late > 0
 
 
 def test_detachable_trips_carry_no_freight(default_scenario):
