@@ -47,21 +47,22 @@ def timed(fc: Forecaster, state, runs: int) -> tuple[list[float], list[float]]:
 
 def steps_per_replica(network, state, kwargs: dict, replicas: int = 4) -> float:
     """SimPy steps (events processed) per replica of a forecast of ``state``."""
-    import simpy
+    from twin.model import Model
 
     count = 0
-    step = simpy.Environment.step
+    run = Model.run
 
-    def counted(env: simpy.Environment) -> None:
+    def counted(self: Model, until: float) -> Model:
         nonlocal count
-        count += 1
-        step(env)
+        out = run(self, until)
+        count += self.steps
+        return out
 
-    simpy.Environment.step = counted
+    Model.run = counted  # type: ignore[method-assign]
     try:
         Forecaster(network, **{**kwargs, "replicas": replicas}).forecast(state)
     finally:
-        simpy.Environment.step = step
+        Model.run = run  # type: ignore[method-assign]
     return count / replicas
 
 

@@ -362,6 +362,37 @@ def test_a_tally_from_the_model_equals_the_tally_of_its_records(request, scenari
     assert late > 0
 
 
+@pytest.mark.parametrize(("scenario", "at_hours"), [("default_scenario", 9), ("mini_scenario", 3)])
+def test_the_inlined_event_loop_runs_as_simpy_does(request, monkeypatch, scenario, at_hours):
+    """``Model.run`` steps a plain environment itself: the same records as ``env.run(until)``."""
+    import twin.model
+
+    gen = request.getfixturevalue(scenario)
+    twin_ = LiveTwin(gen.network)
+    twin_.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    state = twin_.state
+    # an ``until`` off the whole seconds, as SimPy's stop time is computed from it
+    until = state.clock + 12 * 3600 + 0.3
+
+    def run(r, models):
+        return _records(
+            _replica(state, gen.network, r, until, lambda p: frozenset(), vehicles_last=True, coast=None, models=models)
+        )
+
+    mine: list = []
+    fast = [run(r, mine) for r in range(2)]
+    assert all(m.steps > 0 and m.env.now == until for m in mine)
+
+    def simpy_run(env, stop):
+        env.run(until=stop)
+        return 0
+
+    monkeypatch.setattr(twin.model, "_run_until", simpy_run)
+    theirs: list = []
+    assert [run(r, theirs) for r in range(2)] == fast
+    assert [m.env.now for m in theirs] == [m.env.now for m in mine]
+
+
 def test_detachable_trips_carry_no_freight(default_scenario):
     from twin.model import detachable, place
 
