@@ -475,9 +475,12 @@ class Forecaster:
         out = []
         # orders of one lot share their ledgers in every replica: compute their chain once
         memo: dict[bytes, tuple[Cause, ...]] = {}
+        # Python floats (the same values) for the loop: numpy scalars are slow to index and convert
+        q10, q50, q90 = qs[0.1], qs[0.5], qs[0.9]
+        p_lates, delays, dues = p_late.tolist(), delay.tolist(), due.tolist()
         for k, eid in enumerate(ids):
             chain: tuple[Cause, ...] = ()
-            if p_late[k] > 0:
+            if p_lates[k] > 0:
                 col = chosen[k]
                 key = col.tobytes()
                 known = memo.get(key)
@@ -485,11 +488,8 @@ class Forecaster:
                     known = memo[key] = _chain([found[i] for i in col.tolist() if i >= 0], n)
                 chain = known
             out.append(
-                PredictedState(
-                    kind, eid, as_of, qs[0.1][k], qs[0.5][k], qs[0.9][k],
-                    float(p_late[k]), float(delay[k]), chain, float(due[k]),
-                )
-            )  # fmt: skip
+                PredictedState(kind, eid, as_of, q10[k], q50[k], q90[k], p_lates[k], delays[k], chain, dues[k])
+            )
         return out
 
 
@@ -559,6 +559,7 @@ class _LotIndex:
         self.position = {oid: i for i, oid in enumerate(order_ids)} if order_ids is not None else {}
         self._promises: dict[int, tuple[list[str], float, float, list[tuple[str, str]]]] = {}
         self._columns: dict[int, tuple[list[str], npt.NDArray[np.intp]]] = {}
+        self._facts: dict[int, tuple[list[str], npt.NDArray[np.intp], float]] = {}
 
     def promises(self, ids: list[str]) -> tuple[float, float, list[tuple[str, str]]]:
         """Earliest and latest promise of the orders, and their ledger keys."""
@@ -568,6 +569,18 @@ class _LotIndex:
             ps = [info[oid].promised_at for oid in ids]
             e = self._promises[id(ids)] = (ids, min(ps), max(ps), [("order", oid) for oid in ids])
         return e[1], e[2], e[3]
+
+    def facts(self, ids: list[str]) -> tuple[npt.NDArray[np.intp], float]:
+        """Positions of the orders in the forecast's order list, and their earliest promise."""
+        e = self._facts.get(id(ids))
+        if e is None or e[0] is not ids:
+            info, pos = self.info, self.position
+            e = self._facts[id(ids)] = (
+                ids,
+                np.array([pos[oid] for oid in ids], dtype=np.intp),
+                min(info[oid].promised_at for oid in ids),
+            )
+        return e[1], e[2]
 
     def columns(self, ids: list[str]) -> npt.NDArray[np.intp]:
         """Positions of the orders in the forecast's order list."""
@@ -662,12 +675,13 @@ def _tally_model(model: Model, keys: _Keys) -> _Tally:
     times: list[float] = []
     per_lot = np.full(len(found) + 1, -1, dtype=np.intp)
     ledgers: list[Ledger] = []
+    facts = lots.facts
     for i, lot in enumerate(found):
-        ids = lot.ids
-        cols.append(lots.columns(ids))
+        col, first = facts(lot.ids)
+        cols.append(col)
         t = math.inf if lot.delivered_at is None else lot.delivered_at
         times.append(t)
-        if t > lots.promises(ids)[0]:
+        if t > first:
             led = model.order_ledger(lot)
             if led:
                 per_lot[i] = len(ledgers)
