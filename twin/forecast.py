@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -292,49 +292,58 @@ class Forecaster:
                 out.append(result)
         return out
 
-    def _replicas(self, state: WorldState, ids: Sequence[int]) -> Iterator[tuple[Placement, Model]]:
+    def _setup(self, state: WorldState) -> _Setup:
+        """What every replica of a forecast of the state starts from, computed once."""
+        factors, causes, spreads = lane_beliefs(state)
+        placement = place(state, causes)
+        # trips no freight can ride: computed, not simulated (during the run, or after it
+        # for those after each vehicle's last trip that freight can ride)
+        free = freight_free(state, placement)
+        return _Setup(
+            state.clock + self.horizon, factors, causes, spreads, lane_ends(state), placement, free,
+            detachable(state, placement, free),
+            # the records and lots every replica starts from, copied per replica
+            ModelTemplate.of(state, placement),
+        )  # fmt: skip
+
+    def _replicas(
+        self, state: WorldState, ids: Sequence[int], setup: _Setup | None = None
+    ) -> Iterator[tuple[Placement, Model]]:
         """Run the replicas one after the other; yield each one's model as it finishes.
 
         The model is closed (``Model.close``) once the caller asks for the next one.
         """
-        factors, causes, spreads = lane_beliefs(state)
-        until = state.clock + self.horizon
-        placement = place(state, causes)
-        ends = lane_ends(state)
+        s = self._setup(state) if setup is None else setup
         draws = DrawTable(self.seed, ids, _draw_keys(state))
-        # trips no freight can ride: computed, not simulated (during the run, or after it
-        # for those after each vehicle's last trip that freight can ride)
-        free = freight_free(state, placement)
-        detached = detachable(state, placement, free)
-        # the records and lots every replica starts from, built once and copied per replica
-        template = ModelTemplate.of(state, placement)
         for r in ids:
             durations = ForecastDurations(
                 self.seed,
                 r,
                 state.clock,
-                factors,
-                causes,
+                s.factors,
+                s.causes,
                 self.slowdown_memory,
                 self.handling_sigma,
-                ends,
+                s.ends,
                 draws,
-                spreads,
+                s.spreads,
             )
             model = Model(
-                state, durations, detached=detached, vehicles_last=True, coast=free, template=template
+                state, durations, detached=s.detached, vehicles_last=True, coast=s.free, template=s.template
             ).build()
-            model.run(until)
+            model.run(s.until)
             try:
-                yield placement, model
+                yield s.placement, model
             finally:
                 model.close()
 
-    def _tally_here(self, state: WorldState, ids: Sequence[int]) -> tuple[_Keys | None, list[_Tally]]:
+    def _tally_here(
+        self, state: WorldState, ids: Sequence[int], setup: _Setup | None = None
+    ) -> tuple[_Keys | None, list[_Tally]]:
         """Run the replicas and keep only their tallies (records are dropped as they come)."""
         keys: _Keys | None = None
         out: list[_Tally] = []
-        for placement, model in self._replicas(state, ids):
+        for placement, model in self._replicas(state, ids, setup):
             if keys is None:
                 keys = _Keys(state, placement.info)
             out.append(_tally_model(model, keys))
@@ -359,9 +368,13 @@ class Forecaster:
             pool = self._ensure_pool()
             k = self.workers
             chunks = [ids[i::k] for i in range(k)]
-            snap = state.snapshot()
-            futures = [pool.submit(_tally_in_worker, snap, chunk) for chunk in chunks[1:] if chunk]
-            keys, mine = self._tally_here(state, chunks[0])
+            # the workers get what the replicas start from, computed here once, rather than
+            # the whole state to redo it from (its 5,000 orders took 0.1-0.2 s to send and
+            # to place again before a worker could start)
+            setup = self._setup(state)
+            shipped = _ship(state, setup)
+            futures = [pool.submit(_tally_in_worker, shipped, chunk) for chunk in chunks[1:] if chunk]
+            keys, mine = self._tally_here(state, chunks[0], setup)
             by_replica = dict(zip(chunks[0], mine, strict=True))
             for chunk, fut in zip(chunks[1:], futures, strict=False):
                 by_replica.update(zip(chunk, fut.result(), strict=True))
@@ -723,11 +736,56 @@ def _lot_ledgers(res: ModelResult) -> list[Ledger | None]:
     return out
 
 
-def _tally_in_worker(snapshot: dict[str, object], replicas: list[int]) -> list[_Tally]:
+@dataclass(slots=True)
+class _Setup:
+    """What every replica of a forecast of one state starts from (``Forecaster._setup``)."""
+
+    until: float
+    factors: dict[str, float]
+    causes: dict[str, tuple[str, str]]
+    spreads: dict[str, float]
+    ends: dict[str, float]
+    placement: Placement
+    free: frozenset[str]
+    detached: frozenset[str]
+    template: ModelTemplate
+
+
+def _ship(state: WorldState, setup: _Setup) -> tuple[object, ...]:
+    """A forecast's setup as a worker process needs it, quick to pickle.
+
+    The state without its orders (a model reads them only to build the template, which is
+    sent as it is) and the orders' promises as plain tuples.
+    """
+    shell = WorldState(state.network, state.clock)
+    shell.sites, shell.lanes, shell.vehicles = state.sites, state.lanes, state.vehicles
+    shell.trips, shell.disruptions = state.trips, state.disruptions
+    t = setup.template
+    info = {oid: (i.origin, i.destination, i.promised_at) for oid, i in t.info.items()}
+    return (
+        shell.snapshot(), setup.until, setup.factors, setup.causes, setup.spreads, setup.ends, setup.free,
+        setup.detached, info, t.trips, t.lots, t.booked, t.onboard, t.batches, t.operating, t.frozen,
+    )  # fmt: skip
+
+
+def _unship(network: Network, shipped: tuple[Any, ...]) -> tuple[WorldState, _Setup]:
+    """The state (without orders) and the setup that ``_ship`` sent."""
+    snap, until, factors, causes, spreads, ends, free, detached, promises, *parts = shipped
+    trips, lots, booked, onboard, batches, operating, frozen = parts
+    state = WorldState.from_snapshot(network, snap)
+    info = {oid: OrderInfo(*p) for oid, p in promises.items()}
+    placement = Placement(info, [], [], [])
+    template = ModelTemplate(
+        state, placement, trips, lots, info, booked, onboard, batches, operating, frozen
+    )  # fmt: skip
+    return state, _Setup(until, factors, causes, spreads, ends, placement, free, detached, template)
+
+
+def _tally_in_worker(shipped: tuple[Any, ...], replicas: list[int]) -> list[_Tally]:
     fc = _WORKER["forecaster"]
-    state = WorldState.from_snapshot(fc.network, snapshot)
+    state, setup = _unship(fc.network, shipped)
     with _gc_paused():
-        return fc._tally_here(state, replicas)[1]
+        return fc._tally_here(state, replicas, setup)[1]
 
 
 def _late_ledgers(

@@ -85,6 +85,18 @@ def test_same_seed_same_forecast_and_replicas_share_draws():
     assert a != c
 
 
+@pytest.mark.parametrize(("scenario", "at_hours"), [("default_scenario", 9), ("mini_scenario", 3)])
+def test_a_pool_forecasts_exactly_as_one_process(request, scenario, at_hours):
+    """Workers get the forecast's setup (not the state's orders) and send back tallies."""
+    gen = request.getfixturevalue(scenario)
+    twin = LiveTwin(gen.network)
+    twin.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    one = Forecaster(gen.network, replicas=6, seed=4).forecast(twin.state)
+    with Forecaster(gen.network, replicas=6, seed=4, workers=2) as pool:
+        assert pool.forecast(twin.state) == one
+        assert pool.forecast(twin.state) == one  # and again, with the pool started
+
+
 def test_common_random_numbers_isolate_an_action(mini_scenario):
     """Two forecasts that differ in one hold differ for the held trip, not by noise elsewhere."""
     from twin.events import DispatchCommand
