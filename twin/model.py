@@ -601,6 +601,24 @@ class _Capacity(simpy.Resource):
         return token
 
 
+class _Sites(dict[str, _Capacity]):
+    """One resource per site (docks, or a sorter), created when first used.
+
+    A resource schedules nothing when it is created, so creating it later changes no event;
+    a replica uses the docks and sorters of only some of the sites.
+    """
+
+    def __init__(self, env: simpy.Environment) -> None:
+        super().__init__()
+        self.env = env
+        #: the capacity of each site's resource
+        self.capacity: dict[str, int] = {}
+
+    def __missing__(self, site_id: str) -> _Capacity:
+        res = self[site_id] = _Capacity(self.env, capacity=self.capacity[site_id])
+        return res
+
+
 class Model:
     """The network model, built from a world state; see the module docstring."""
 
@@ -640,8 +658,9 @@ class Model:
         self.trips: dict[str, TripRun] = {}
         self.lots: list[Lot] = []
         self.info: dict[str, OrderInfo] = {}
-        self.docks: dict[str, _Capacity] = {}
-        self.sorters: dict[str, _Capacity] = {}
+        #: each site's docks and sorter, created when first used
+        self.docks: _Sites = _Sites(self.env)
+        self.sorters: _Sites = _Sites(self.env)
         self.rates: dict[str, float] = {}
         #: orders booked for (trip, boarding site), ready or not
         self.booked: dict[tuple[str, str], dict[int, Lot]] = {}
@@ -683,11 +702,11 @@ class Model:
             msg = "Model.build() was already called; build a new Model from the state instead"
             raise RuntimeError(msg)
         self._built = True
-        env, net, st = self.env, self.net, self.state
+        net, st = self.net, self.state
         for sid, site in net.sites.items():
             s = st.sites[sid]
-            self.docks[sid] = _Capacity(env, capacity=max(site.docks, s.docks_in_service, 1))
-            self.sorters[sid] = _Capacity(env, capacity=1)
+            self.docks.capacity[sid] = max(site.docks, s.docks_in_service, 1)
+            self.sorters.capacity[sid] = 1
             self.rates[sid] = s.handling_rate if s.handling_rate > 0 else site.handling_rate
             lost = site.docks - max(1, s.docks_in_service)
             if lost > 0 or self.rates[sid] < site.handling_rate:
