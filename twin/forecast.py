@@ -500,9 +500,7 @@ class Forecaster:
                 if known is None:
                     known = memo[key] = _chain([found[i] for i in col.tolist() if i >= 0], n)
                 chain = known
-            out.append(
-                PredictedState(kind, eid, as_of, q10[k], q50[k], q90[k], p_lates[k], delays[k], chain, dues[k])
-            )
+            out.append(PredictedState(kind, eid, as_of, q10[k], q50[k], q90[k], p_lates[k], delays[k], chain, dues[k]))
         return out
 
 
