@@ -527,6 +527,7 @@ class ModelTemplate:
 
         m = Model(state, NominalDurations(), placement=placement)
         batches = m._place_freight()
+        m.close()  # it never runs: only its records are kept
         net = state.network
         operating: set[str] = set()
         frozen: set[str] = set()
@@ -652,6 +653,8 @@ class Model:
         self._shared_info = False
         self.net = state.network
         self.env = env if env is not None else simpy.Environment(initial_time=state.clock)
+        #: the model made its environment (``close`` may then clear it)
+        self._own_env = env is None
         self.durations = durations
         self.observer: Observer = observer if observer is not None else _NullObserver()
         self._observing = observer is not None
@@ -1217,7 +1220,8 @@ class Model:
         Closing the generators drops their frames; unlinking the waits (a process and the
         event it waits on, a condition and its events, a resource and its requests, the
         event queue, the environment's own bound constructors) leaves no cycle, so
-        reference counting frees a replica as soon as its records are dropped.
+        reference counting frees a replica as soon as its records are dropped. An
+        environment given to the model (``env=``) keeps its queue and constructors.
         """
         env = self.env
         for proc in self._procs:
@@ -1230,14 +1234,16 @@ class Model:
             if target is not None:
                 _unlink(target)
         self._procs.clear()
-        for *_, event in env._queue:
-            _unlink(event)
-        env._queue.clear()
         _unlink(self._never)
         for res in (*self.docks.values(), *self.sorters.values()):
             res.put_queue.clear()
             res.get_queue.clear()
             res.users.clear()
+        if not self._own_env:
+            return  # an environment given to the model may have other users: left as it is
+        for *_, event in env._queue:
+            _unlink(event)
+        env._queue.clear()
         # ``Environment`` binds its event constructors to itself (``BoundClass.bind_early``);
         # the class attributes behave the same, unbound
         for name in ("process", "timeout", "event", "all_of", "any_of"):

@@ -201,6 +201,18 @@ def test_a_closed_model_is_freed_without_the_cycle_collector():
     assert res.trips["T2"].departures == [6003.0]
 
 
+def test_closing_a_model_leaves_an_environment_it_was_given_alone():
+    import simpy
+
+    env = simpy.Environment(initial_time=0.0)
+    other = env.timeout(99999.0)  # someone else's event in the same environment
+    model = Model(WorldState(_abc_network(hold=1800.0)), NominalDurations(), env=env).build()
+    model.run(6100)
+    model.close()
+    assert any(entry[-1] is other for entry in env._queue)
+    env.run(until=env.timeout(1.0))  # still usable
+
+
 def test_coasting_needs_the_same_second_rule():
     net = _abc_network(hold=0.0)
     with pytest.raises(ValueError, match="vehicles_last"):
