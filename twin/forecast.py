@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import math
+import pickle
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -372,7 +373,9 @@ class Forecaster:
             # the whole state to redo it from (its 5,000 orders took 0.1-0.2 s to send and
             # to place again before a worker could start)
             setup = self._setup(state)
-            shipped = _ship(state, setup)
+            # pickled here, once: the executor would pickle it in a thread of this process,
+            # taking turns with the replicas below while the workers wait for it
+            shipped = pickle.dumps(_ship(state, setup), protocol=pickle.HIGHEST_PROTOCOL)
             futures = [pool.submit(_tally_in_worker, shipped, chunk) for chunk in chunks[1:] if chunk]
             keys, mine = self._tally_here(state, chunks[0], setup)
             by_replica = dict(zip(chunks[0], mine, strict=True))
@@ -779,9 +782,9 @@ def _unship(network: Network, shipped: tuple[Any, ...]) -> tuple[WorldState, _Se
     return state, _Setup(until, factors, causes, spreads, ends, placement, free, detached, template)
 
 
-def _tally_in_worker(shipped: tuple[Any, ...], replicas: list[int]) -> list[_Tally]:
+def _tally_in_worker(shipped: bytes, replicas: list[int]) -> list[_Tally]:
     fc = _WORKER["forecaster"]
-    state, setup = _unship(fc.network, shipped)
+    state, setup = _unship(fc.network, pickle.loads(shipped))  # bytes this forecaster pickled
     with _gc_paused():
         return fc._tally_here(state, replicas, setup)[1]
 
