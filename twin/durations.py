@@ -38,7 +38,8 @@ _INV_CDF: Final = NormalDist().inv_cdf
 
 def whole(seconds: float) -> float:
     """Round a duration to whole seconds, at least one."""
-    return float(max(1, round(seconds)))
+    r = round(seconds)
+    return float(r) if r > 1 else 1.0
 
 
 def keyed_random(seed: int, replica: int, key: str) -> random.Random:

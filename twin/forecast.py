@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import gc
 import math
+import pickle
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +28,7 @@ from twin.model import (
     Ledger,
     Model,
     ModelResult,
+    ModelTemplate,
     OrderInfo,
     Placement,
     detachable,
@@ -365,55 +367,76 @@ class Forecaster:
         }
 
     def _run_here(self, state: WorldState, ids: Sequence[int]) -> list[ModelResult]:
+        out: list[ModelResult] = []
+        lots: _LotIndex | None = None
         with _gc_paused():
-            return [res for _, res in self._replicas(state, ids)]
+            for placement, model in self._replicas(state, ids):
+                if lots is None:
+                    lots = _LotIndex(placement.info)
+                result = model.collect()
+                result.ledgers, result.lot_ledgers = _late_ledgers(model, lots)
+                out.append(result)
+        return out
 
-    def _replicas(self, state: WorldState, ids: Sequence[int]) -> Iterator[tuple[Placement, ModelResult]]:
-        """Run the replicas one after the other; yield each one's records as it finishes."""
+    def _setup(self, state: WorldState) -> _Setup:
+        """What every replica of a forecast of the state starts from, computed once."""
         factors, causes, spreads = lane_beliefs(state)
         paces = leg_paces(state)
         persistence = pace_persistence([(lane, state.lanes[lid]) for lid, lane in state.network.lanes.items()])
-        until = state.clock + self.horizon
         placement = place(state, causes)
-        ends = lane_ends(state)
-        draws = DrawTable(self.seed, ids, _draw_keys(state))
-        lots = _LotIndex(placement.info)
         # trips no freight can ride: computed, not simulated (during the run, or after it
         # for those after each vehicle's last trip that freight can ride)
         free = freight_free(state, placement)
-        detached = detachable(state, placement, free)
+        return _Setup(
+            state.clock + self.horizon, factors, causes, spreads, lane_ends(state), paces, persistence.share,
+            placement, free, detachable(state, placement, free),
+            # the records and lots every replica starts from, copied per replica
+            ModelTemplate.of(state, placement),
+        )  # fmt: skip
+
+    def _replicas(
+        self, state: WorldState, ids: Sequence[int], setup: _Setup | None = None
+    ) -> Iterator[tuple[Placement, Model]]:
+        """Run the replicas one after the other; yield each one's model as it finishes.
+
+        The model is closed (``Model.close``) once the caller asks for the next one.
+        """
+        s = self._setup(state) if setup is None else setup
+        draws = DrawTable(self.seed, ids, _draw_keys(state))
         for r in ids:
             durations = ForecastDurations(
                 self.seed,
                 r,
                 state.clock,
-                factors,
-                causes,
+                s.factors,
+                s.causes,
                 self.slowdown_memory,
                 self.handling_sigma,
-                ends,
+                s.ends,
                 draws,
-                spreads,
-                paces,
-                persistence.share,
+                s.spreads,
+                s.paces,
+                s.persistence,
             )
             model = Model(
-                state, durations, placement=placement, detached=detached, vehicles_last=True, coast=free
+                state, durations, detached=s.detached, vehicles_last=True, coast=s.free, template=s.template
             ).build()
-            model.run(until)
-            result = model.collect()
-            result.ledgers, result.lot_ledgers = _late_ledgers(model, until, lots)
-            model.close()
-            yield placement, result
+            model.run(s.until)
+            try:
+                yield s.placement, model
+            finally:
+                model.close()
 
-    def _tally_here(self, state: WorldState, ids: Sequence[int]) -> tuple[_Keys | None, list[_Tally]]:
+    def _tally_here(
+        self, state: WorldState, ids: Sequence[int], setup: _Setup | None = None
+    ) -> tuple[_Keys | None, list[_Tally]]:
         """Run the replicas and keep only their tallies (records are dropped as they come)."""
         keys: _Keys | None = None
         out: list[_Tally] = []
-        for placement, res in self._replicas(state, ids):
+        for placement, model in self._replicas(state, ids, setup):
             if keys is None:
                 keys = _Keys(state, placement.info)
-            out.append(_tally(res, keys))
+            out.append(_tally_model(model, keys))
         return keys, out
 
     def forecast(self, state: WorldState) -> list[PredictedState]:
@@ -422,24 +445,35 @@ class Forecaster:
         With ``workers > 1`` this process runs one share of the replicas while the workers
         run the others and send back only their tallies.
         """
-        ids = list(range(self.replicas))
         with _gc_paused():
-            if self.workers == 1:
-                keys, tallies = self._tally_here(state, ids)
-            else:
-                pool = self._ensure_pool()
-                k = self.workers
-                chunks = [ids[i::k] for i in range(k)]
-                snap = state.snapshot()
-                futures = [pool.submit(_tally_in_worker, snap, chunk) for chunk in chunks[1:] if chunk]
-                keys, mine = self._tally_here(state, chunks[0])
-                by_replica = dict(zip(chunks[0], mine, strict=True))
-                for chunk, fut in zip(chunks[1:], futures, strict=False):
-                    by_replica.update(zip(chunk, fut.result(), strict=True))
-                tallies = [by_replica[r] for r in ids]
-            if keys is None:
-                return []
-            return self._aggregate(state, keys, tallies)
+            # the replicas' tallies are dropped when ``_forecast`` returns, before the
+            # collector resumes: it then has only the predictions to scan
+            return self._forecast(state)
+
+    def _forecast(self, state: WorldState) -> list[PredictedState]:
+        ids = list(range(self.replicas))
+        if self.workers == 1:
+            keys, tallies = self._tally_here(state, ids)
+        else:
+            pool = self._ensure_pool()
+            k = self.workers
+            chunks = [ids[i::k] for i in range(k)]
+            # the workers get what the replicas start from, computed here once, rather than
+            # the whole state to redo it from (its 5,000 orders took 0.1-0.2 s to send and
+            # to place again before a worker could start)
+            setup = self._setup(state)
+            # pickled here, once: the executor would pickle it in a thread of this process,
+            # taking turns with the replicas below while the workers wait for it
+            shipped = pickle.dumps(_ship(state, setup), protocol=pickle.HIGHEST_PROTOCOL)
+            futures = [pool.submit(_tally_in_worker, shipped, chunk) for chunk in chunks[1:] if chunk]
+            keys, mine = self._tally_here(state, chunks[0], setup)
+            by_replica = dict(zip(chunks[0], mine, strict=True))
+            for chunk, fut in zip(chunks[1:], futures, strict=False):
+                by_replica.update(zip(chunk, fut.result(), strict=True))
+            tallies = [by_replica[r] for r in ids]
+        if keys is None:
+            return []
+        return self._aggregate(state, keys, tallies)
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -546,21 +580,19 @@ class Forecaster:
         out = []
         # orders of one lot share their ledgers in every replica: compute their chain once
         memo: dict[bytes, tuple[Cause, ...]] = {}
+        # Python floats (the same values) for the loop: numpy scalars are slow to index and convert
+        q10, q50, q90 = qs[0.1], qs[0.5], qs[0.9]
+        p_lates, delays, dues = p_late.tolist(), delay.tolist(), due.tolist()
         for k, eid in enumerate(ids):
             chain: tuple[Cause, ...] = ()
-            if p_late[k] > 0:
+            if p_lates[k] > 0:
                 col = chosen[k]
                 key = col.tobytes()
                 known = memo.get(key)
                 if known is None:
                     known = memo[key] = _chain([found[i] for i in col.tolist() if i >= 0], n)
                 chain = known
-            out.append(
-                PredictedState(
-                    kind, eid, as_of, qs[0.1][k], qs[0.5][k], qs[0.9][k],
-                    float(p_late[k]), float(delay[k]), chain, float(due[k]),
-                )
-            )  # fmt: skip
+            out.append(PredictedState(kind, eid, as_of, q10[k], q50[k], q90[k], p_lates[k], delays[k], chain, dues[k]))
         return out
 
 
@@ -570,8 +602,9 @@ def _gc_paused() -> Iterator[None]:
 
     Every replica allocates tens of thousands of objects that stay alive until aggregation,
     so the collector would keep re-scanning a growing heap for nothing (about a fifth of a
-    forecast's time). Reference counting still frees everything else; cycles are collected
-    after the forecast.
+    forecast's time). Reference counting frees everything else: a closed model leaves no
+    cycles (``Model.close``), and the forecast drops its tallies before the collector
+    resumes, which then has only the predictions to scan.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -629,6 +662,7 @@ class _LotIndex:
         self.position = {oid: i for i, oid in enumerate(order_ids)} if order_ids is not None else {}
         self._promises: dict[int, tuple[list[str], float, float, list[tuple[str, str]]]] = {}
         self._columns: dict[int, tuple[list[str], npt.NDArray[np.intp]]] = {}
+        self._facts: dict[int, tuple[list[str], npt.NDArray[np.intp], float]] = {}
 
     def promises(self, ids: list[str]) -> tuple[float, float, list[tuple[str, str]]]:
         """Earliest and latest promise of the orders, and their ledger keys."""
@@ -638,6 +672,18 @@ class _LotIndex:
             ps = [info[oid].promised_at for oid in ids]
             e = self._promises[id(ids)] = (ids, min(ps), max(ps), [("order", oid) for oid in ids])
         return e[1], e[2], e[3]
+
+    def facts(self, ids: list[str]) -> tuple[npt.NDArray[np.intp], float]:
+        """Positions of the orders in the forecast's order list, and their earliest promise."""
+        e = self._facts.get(id(ids))
+        if e is None or e[0] is not ids:
+            info, pos = self.info, self.position
+            e = self._facts[id(ids)] = (
+                ids,
+                np.array([pos[oid] for oid in ids], dtype=np.intp),
+                min(info[oid].promised_at for oid in ids),
+            )
+        return e[1], e[2]
 
     def columns(self, ids: list[str]) -> npt.NDArray[np.intp]:
         """Positions of the orders in the forecast's order list."""
@@ -657,6 +703,11 @@ class _Keys:
         self.trip_ids = sorted(t for t, ts in state.trips.items() if ts.status not in ("completed", "cancelled"))
         self.lots = _LotIndex(info, self.order_ids)
         self.network = state.network
+        trips = state.network.trips
+        #: per trip: the arrival beyond which it is late, and its last leg
+        self.trip_dues = [
+            (tid, trips[tid].planned_arrival + SCHEDULE_GRACE, len(trips[tid].legs) - 1) for tid in self.trip_ids
+        ]
 
 
 @dataclass(slots=True)
@@ -668,9 +719,9 @@ class _Tally:
     its provenance index; and the dock wait of every arrival, by site.
     """
 
-    delivered: list[float]
+    delivered: npt.NDArray[np.float64]
     order_ledger: npt.NDArray[np.intp]
-    arrivals: list[float]
+    arrivals: npt.NDArray[np.float64]
     trip_ledger: npt.NDArray[np.intp]
     ledgers: list[Ledger]
     waits: list[tuple[str, float]]
@@ -679,32 +730,90 @@ class _Tally:
 def _tally(res: ModelResult, keys: _Keys) -> _Tally:
     """Reduce one replica's records to a tally."""
     lots = keys.lots
-    delivered = np.full(len(keys.order_ids), np.inf)
-    order_ledger = np.full(len(keys.order_ids), -1, dtype=np.intp)
+    found = res.lots
+    # the lot of every order (each order is in one lot; len(found): in none), then per-lot
+    # values spread to the orders in one indexing each
+    cols = [lots.columns(lot.ids) for lot in found]
+    owner = np.full(len(keys.order_ids), len(found), dtype=np.intp)
+    if cols:
+        owner[np.concatenate(cols)] = np.repeat(np.arange(len(found)), [len(c) for c in cols])
+    times = [math.inf if lot.delivered_at is None else lot.delivered_at for lot in found]
+    times.append(math.inf)
+    delivered = np.array(times, dtype=float)[owner]
+    per_lot = np.full(len(found) + 1, -1, dtype=np.intp)
     ledgers: list[Ledger] = []
-    for lot, led in zip(res.lots, _lot_ledgers(res), strict=True):
-        cols = lots.columns(lot.ids)
-        if lot.delivered_at is not None:
-            delivered[cols] = lot.delivered_at
+    for i, led in enumerate(_lot_ledgers(res)):
         if led:
-            order_ledger[cols] = len(ledgers)
+            per_lot[i] = len(ledgers)
             ledgers.append(led)
+    order_ledger = per_lot[owner]
     arrivals: list[float] = []
     trip_ledger = np.full(len(keys.trip_ids), -1, dtype=np.intp)
+    trips = res.trips
     for k, tid in enumerate(keys.trip_ids):
-        arr = res.trips[tid].arrivals[-1]
+        arr = trips[tid].arrivals[-1]
         arrivals.append(math.inf if arr is None else arr)
         led = res.ledgers.get(("trip", tid))
         if led:
             trip_ledger[k] = len(ledgers)
             ledgers.append(led)
     waits: list[tuple[str, float]] = []
-    trips = keys.network.trips
-    for tid, run in res.trips.items():
+    net_trips = keys.network.trips
+    for tid, run in trips.items():
         if run.dock_wait_at:
-            legs = trips[tid].legs
+            legs = net_trips[tid].legs
             waits.extend((legs[leg].destination, w) for leg, w in run.dock_wait_at.items())
-    return _Tally(delivered.tolist(), order_ledger, arrivals, trip_ledger, ledgers, waits)
+    return _Tally(delivered, order_ledger, np.array(arrivals, dtype=float), trip_ledger, ledgers, waits)
+
+
+def _tally_model(model: Model, keys: _Keys) -> _Tally:
+    """One replica's tally straight from its model, in one pass.
+
+    The same tally as ``_tally`` of its records with their late ledgers (``_late_ledgers``;
+    tested), without the per-entity map in between.
+    """
+    lots = keys.lots
+    found = model.lots
+    cols: list[npt.NDArray[np.intp]] = []
+    times: list[float] = []
+    per_lot = np.full(len(found) + 1, -1, dtype=np.intp)
+    ledgers: list[Ledger] = []
+    facts = lots.facts
+    for i, lot in enumerate(found):
+        col, first = facts(lot.ids)
+        cols.append(col)
+        t = math.inf if lot.delivered_at is None else lot.delivered_at
+        times.append(t)
+        if t > first:
+            led = model.order_ledger(lot)
+            if led:
+                per_lot[i] = len(ledgers)
+                ledgers.append(led)
+    times.append(math.inf)
+    owner = np.full(len(keys.order_ids), len(found), dtype=np.intp)
+    if cols:
+        owner[np.concatenate(cols)] = np.repeat(np.arange(len(found)), [len(c) for c in cols])
+    delivered = np.array(times, dtype=float)[owner]
+    order_ledger = per_lot[owner]
+    arrivals: list[float] = []
+    trip_ledger = np.full(len(keys.trip_ids), -1, dtype=np.intp)
+    trips = model.trips
+    for k, (tid, due, last) in enumerate(keys.trip_dues):
+        run = trips[tid]
+        arr = run.arrivals[-1]
+        arrivals.append(math.inf if arr is None else arr)
+        if arr is None or arr > due:
+            led = run.arrival_ledgers.get(last, run.ledger)
+            if led:
+                trip_ledger[k] = len(ledgers)
+                ledgers.append(led)
+    waits: list[tuple[str, float]] = []
+    net_trips = keys.network.trips
+    for tid, run in trips.items():
+        if run.dock_wait_at:
+            legs = net_trips[tid].legs
+            waits.extend((legs[leg].destination, w) for leg, w in run.dock_wait_at.items())
+    return _Tally(delivered, order_ledger, np.array(arrivals, dtype=float), trip_ledger, ledgers, waits)
 
 
 def _lot_ledgers(res: ModelResult) -> list[Ledger | None]:
@@ -717,15 +826,66 @@ def _lot_ledgers(res: ModelResult) -> list[Ledger | None]:
     return out
 
 
-def _tally_in_worker(snapshot: dict[str, object], replicas: list[int]) -> list[_Tally]:
+@dataclass(slots=True)
+class _Setup:
+    """What every replica of a forecast of one state starts from (``Forecaster._setup``)."""
+
+    until: float
+    factors: dict[str, float]
+    causes: dict[str, tuple[str, str]]
+    spreads: dict[str, float]
+    ends: dict[str, float]
+    #: (trip, leg) -> the pace shown so far on a leg in progress (``leg_paces``)
+    paces: dict[tuple[str, int], tuple[float, float]]
+    #: the share of a leg's pace that persists along it (``pace_persistence``)
+    persistence: float
+    placement: Placement
+    free: frozenset[str]
+    detached: frozenset[str]
+    template: ModelTemplate
+
+
+def _ship(state: WorldState, setup: _Setup) -> tuple[object, ...]:
+    """A forecast's setup as a worker process needs it, quick to pickle.
+
+    The state without its orders (a model reads them only to build the template, which is
+    sent as it is) and the orders' promises as plain tuples.
+    """
+    shell = WorldState(state.network, state.clock)
+    shell.sites, shell.lanes, shell.vehicles = state.sites, state.lanes, state.vehicles
+    shell.trips, shell.disruptions = state.trips, state.disruptions
+    t = setup.template
+    info = {oid: (i.origin, i.destination, i.promised_at) for oid, i in t.info.items()}
+    return (
+        shell.snapshot(), setup.until, setup.factors, setup.causes, setup.spreads, setup.ends, setup.paces,
+        setup.persistence, setup.free, setup.detached, info,
+        t.trips, t.lots, t.booked, t.onboard, t.batches, t.operating, t.frozen,
+    )  # fmt: skip
+
+
+def _unship(network: Network, shipped: tuple[Any, ...]) -> tuple[WorldState, _Setup]:
+    """The state (without orders) and the setup that ``_ship`` sent."""
+    snap, until, factors, causes, spreads, ends, paces, persistence, free, detached, promises, *parts = shipped
+    trips, lots, booked, onboard, batches, operating, frozen = parts
+    state = WorldState.from_snapshot(network, snap)
+    info = {oid: OrderInfo(*p) for oid, p in promises.items()}
+    placement = Placement(info, [], [], [])
+    template = ModelTemplate(
+        state, placement, trips, lots, info, booked, onboard, batches, operating, frozen
+    )  # fmt: skip
+    setup = _Setup(until, factors, causes, spreads, ends, paces, persistence, placement, free, detached, template)
+    return state, setup
+
+
+def _tally_in_worker(shipped: bytes, replicas: list[int]) -> list[_Tally]:
     fc = _WORKER["forecaster"]
-    state = WorldState.from_snapshot(fc.network, snapshot)
+    state, setup = _unship(fc.network, pickle.loads(shipped))  # bytes this forecaster pickled
     with _gc_paused():
-        return fc._tally_here(state, replicas)[1]
+        return fc._tally_here(state, replicas, setup)[1]
 
 
 def _late_ledgers(
-    model: Model, until: float, lots: _LotIndex | None = None
+    model: Model, lots: _LotIndex | None = None
 ) -> tuple[dict[tuple[str, str], Ledger], list[Ledger | None]]:
     """Provenance of one replica, for the orders and trips that may count as late.
 

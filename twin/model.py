@@ -26,6 +26,7 @@ Phases: ``build()`` -> ``run(until)`` -> ``collect()`` (-> ``close()``).
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ __all__ = [
     "Lot",
     "Model",
     "ModelResult",
+    "ModelTemplate",
     "Observer",
     "OrderInfo",
     "OrderView",
@@ -76,6 +78,40 @@ def _add(ledger: Ledger, mechanism: str, entity: str, seconds: float, at: float)
     else:
         # a new entry, never an update in place: copies of a ledger can then be shallow
         ledger[(mechanism, entity)] = [entry[0] + seconds, min(entry[1], at)]
+
+
+def _unlink(event: simpy.Event) -> None:
+    """Drop what waits on an event (what would be called back when it is processed)."""
+    if event.callbacks:
+        event.callbacks.clear()
+
+
+def _run_until(env: simpy.Environment, until: float) -> int:
+    """``env.run(until=until)``: the same events in the same order, without a method call per step.
+
+    SimPy's ``run`` schedules a stop event at ``now + (until - now)`` with the highest
+    priority and steps until it is processed: every event before that time, and none at
+    it (no event at that time can have been scheduled with that priority before it), after
+    which the clock stands at the stop time. This loop is ``Environment.step`` inlined.
+    Returns the number of events processed.
+    """
+    at = env.now + (until - env.now)
+    queue = env._queue
+    pop = heapq.heappop
+    n = 0
+    while queue and queue[0][0] < at:
+        env._now, _, _, event = pop(queue)
+        n += 1
+        callbacks, event.callbacks = event.callbacks, None  # type: ignore[assignment]
+        for callback in callbacks:
+            callback(event)
+        if not event._ok and not hasattr(event, "_defused"):
+            # as ``Environment.step``: a failed event that no one handled crashes the run
+            exc = type(event._value)(*event._value.args)
+            exc.__cause__ = event._value
+            raise exc
+    env._now = at
+    return n
 
 
 def _first_id(lot: Lot) -> str:
@@ -436,6 +472,84 @@ class ModelResult:
         return out
 
 
+def _copy_run(run: TripRun) -> TripRun:
+    """A trip record that can change without changing ``run`` (ledgers: see ``Ledger``)."""
+    ledger = dict(run.ledger)
+    return TripRun(
+        list(run.departures), list(run.arrivals), run.released, run.held_for, run.hold_seconds,
+        run.waited_for_vehicle, list(run.dock_waits), ledger, dict(run.arrival_ledgers),
+        ledger if run.release_ledger is run.ledger else run.release_ledger, dict(run.dock_wait_at),
+    )  # fmt: skip
+
+
+def _copy_lot(lot: Lot) -> Lot:
+    """A lot that can change without changing ``lot`` (its ``ids`` and ``boards`` are never changed in place)."""
+    return Lot(
+        lot.ids, lot.destination, list(lot.path), lot.boards, lot.hop, lot.stage, lot.site, lot.trip,
+        lot.ready, lot.delivered_at, lot.inbound_trip, lot.inbound_leg, lot.rolls, lot.sort_wait,
+        dict(lot.miss_ledger) if lot.miss_ledger is not None else None,
+        lot.serial, lot.since, lot.miss_carry,
+    )  # fmt: skip
+
+
+@dataclass(slots=True)
+class ModelTemplate:
+    """What building a model does the same way for every replica of a state, done once.
+
+    ``Model.build`` makes a trip record per trip, copies the placed lots, replays the rolls
+    of freight whose trip left before the snapshot (``_catch_up``) and books every lot:
+    none of it depends on the durations, so a forecast does it once (``ModelTemplate.of``)
+    and each replica copies the result (``Model(..., template=...)``), with the same
+    records, the same bookings in the same order and the same processes started in the
+    same order as a model built on its own (tested). Trip records that no run changes are
+    shared, not copied: those of vehicles with nothing left to do, and the completed trips
+    at the head of the others' rotations, which their process would release at the start
+    (they are released here, at the same time, the state's clock).
+    """
+
+    state: WorldState
+    placement: Placement
+    trips: dict[str, TripRun]
+    lots: list[Lot]
+    info: dict[str, OrderInfo]
+    booked: dict[tuple[str, str], dict[int, Lot]]
+    onboard: dict[str, list[Lot]]
+    batches: list[tuple[str, list[Lot], str, float]]
+    #: vehicles that get a process (the others have nothing left to do)
+    operating: frozenset[str]
+    #: trips whose records no run changes
+    frozen: frozenset[str]
+
+    @classmethod
+    def of(cls, state: WorldState, placement: Placement) -> ModelTemplate:
+        """Build the template of a state's models (placement: ``place(state, ...)``)."""
+        from twin.durations import NominalDurations  # no draw is made while placing freight
+
+        m = Model(state, NominalDurations(), placement=placement)
+        batches = m._place_freight()
+        m.close()  # it never runs: only its records are kept
+        net = state.network
+        operating: set[str] = set()
+        frozen: set[str] = set()
+        for vid, rotation in net.rotations.items():
+            if not any(m.trips[t].arrivals[-1] is None or m.onboard.get(t) for t in rotation):
+                frozen.update(rotation)
+                continue
+            operating.add(vid)
+            for tid in rotation:
+                run = m.trips[tid]
+                if run.arrivals[-1] is None or m.onboard.get(tid):
+                    break
+                # what ``_operate`` does first, at the state's clock
+                run.released = state.clock
+                run.release_ledger = run.ledger
+                frozen.add(tid)
+        return cls(
+            state, placement, m.trips, m.lots, m.info, m.booked, m.onboard, batches,
+            frozenset(operating), frozenset(frozen),
+        )  # fmt: skip
+
+
 #: Priority of the first vehicle's wake-ups under ``vehicles_last`` (SimPy's own are 0 and 1).
 _VEHICLES = 2
 
@@ -488,6 +602,24 @@ class _Capacity(simpy.Resource):
         return token
 
 
+class _Sites(dict[str, _Capacity]):
+    """One resource per site (docks, or a sorter), created when first used.
+
+    A resource schedules nothing when it is created, so creating it later changes no event;
+    a replica uses the docks and sorters of only some of the sites.
+    """
+
+    def __init__(self, env: simpy.Environment) -> None:
+        super().__init__()
+        self.env = env
+        #: the capacity of each site's resource
+        self.capacity: dict[str, int] = {}
+
+    def __missing__(self, site_id: str) -> _Capacity:
+        res = self[site_id] = _Capacity(self.env, capacity=self.capacity[site_id])
+        return res
+
+
 class Model:
     """The network model, built from a world state; see the module docstring."""
 
@@ -502,6 +634,7 @@ class Model:
         detached: frozenset[str] = frozenset(),
         vehicles_last: bool = False,
         coast: frozenset[str] | None = None,
+        template: ModelTemplate | None = None,
     ) -> None:
         if coast is not None and not vehicles_last:
             msg = "coast= needs vehicles_last=True: computed stretches are exact only under that rule"
@@ -509,18 +642,28 @@ class Model:
         if coast is not None and observer is not None:
             msg = "coast= computes stretches of a timeline ahead of the clock; an observer would see them out of order"
             raise ValueError(msg)
+        if template is not None and (observer is not None or template.state is not state or env is not None):
+            msg = "template= must come from ModelTemplate.of(state, ...) of this state, without an observer or env"
+            raise ValueError(msg)
         self.state = state
-        self.placement = placement
+        self.placement = placement if template is None else template.placement
+        #: what building from this state does the same way every time, done once (or None)
+        self.template = template
+        #: ``info`` is the template's, shared: copied before ``add_order`` changes it
+        self._shared_info = False
         self.net = state.network
         self.env = env if env is not None else simpy.Environment(initial_time=state.clock)
+        #: the model made its environment (``close`` may then clear it)
+        self._own_env = env is None
         self.durations = durations
         self.observer: Observer = observer if observer is not None else _NullObserver()
         self._observing = observer is not None
         self.trips: dict[str, TripRun] = {}
         self.lots: list[Lot] = []
         self.info: dict[str, OrderInfo] = {}
-        self.docks: dict[str, _Capacity] = {}
-        self.sorters: dict[str, _Capacity] = {}
+        #: each site's docks and sorter, created when first used
+        self.docks: _Sites = _Sites(self.env)
+        self.sorters: _Sites = _Sites(self.env)
         self.rates: dict[str, float] = {}
         #: orders booked for (trip, boarding site), ready or not
         self.booked: dict[tuple[str, str], dict[int, Lot]] = {}
@@ -545,11 +688,13 @@ class Model:
         self.coast = coast
         #: legs computed by ``_coast`` in this run (for measurements and tests)
         self.coasted = 0
+        #: simulation steps (events processed) in this run (for measurements; plain environments)
+        self.steps = 0
         self._until = math.inf
         #: never triggered: a process that is done waits on it instead of ending (see ``_park``)
         self._never = self.env.event()
-        #: the generators of the processes started, to stop them in ``close``
-        self._procs: list[Proc] = []
+        #: the processes started, to stop them in ``close``
+        self._procs: list[simpy.Process] = []
         self._built = False
         self._ran = False
 
@@ -560,16 +705,41 @@ class Model:
             msg = "Model.build() was already called; build a new Model from the state instead"
             raise RuntimeError(msg)
         self._built = True
-        env, net, st = self.env, self.net, self.state
+        net, st = self.net, self.state
         for sid, site in net.sites.items():
             s = st.sites[sid]
-            self.docks[sid] = _Capacity(env, capacity=max(site.docks, s.docks_in_service, 1))
-            self.sorters[sid] = _Capacity(env, capacity=1)
+            self.docks.capacity[sid] = max(site.docks, s.docks_in_service, 1)
+            self.sorters.capacity[sid] = 1
             self.rates[sid] = s.handling_rate if s.handling_rate > 0 else site.handling_rate
             lost = site.docks - max(1, s.docks_in_service)
             if lost > 0 or self.rates[sid] < site.handling_rate:
                 self._start(self._capacity_loss(sid, max(0, lost)))
+        if self.template is not None:
+            batches = self._adopt(self.template)
+        else:
+            batches = self._place_freight()
+        for sid, lots, key, credit in batches:
+            self._start(self._sort(sid, lots, key, credit))
+        for vid in sorted(net.vehicles):
+            if self.template is not None:
+                operates = vid in self.template.operating
+            else:
+                operates = any(self.trips[t].arrivals[-1] is None or self.onboard.get(t) for t in net.rotations[vid])
+            if operates:
+                self._start(self._operate(vid))
+            else:
+                v = st.vehicles[vid]
+                self.vehicle_site[vid] = v.site_id if v.status == "at_site" else None
+        return self
+
+    def _place_freight(self) -> list[tuple[str, list[Lot], str, float]]:
+        """Trip records and lots from the state, the rolls before it replayed (see ``_catch_up``).
+
+        Returns the batches of freight unloaded before the snapshot, to sort in this order.
+        """
+        env, st = self.env, self.state
         placement = self.placement if self.placement is not None else place(st)
+        self.placement = placement
         for tid, ts in st.trips.items():
             run = self.trips[tid] = TripRun(list(ts.departures), list(ts.arrivals))
             seen = placement.history.get(tid)
@@ -591,22 +761,28 @@ class Model:
             lot = self._new_lot(t)
             self._catch_up(lot, ready=False)
             batches.setdefault((t.site or "", t.since), []).append(lot)
+        out: list[tuple[str, list[Lot], str, float]] = []
         started: set[str] = set()
         for sid, since in sorted(batches, key=lambda k: (k[1], k[0])):
             credit = 0.0 if sid in started else max(0.0, env.now - since)
             started.add(sid)
-            self._start(self._sort(sid, batches[(sid, since)], f"init/{sid}/{since!r}", credit))
+            out.append((sid, batches[(sid, since)], f"init/{sid}/{since!r}", credit))
         for t in placement.ready:
             lot = self._new_lot(t)
             self._catch_up(lot, ready=True)
             self._make_ready(lot)
-        for vid in sorted(net.vehicles):
-            if any(self.trips[t].arrivals[-1] is None or self.onboard.get(t) for t in net.rotations[vid]):
-                self._start(self._operate(vid))
-            else:
-                v = st.vehicles[vid]
-                self.vehicle_site[vid] = v.site_id if v.status == "at_site" else None
-        return self
+        return out
+
+    def _adopt(self, t: ModelTemplate) -> list[tuple[str, list[Lot], str, float]]:
+        """The template's trip records and lots, copied (those no run changes are shared)."""
+        frozen = t.frozen
+        self.trips = {tid: run if tid in frozen else _copy_run(run) for tid, run in t.trips.items()}
+        self.info = t.info
+        self._shared_info = True
+        lots = self.lots = [_copy_lot(lot) for lot in t.lots]
+        self.booked = {key: {k: lots[k] for k in d} for key, d in t.booked.items()}
+        self.onboard = {tid: [lots[o.serial] for o in lst] for tid, lst in t.onboard.items()}
+        return [(sid, [lots[o.serial] for o in batch], key, credit) for sid, batch, key, credit in t.batches]
 
     def _new_lot(self, template: Lot) -> Lot:
         lot = Lot(
@@ -687,6 +863,8 @@ class Model:
         boards: list[str],
     ) -> Lot:
         """A new order appears at its origin, ready for the first trip of its path."""
+        if self._shared_info:
+            self.info, self._shared_info = dict(self.info), False
         self.info[order_id] = OrderInfo(origin, destination, promised_at)
         lot = Lot([order_id], destination, path, boards, 0, "created", origin, serial=len(self.lots))
         self.lots.append(lot)
@@ -701,7 +879,10 @@ class Model:
         self._ran = True
         self._until = until
         if until > self.env.now:
-            self.env.run(until=until)
+            if type(self.env) is simpy.Environment:
+                self.steps += _run_until(self.env, until)
+            else:
+                self.env.run(until=until)  # e.g. a RealtimeEnvironment: it paces its own steps
             # the clock now stands where SimPy stopped: events at or after it did not happen
             for vid, start in self._free_at.items():
                 self._run_detached(vid, start, self.env.now)
@@ -1025,23 +1206,48 @@ class Model:
         return end
 
     def _start(self, proc: Proc) -> None:
-        self._procs.append(proc)
-        self.env.process(proc)
+        self._procs.append(self.env.process(proc))
 
     def close(self) -> None:
-        """Stop the model's processes; its records (``collect``) stay as they are.
+        """Stop the model's processes and free its SimPy parts; its records (``collect``) stay.
 
         Suspended processes reference the model, and SimPy's events and resources
-        reference the processes, so a model that has run is a large reference cycle that
-        only the cyclic garbage collector frees. The forecaster pauses that collector while
-        it runs replicas (``twin.forecast._gc_paused``); without ``close`` every replica
-        stayed in memory until the end, and the collector then scanned all of them. Closing
-        the generators drops their frames, so reference counting frees a replica as soon
-        as its records are dropped.
+        reference the processes (and each other, and the environment itself), so a model
+        that has run is a large reference cycle that only the cyclic garbage collector
+        frees. The forecaster pauses that collector while it runs replicas
+        (``twin.forecast._gc_paused``), and when it resumed it had about 48,000 such objects
+        per forecast to find (and every object the forecast still held to scan), 0.1 s.
+        Closing the generators drops their frames; unlinking the waits (a process and the
+        event it waits on, a condition and its events, a resource and its requests, the
+        event queue, the environment's own bound constructors) leaves no cycle, so
+        reference counting frees a replica as soon as its records are dropped. An
+        environment given to the model (``env=``) keeps its queue and constructors.
         """
+        env = self.env
         for proc in self._procs:
-            proc.close()
+            proc._generator.close()
+            target = proc._target
+            proc._target = None  # type: ignore[assignment]
+            if isinstance(target, simpy.events.Condition):
+                for ev in target._events:
+                    _unlink(ev)
+            if target is not None:
+                _unlink(target)
         self._procs.clear()
+        _unlink(self._never)
+        for res in (*self.docks.values(), *self.sorters.values()):
+            res.put_queue.clear()
+            res.get_queue.clear()
+            res.users.clear()
+        if not self._own_env:
+            return  # an environment given to the model may have other users: left as it is
+        for *_, event in env._queue:
+            _unlink(event)
+        env._queue.clear()
+        # ``Environment`` binds its event constructors to itself (``BoundClass.bind_early``);
+        # the class attributes behave the same, unbound
+        for name in ("process", "timeout", "event", "all_of", "any_of"):
+            vars(env).pop(name, None)
 
     def _park(self) -> simpy.Event:
         """What a process that is done waits on, forever.

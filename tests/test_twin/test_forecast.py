@@ -109,6 +109,18 @@ def test_same_seed_same_forecast_and_replicas_share_draws():
     assert a != c
 
 
+@pytest.mark.parametrize(("scenario", "at_hours"), [("default_scenario", 9), ("mini_scenario", 3)])
+def test_a_pool_forecasts_exactly_as_one_process(request, scenario, at_hours):
+    """Workers get the forecast's setup (not the state's orders) and send back tallies."""
+    gen = request.getfixturevalue(scenario)
+    twin = LiveTwin(gen.network)
+    twin.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    one = Forecaster(gen.network, replicas=6, seed=4).forecast(twin.state)
+    with Forecaster(gen.network, replicas=6, seed=4, workers=2) as pool:
+        assert pool.forecast(twin.state) == one
+        assert pool.forecast(twin.state) == one  # and again, with the pool started
+
+
 def test_common_random_numbers_isolate_an_action(mini_scenario):
     """Two forecasts that differ in one hold differ for the held trip, not by noise elsewhere."""
     from twin.events import DispatchCommand
@@ -141,7 +153,7 @@ def test_forecast_rejects_bad_settings():
         Forecaster(_network(), horizon=0)
 
 
-def _replica(state, network, replica, until, detached, *, vehicles_last=False, coast=None, models=None):
+def _replica(state, network, replica, until, detached, *, vehicles_last=False, coast=None, models=None, template=None):
     from twin.durations import DrawTable
     from twin.forecast import ForecastDurations, _draw_keys, lane_beliefs, lane_ends
     from twin.model import Model, place
@@ -149,14 +161,15 @@ def _replica(state, network, replica, until, detached, *, vehicles_last=False, c
     factors, causes, _spreads = lane_beliefs(state)
     draws = DrawTable(5, [replica], _draw_keys(state))
     durations = ForecastDurations(5, replica, state.clock, factors, causes, lane_ends=lane_ends(state), draws=draws)
-    placement = place(state, causes)
+    placement = place(state, causes) if template is None else template.placement
     model = Model(
         state,
         durations,
-        placement=placement,
+        placement=placement if template is None else None,
         detached=detached(placement),
         vehicles_last=vehicles_last,
         coast=coast(placement) if coast is not None else None,
+        template=template,
     ).build()
     if models is not None:
         models.append(model)
@@ -312,6 +325,108 @@ def test_taking_a_free_dock_at_once_gives_exactly_the_simpy_results(request, mon
     monkeypatch.setattr(_Capacity, "take", counted)
     assert [run(r) for r in range(2)] == fast
     assert any(taken)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "at_hours", "horizon_hours"),
+    [
+        ("default_scenario", 6, 12),
+        ("default_scenario", 9, 12),
+        ("default_scenario", 13, 3),
+        ("default_scenario", 17, 12),
+        ("mini_scenario", 3, 6),
+    ],
+)
+def test_models_copied_from_a_template_give_exactly_the_built_results(request, scenario, at_hours, horizon_hours):
+    """A model copied from the state's template runs exactly as one built on its own.
+
+    Several replicas run from one template (none may change it for the next), in the mode
+    the forecaster runs (same-second rule, coasting, detached trips).
+    """
+    from twin.forecast import lane_beliefs
+    from twin.model import ModelTemplate, detachable, freight_free, place
+
+    gen = request.getfixturevalue(scenario)
+    twin = LiveTwin(gen.network)
+    twin.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    state = twin.state
+    until = state.clock + horizon_hours * 3600
+    template = ModelTemplate.of(state, place(state, lane_beliefs(state)[1]))
+    assert template.frozen and template.operating
+    for r in range(3):
+        models = []
+        plain = _replica(
+            state, gen.network, r, until, lambda p: detachable(state, p), vehicles_last=True,
+            coast=lambda p: freight_free(state, p), models=models,
+        )  # fmt: skip
+        copied = _replica(
+            state, gen.network, r, until, lambda p: detachable(state, p), vehicles_last=True,
+            coast=lambda p: freight_free(state, p), models=models, template=template,
+        )  # fmt: skip
+        assert _records(copied) == _records(plain)
+        assert copied.info == plain.info
+        # the same processes, started in the same order
+        assert [p._generator.__name__ for p in models[1]._procs] == [p._generator.__name__ for p in models[0]._procs]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "at_hours"), [("default_scenario", 9), ("default_scenario", 13), ("mini_scenario", 3)]
+)
+def test_a_tally_from_the_model_equals_the_tally_of_its_records(request, scenario, at_hours):
+    """``forecast`` tallies each replica straight from its model; ``aggregate`` from records."""
+    import numpy as np
+
+    from twin.forecast import _Keys, _late_ledgers, _LotIndex, _tally, _tally_model
+
+    gen = request.getfixturevalue(scenario)
+    twin = LiveTwin(gen.network)
+    twin.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    state = twin.state
+    fc = Forecaster(gen.network, horizon=12 * 3600, replicas=4, seed=11)
+    late = 0
+    for placement, model in fc._replicas(state, range(4)):
+        keys = _Keys(state, placement.info)
+        fast = _tally_model(model, keys)
+        res = model.collect()
+        res.ledgers, res.lot_ledgers = _late_ledgers(model, _LotIndex(placement.info))
+        slow = _tally(res, keys)
+        for name in ("delivered", "order_ledger", "arrivals", "trip_ledger"):
+            assert np.array_equal(getattr(fast, name), getattr(slow, name)), name
+        assert fast.ledgers == slow.ledgers
+        assert fast.waits == slow.waits
+        late += int((fast.order_ledger >= 0).sum())
+    assert late > 0
+
+
+@pytest.mark.parametrize(("scenario", "at_hours"), [("default_scenario", 9), ("mini_scenario", 3)])
+def test_the_inlined_event_loop_runs_as_simpy_does(request, monkeypatch, scenario, at_hours):
+    """``Model.run`` steps a plain environment itself: the same records as ``env.run(until)``."""
+    import twin.model
+
+    gen = request.getfixturevalue(scenario)
+    twin_ = LiveTwin(gen.network)
+    twin_.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    state = twin_.state
+    # an ``until`` off the whole seconds, as SimPy's stop time is computed from it
+    until = state.clock + 12 * 3600 + 0.3
+
+    def run(r, models):
+        return _records(
+            _replica(state, gen.network, r, until, lambda p: frozenset(), vehicles_last=True, coast=None, models=models)
+        )
+
+    mine: list = []
+    fast = [run(r, mine) for r in range(2)]
+    assert all(m.steps > 0 and m.env.now == until for m in mine)
+
+    def simpy_run(env, stop):
+        env.run(until=stop)
+        return 0
+
+    monkeypatch.setattr(twin.model, "_run_until", simpy_run)
+    theirs: list = []
+    assert [run(r, theirs) for r in range(2)] == fast
+    assert [m.env.now for m in theirs] == [m.env.now for m in mine]
 
 
 def test_detachable_trips_carry_no_freight(default_scenario):

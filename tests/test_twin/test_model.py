@@ -173,27 +173,44 @@ def test_same_second_rule_freight_sorted_as_its_trip_is_due(vehicles_last, loade
 def test_a_closed_model_is_freed_without_the_cycle_collector():
     # the forecaster pauses the cyclic collector while it runs replicas; a closed model
     # (its processes stopped, some of them mid-wait at the end of the run) must not be
-    # kept alive by reference cycles until the collector runs again
+    # kept alive by reference cycles until the collector runs again, nor leave any behind
     import gc
     import weakref
 
     net = _abc_network(hold=1800.0)
-    model = Model(WorldState(net), NominalDurations({"A->B": 1.5})).build()
+    state = WorldState(net)  # (a world state is a cycle of its own: it stays referenced here)
+    model = Model(state, NominalDurations({"A->B": 1.5})).build()
     model.add_order("O1", "A", "C", 99999, ["T1", "T2"], ["A", "B"])
     model.run(6100)  # T2 is held for O1, the sorter and V3 are mid-wait
     res = model.collect()
     assert res.trips["T2"].departures == [6003.0]
-    ref = weakref.ref(model)
+    ref, env = weakref.ref(model), weakref.ref(model.env)
     enabled = gc.isenabled()
+    gc.collect()  # what earlier tests left (the model is still referenced here)
     gc.disable()
     try:
         model.close()
         del model
         assert ref() is None
+        # nor is anything of its SimPy run (environment, events, processes, resources)
+        assert env() is None
+        assert gc.collect() == 0
     finally:
         if enabled:
             gc.enable()
     assert res.trips["T2"].departures == [6003.0]
+
+
+def test_closing_a_model_leaves_an_environment_it_was_given_alone():
+    import simpy
+
+    env = simpy.Environment(initial_time=0.0)
+    other = env.timeout(99999.0)  # someone else's event in the same environment
+    model = Model(WorldState(_abc_network(hold=1800.0)), NominalDurations(), env=env).build()
+    model.run(6100)
+    model.close()
+    assert any(entry[-1] is other for entry in env._queue)
+    env.run(until=env.timeout(1.0))  # still usable
 
 
 def test_coasting_needs_the_same_second_rule():
