@@ -146,7 +146,7 @@ class HostOutput:
     ticks: dict[str, float] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.dead_letters or self.predictions or self.shard_messages)
+        return bool(self.dead_letters or self.predictions or self.shard_messages or self.ticks)
 
 
 #: A routed record waiting in an inbox: (event time, arrival seq, record, decoded event).
