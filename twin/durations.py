@@ -95,7 +95,7 @@ class DrawTable:
     same either way, so common random numbers hold whatever the table holds.
     """
 
-    __slots__ = ("_noises", "column", "rows", "seed")
+    __slots__ = ("_noises", "column", "legs", "rows", "seed")
 
     def __init__(self, seed: int, replicas: Sequence[int], keys: Iterable[str]) -> None:
         self.seed = seed
@@ -107,6 +107,8 @@ class DrawTable:
         #: activity key -> uniforms of the replicas
         self.rows: dict[str, list[float]] = dict(zip(names, values, strict=True))
         self._noises: dict[tuple[str, float], list[float]] = {}
+        #: (trip, leg, sigma) -> the legs' travel noises of the replicas (empty: not in the table)
+        self.legs: dict[tuple[str, int, float], list[float]] = {}
 
     def uniform(self, replica: int, key: str) -> float:
         """``keyed_uniform(seed, replica, key)``, from the table when it holds it."""
@@ -115,6 +117,24 @@ class DrawTable:
         if row is None or col is None:
             return keyed_uniform(self.seed, replica, key)
         return row[col]
+
+    def leg_noises(self, trip_id: str, leg: int, sigma: float) -> list[float]:
+        """``lognormal`` of every replica for the travel draw of a trip leg, keyed by the leg.
+
+        Filled once per (trip, leg, sigma) and then read from ``legs`` without formatting the
+        draw's key; empty when the table does not hold the leg.
+        """
+        noises = self.legs.get((trip_id, leg, sigma))
+        if noises is None:
+            key = f"travel/{trip_id}/{leg}"
+            noises = self._noises.get((key, sigma))
+            if noises is None:
+                row = self.rows.get(key)
+                noises = [] if row is None else [math.exp(sigma * _INV_CDF(u)) for u in row]
+                if noises:
+                    self._noises[(key, sigma)] = noises
+            self.legs[(trip_id, leg, sigma)] = noises
+        return noises
 
     def lognormal(self, replica: int, key: str, sigma: float) -> float:
         """``exp(sigma * inverse normal CDF(uniform(replica, key)))``, computed once per key for all replicas."""
@@ -224,6 +244,9 @@ class StochasticDurations(NominalDurations):
         self.handling_sigma = handling_sigma
         #: precomputed keyed uniforms (same values as computing them one by one)
         self.draws = draws if draws is not None and draws.seed == seed else None
+        #: this replica's column in the draw table (None: draws one by one)
+        self._column = self.draws.column.get(replica) if self.draws is not None else None
+        self._legs: dict[tuple[str, int, float], list[float]] = self.draws.legs if self.draws is not None else {}
 
     def _uniform(self, key: str) -> float:
         if self.draws is not None:
@@ -237,9 +260,22 @@ class StochasticDurations(NominalDurations):
             return self.draws.lognormal(self.replica, key, sigma)
         return math.exp(sigma * _INV_CDF(keyed_uniform(self.seed, self.replica, key)))
 
+    def _travel_noise(self, trip_id: str, leg: int, sigma: float) -> float:
+        """``_noise(f"travel/{trip_id}/{leg}", sigma)``, from the table's per-leg noises when it can."""
+        if sigma <= 0:
+            return 1.0
+        col = self._column
+        if col is not None:
+            noises = self._legs.get((trip_id, leg, sigma))
+            if noises is None and self.draws is not None:
+                noises = self.draws.leg_noises(trip_id, leg, sigma)
+            if noises:
+                return noises[col]
+        return self._noise(f"travel/{trip_id}/{leg}", sigma)
+
     def travel(self, trip_id: str, leg: int, lane: Lane, start: float, remaining: float) -> float:
         """Nominal time times a lognormal draw for this trip leg."""
-        noise = self._noise(f"travel/{trip_id}/{leg}", lane.sigma)
+        noise = self._travel_noise(trip_id, leg, lane.sigma)
         return whole(lane.travel_time * self.lane_factor(lane) * remaining * noise)
 
     def unload(self, site: Site, orders: int, key: str) -> float:

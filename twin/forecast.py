@@ -241,13 +241,15 @@ class ForecastDurations(StochasticDurations):
         For the rest of a leg a vehicle is already driving, the noise is the vehicle's own
         pace given what it has shown so far (:meth:`pace_rest`).
         """
-        key = f"travel/{trip_id}/{leg}"
         seen = self.paces.get((trip_id, leg)) if remaining < 1.0 else None
         if seen is None or lane.sigma <= 0:
-            noise = self._noise(key, lane.sigma)
+            noise = self._travel_noise(trip_id, leg, lane.sigma)
         else:
-            noise = self.pace_rest(key, lane, seen[0], seen[1], remaining)
-        return whole(self.drive_time(lane, start, lane.travel_time * remaining * noise))
+            noise = self.pace_rest(f"travel/{trip_id}/{leg}", lane, seen[0], seen[1], remaining)
+        work = lane.travel_time * remaining * noise
+        if self._factors.get(lane.id) == 1.0:
+            return whole(work)  # as ``drive_time`` of a lane this replica believes not slowed
+        return whole(self.drive_time(lane, start, work))
 
     def drive_time(self, lane: Lane, start: float, work: float) -> float:
         """Seconds to do ``work`` seconds of driving at nominal speed, from ``start``.

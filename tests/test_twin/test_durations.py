@@ -44,5 +44,14 @@ def test_stochastic_durations_with_or_without_a_table_draw_the_same():
         tabled = StochasticDurations(5, r, draws=table)
         assert tabled.travel("T1", 0, lane, 0.0, 1.0) == plain.travel("T1", 0, lane, 0.0, 1.0)
         assert tabled.travel("T2", 1, lane, 0.0, 0.5) == plain.travel("T2", 1, lane, 0.0, 0.5)
+        # again, now from the table's per-leg noises (and a leg it does not hold, remembered as such)
+        assert tabled.travel("T1", 0, lane, 0.0, 1.0) == plain.travel("T1", 0, lane, 0.0, 1.0)
+        assert tabled.travel("T2", 1, lane, 0.0, 0.5) == plain.travel("T2", 1, lane, 0.0, 0.5)
+        assert table.leg_noises("T1", 0, 0.2)[r] == plain._noise("travel/T1/0", 0.2)
+    assert table.leg_noises("T2", 1, 0.2) == []
+    # a replica the table does not hold draws one by one
+    assert StochasticDurations(5, 9, draws=table).travel("T1", 0, lane, 0.0, 1.0) == StochasticDurations(5, 9).travel(
+        "T1", 0, lane, 0.0, 1.0
+    )
     # a table of another seed is not used
     assert StochasticDurations(6, 0, draws=table).draws is None

@@ -429,6 +429,71 @@ def test_the_inlined_event_loop_runs_as_simpy_does(request, monkeypatch, scenari
     assert [m.env.now for m in theirs] == [m.env.now for m in mine]
 
 
+@pytest.mark.parametrize(
+    ("scenario", "at_hours"), [("default_scenario", 9), ("default_scenario", 13), ("mini_scenario", 3)]
+)
+def test_processes_started_by_one_event_run_as_with_their_own(request, monkeypatch, scenario, at_hours):
+    """A build starts its processes with one shared event: the same events and records as one ``Initialize`` each."""
+    import heapq
+
+    import simpy
+
+    import twin.model
+
+    gen = request.getfixturevalue(scenario)
+    twin_ = LiveTwin(gen.network)
+    twin_.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    state = twin_.state
+    until = state.clock + 12 * 3600
+    traces: list = []
+
+    def traced(env, stop):
+        # ``_run_until``, recording every event but the starts
+        queue, trace, n = env._queue, [], 0
+        assert [type(e).__name__ for *_, e in queue] in (["_Start"], ["Initialize"] * len(queue))
+        while queue and queue[0][0] < stop:
+            env._now, prio, _, event = heapq.heappop(queue)
+            n += 1
+            if type(event) not in (twin.model._Start, simpy.events.Initialize):
+                trace.append((env._now, prio, type(event).__name__))
+            callbacks, event.callbacks = event.callbacks, None
+            for callback in callbacks:
+                callback(event)
+        env._now = stop
+        traces.append(trace)
+        return n
+
+    monkeypatch.setattr(twin.model, "_run_until", traced)
+
+    def run(r, models, coast):
+        return _records(
+            _replica(
+                state, gen.network, r, until, lambda p: frozenset(), vehicles_last=True, coast=coast, models=models
+            )
+        )
+
+    coasts = [None, lambda p: twin.model.freight_free(state, p)]
+    mine: list = []
+    shared = [run(r, mine, c) for r in range(2) for c in coasts]
+    assert all(type(p) is twin.model._Started for m in mine for p in m._procs[:2])
+    shared_traces = traces[:]
+
+    def own_event(self, proc):
+        self._procs.append(self.env.process(proc))
+
+    monkeypatch.setattr(twin.model.Model, "_start", own_event)
+    theirs: list = []
+    traces.clear()
+    assert [run(r, theirs, c) for r in range(2) for c in coasts] == shared
+    assert traces == shared_traces
+    assert all(type(p) is simpy.Process for m in theirs for p in m._procs)
+    # one step for the start instead of one per process started while building
+    for m, t in zip(mine, theirs, strict=True):
+        started = sum(1 for p in m._procs if type(p) is twin.model._Started)
+        assert started > 10
+        assert m.steps == t.steps - started + 1
+
+
 def test_detachable_trips_carry_no_freight(default_scenario):
     from twin.model import detachable, place
 
