@@ -642,25 +642,29 @@ class ShardHost:
         # shard with no forecasts publishes nothing, so they would pile up forever.
         unpublished = slot.unpublished if slot.name in self.forecasters else None
         popleft = queue.popleft
+        accountability = _ACCOUNTABILITY
         inbox = slot.routed
         n = 0
         while queue:
-            t, _, rec, ev = queue[0]
+            item = popleft()
+            t = item[0]
             if n and (t > bound or t >= next_tick):
+                queue.appendleft(item)
                 break
-            popleft()
             n += 1
+            rec, ev = item[2], item[3]
             if shard.has_pending_handoffs:
                 self._emit_handoffs(slot, t, out)
-            acct = _ACCOUNTABILITY[rec.accountable]
+            acct = accountability[rec.accountable]
             result = apply(ev, accountable=acct)
             if result is not CLEAN:
                 if result.parked and acct is not False:
                     slot.parked[ev.id] = rec
                 self._settle(slot, result.settled, result.dead_letters, rec, out)
-            ts = rec.timestamp
-            if ts is not None and unpublished is not None:
-                unpublished.append(ts)
+            if unpublished is not None:
+                ts = rec.timestamp
+                if ts is not None:
+                    unpublished.append(ts)
         inbox.size -= n
 
     def _settle(

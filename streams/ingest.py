@@ -69,6 +69,9 @@ DEFAULT_HEARTBEAT: Final = 0.5
 #: consumer does not fetch (a group rebalance takes seconds), the last known highwater is stale
 #: and the partition may hold many new records
 CAUGHT_UP_FRESH: Final = 0.5
+#: Polls whose shard-topic batches may be unacknowledged at once (their offsets uncommitted): the
+#: broker's acknowledgement of a poll's batches is waited for only after the next poll is processed.
+INFLIGHT_POLLS: Final = 2
 
 #: ``send(topic, key, value, partition) -> awaitable delivery``
 Send = Callable[[str, bytes | None, bytes, int], Awaitable[Awaitable[Any]]]
@@ -265,6 +268,9 @@ class Ingest:
         self.on_assigned = on_assigned
         self.consumer: Any = None
         self._inflight: list[tuple[list[Awaitable[Any]], dict[Any, int]]] = []
+        #: offsets whose batches are on the broker, not committed yet (the newest per partition)
+        self._to_commit: dict[Any, int] = {}
+        self._committing: asyncio.Future[None] | None = None
         self._stopping = asyncio.Event()
         #: set when :meth:`run` has returned (its last batches on the broker, offsets committed)
         self.stopped = asyncio.Event()
@@ -330,16 +336,41 @@ class Ingest:
         self.messages += len(messages)
         if self.on_batch is not None:
             self.on_batch(len(messages), now)
-        # Commit the previous poll's offsets once its batches are on the broker (keeps one in flight).
-        await self._drain()
         self._inflight.append((futures, commit))
+        # Commit the offsets of the polls whose batches are on the broker, keeping this poll and
+        # the previous one in flight, and without waiting for the commit's round trip.
+        await self._drain(keep=INFLIGHT_POLLS)
 
-    async def _drain(self) -> None:
-        while self._inflight:
-            futures, commit = self._inflight.pop(0)
+    async def _drain(self, keep: int = 0) -> None:
+        """Commit the input offsets of the polls in flight once the broker has their batches.
+
+        Waits for the oldest polls until at most ``keep`` are in flight (and for those already
+        acknowledged). With ``keep`` 0 (revocation, stop) it also waits for the commits; otherwise
+        one commit runs in the background and offsets ready meanwhile go with the next.
+        """
+        inflight = self._inflight
+        while inflight and (len(inflight) > keep or all(_done(f) for f in inflight[0][0])):
+            futures, commit = inflight.pop(0)
             await asyncio.gather(*futures)
-            if commit and self.consumer is not None:
-                try:
-                    await self.consumer.commit(commit)
-                except Exception as exc:  # a rebalance: the next owner reads from the last commit
-                    log.warning("ingest: offset commit failed (%s); records may be read again", exc)
+            self._to_commit.update(commit)
+        task = self._committing
+        if task is not None and (keep == 0 or task.done()):
+            self._committing = None
+            await task
+        if self._to_commit and self._committing is None and self.consumer is not None:
+            offsets, self._to_commit = self._to_commit, {}
+            if keep == 0:
+                await self._commit(offsets)
+            else:
+                self._committing = asyncio.ensure_future(self._commit(offsets))
+
+    async def _commit(self, offsets: dict[Any, int]) -> None:
+        try:
+            await self.consumer.commit(offsets)
+        except Exception as exc:  # a rebalance: the next owner reads from the last commit
+            log.warning("ingest: offset commit failed (%s); records may be read again", exc)
+
+
+def _done(future: Awaitable[Any]) -> bool:
+    done = getattr(future, "done", None)
+    return bool(done()) if callable(done) else False

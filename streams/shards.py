@@ -472,8 +472,9 @@ class Shard:
         Returns :data:`CLEAN` (shared, do not mutate) when the event was applied and nothing
         else happened, which is almost always.
         """
-        applied: list[Event] = []
-        self._applied_now = applied
+        # One list, emptied per event (read only below, before the next event is applied).
+        applied = self._applied_now
+        applied.clear()
         self._accountable_now = accountable
         rejections = self.twin.apply(event)
         if not rejections and len(applied) == 1 and applied[0] is event:
@@ -528,8 +529,9 @@ class Shard:
     def _on_applied(self, event: Event) -> None:
         """LiveTwin hook: count, note handoffs to make, tell the incremental forecaster."""
         self._applied_now.append(event)
-        if event.id in self._parked:
-            acct = self._parked.pop(event.id)
+        parked = self._parked
+        if parked and event.id in parked:
+            acct = parked.pop(event.id)
             if acct:
                 self.stats.pending -= 1
         else:
@@ -540,10 +542,12 @@ class Shard:
                 acct = False
         if acct:
             self.stats.applied[event.TYPE] += 1
-        if isinstance(event, VehicleDeparted):
-            self._on_departed(event)
-        elif isinstance(event, OrderScanned) and event.kind == "loaded" and event.trip_id is not None:
-            self._on_loaded(event)
+        # Exact classes: the twin applies no subclass of an event class (its handlers go by type).
+        cls = type(event)
+        if cls is VehicleDeparted:
+            self._on_departed(event)  # type: ignore[arg-type]
+        elif cls is OrderScanned and event.kind == "loaded" and event.trip_id is not None:  # type: ignore[attr-defined]
+            self._on_loaded(event)  # type: ignore[arg-type]
         if self.marker is not None:
             self.marker(event)
 

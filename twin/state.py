@@ -9,6 +9,7 @@ they return a reason and a detail, and the caller turns that into a rejection.
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any, Final
 
 from twin.disruption import DisruptionState
@@ -589,13 +590,33 @@ class WorldState:
         return state
 
 
+#: Types of slot values copied as they are (no container is one of them).
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
+_SlotReader = tuple[tuple[str, ...], Callable[[object], tuple[Any, ...]]]
+#: per state class: its slot names and a getter of all their values at once
+_SLOT_READERS: dict[type, _SlotReader] = {}
+
+
+def _slot_reader(cls: type) -> _SlotReader:
+    names: tuple[str, ...] = tuple(cls.__slots__)  # type: ignore[attr-defined]
+    get = attrgetter(*names)
+    reader: _SlotReader = (names, (lambda obj: (get(obj),)) if len(names) == 1 else get)
+    _SLOT_READERS[cls] = reader
+    return reader
+
+
 def _slots(obj: object) -> dict[str, Any]:
+    cls = type(obj)
+    names, get = _SLOT_READERS.get(cls) or _slot_reader(cls)
     out: dict[str, Any] = {}
-    for name in type(obj).__slots__:  # type: ignore[attr-defined]
-        value = getattr(obj, name)
-        if isinstance(value, list | tuple):
-            value = list(value)
-        elif isinstance(value, dict):
-            value = dict(value)
+    scalars = _SCALARS
+    for name, value in zip(names, get(obj), strict=True):
+        if type(value) not in scalars:
+            if isinstance(value, list | tuple):
+                value = list(value)
+            elif isinstance(value, dict):
+                value = dict(value)
         out[name] = value
     return out
