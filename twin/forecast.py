@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import math
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ from twin.model import (
     ModelTemplate,
     OrderInfo,
     Placement,
+    TripRun,
     detachable,
     freight_free,
     place,
@@ -759,12 +760,7 @@ def _tally(res: ModelResult, keys: _Keys) -> _Tally:
         if led:
             trip_ledger[k] = len(ledgers)
             ledgers.append(led)
-    waits: list[tuple[str, float]] = []
-    net_trips = keys.network.trips
-    for tid, run in trips.items():
-        if run.dock_wait_at:
-            legs = net_trips[tid].legs
-            waits.extend((legs[leg].destination, w) for leg, w in run.dock_wait_at.items())
+    waits = _dock_waits(trips, keys.network)
     return _Tally(delivered, order_ledger, np.array(arrivals, dtype=float), trip_ledger, ledgers, waits)
 
 
@@ -809,13 +805,19 @@ def _tally_model(model: Model, keys: _Keys) -> _Tally:
             if led:
                 trip_ledger[k] = len(ledgers)
                 ledgers.append(led)
+    waits = _dock_waits(trips, keys.network)
+    return _Tally(delivered, order_ledger, np.array(arrivals, dtype=float), trip_ledger, ledgers, waits)
+
+
+def _dock_waits(trips: Mapping[str, TripRun], network: Network) -> list[tuple[str, float]]:
+    """(site, seconds) of every wait for a dock in one replica's trip records."""
     waits: list[tuple[str, float]] = []
-    net_trips = keys.network.trips
+    net_trips = network.trips
     for tid, run in trips.items():
         if run.dock_wait_at:
             legs = net_trips[tid].legs
             waits.extend((legs[leg].destination, w) for leg, w in run.dock_wait_at.items())
-    return _Tally(delivered, order_ledger, np.array(arrivals, dtype=float), trip_ledger, ledgers, waits)
+    return waits
 
 
 def _lot_ledgers(res: ModelResult) -> list[Ledger | None]:
