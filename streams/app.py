@@ -396,7 +396,7 @@ async def _on_message(worker: TwinWorker, stream: Any, event: Any) -> None:
         blobs = {name: stored.get(name.encode()) for name in names}
         marks = {name: stored.get(published_key(name)) for name in names}
         host.host(part, blobs, {name: decode_published(m) for name, m in marks.items() if m is not None})
-        for name in host.shards_on(part):
+        for name in names:
             slot = host.slots[name]
             how = f"restored at offset {slot.offset}" if blobs.get(name) else "with no snapshot: new"
             log.info(

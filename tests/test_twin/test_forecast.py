@@ -14,6 +14,14 @@ from twin.trip import Leg, Trip
 from twin.vehicle import Vehicle
 
 
+def _twin_at(request, scenario: str, at_hours: float):
+    """The generated scenario (a fixture's name) and a live twin fed its first ``at_hours`` hours."""
+    gen = request.getfixturevalue(scenario)
+    twin = LiveTwin(gen.network)
+    twin.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    return gen, twin
+
+
 def _trip(tid, vid, a, b, dep, travel, hold=2400.0):
     return Trip(tid, vid, (Leg(lane_id(a, b), a, b, dep, dep + travel),), hold)
 
@@ -112,9 +120,7 @@ def test_same_seed_same_forecast_and_replicas_share_draws():
 @pytest.mark.parametrize(("scenario", "at_hours"), [("default_scenario", 9), ("mini_scenario", 3)])
 def test_a_pool_forecasts_exactly_as_one_process(request, scenario, at_hours):
     """Workers get the forecast's setup (not the state's orders) and send back tallies."""
-    gen = request.getfixturevalue(scenario)
-    twin = LiveTwin(gen.network)
-    twin.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    gen, twin = _twin_at(request, scenario, at_hours)
     one = Forecaster(gen.network, replicas=6, seed=4).forecast(twin.state)
     with Forecaster(gen.network, replicas=6, seed=4, workers=2) as pool:
         assert pool.forecast(twin.state) == one
@@ -202,9 +208,7 @@ def test_detached_trips_give_exactly_the_simpy_results(request, scenario, at_hou
     from twin.events import DispatchCommand
     from twin.model import detachable, place
 
-    gen = request.getfixturevalue(scenario)
-    twin = LiveTwin(gen.network)
-    twin.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    gen, twin = _twin_at(request, scenario, at_hours)
     state = twin.state
     detached = detachable(state, place(state))
     assert detached, "the state should have trips no freight can ride"
@@ -249,9 +253,7 @@ def test_coasting_gives_exactly_the_simpy_results(request, scenario, at_hours, h
     from twin.events import DispatchCommand
     from twin.model import detachable, freight_free, place
 
-    gen = request.getfixturevalue(scenario)
-    twin = LiveTwin(gen.network)
-    twin.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    gen, twin = _twin_at(request, scenario, at_hours)
     state = twin.state
     free = freight_free(state, place(state))
     if hold is not None:
@@ -295,9 +297,7 @@ def test_taking_a_free_dock_at_once_gives_exactly_the_simpy_results(request, mon
     """A vehicle that arrives in its own wake-up takes a free dock without a request event."""
     from twin.model import _Capacity, detachable, freight_free
 
-    gen = request.getfixturevalue(scenario)
-    twin = LiveTwin(gen.network)
-    twin.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    gen, twin = _twin_at(request, scenario, at_hours)
     state = twin.state
     until = state.clock + 12 * 3600
 
@@ -346,9 +346,7 @@ def test_models_copied_from_a_template_give_exactly_the_built_results(request, s
     from twin.forecast import lane_beliefs
     from twin.model import ModelTemplate, detachable, freight_free, place
 
-    gen = request.getfixturevalue(scenario)
-    twin = LiveTwin(gen.network)
-    twin.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    gen, twin = _twin_at(request, scenario, at_hours)
     state = twin.state
     until = state.clock + horizon_hours * 3600
     template = ModelTemplate.of(state, place(state, lane_beliefs(state)[1]))
@@ -378,9 +376,7 @@ def test_a_tally_from_the_model_equals_the_tally_of_its_records(request, scenari
 
     from twin.forecast import _Keys, _late_ledgers, _LotIndex, _tally, _tally_model
 
-    gen = request.getfixturevalue(scenario)
-    twin = LiveTwin(gen.network)
-    twin.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    gen, twin = _twin_at(request, scenario, at_hours)
     state = twin.state
     fc = Forecaster(gen.network, horizon=12 * 3600, replicas=4, seed=11)
     late = 0
@@ -403,9 +399,7 @@ def test_the_inlined_event_loop_runs_as_simpy_does(request, monkeypatch, scenari
     """``Model.run`` steps a plain environment itself: the same records as ``env.run(until)``."""
     import twin.model
 
-    gen = request.getfixturevalue(scenario)
-    twin_ = LiveTwin(gen.network)
-    twin_.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    gen, twin_ = _twin_at(request, scenario, at_hours)
     state = twin_.state
     # an ``until`` off the whole seconds, as SimPy's stop time is computed from it
     until = state.clock + 12 * 3600 + 0.3
@@ -440,9 +434,7 @@ def test_processes_started_by_one_event_run_as_with_their_own(request, monkeypat
 
     import twin.model
 
-    gen = request.getfixturevalue(scenario)
-    twin_ = LiveTwin(gen.network)
-    twin_.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
+    gen, twin_ = _twin_at(request, scenario, at_hours)
     state = twin_.state
     until = state.clock + 12 * 3600
     traces: list = []
