@@ -103,7 +103,10 @@ def main() -> None:
         f"naive upkeep (full re-forecast after every event): {best:.3f} s per event, {1 / best:.2f} events/s "
         f"(1 core: {m1:.3f} s, {1 / m1:.2f} events/s; 2 processes: {m2:.3f} s, {1 / m2:.2f} events/s)"
     )
-    print("incremental update after one position event: not implemented (see docs/forecasting.md)")
+    print(
+        "incremental update after one position event: not implemented; "
+        "bench/cone.py measures its exact cone (docs/forecasting.md)"
+    )
     tracemalloc.start()
     Forecaster(gen.network, **kwargs).forecast(st)
     _, peak = tracemalloc.get_traced_memory()
