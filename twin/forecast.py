@@ -23,20 +23,11 @@ import numpy.typing as npt
 
 from twin.durations import DrawTable, StochasticDurations, whole
 from twin.lane import MIN_SAMPLE_PROGRESS, Lane, pace_persistence
-from twin.model import (
-    ROOT_CAUSES,
-    Ledger,
-    Model,
-    ModelResult,
-    ModelTemplate,
-    OrderInfo,
-    Placement,
-    TripRun,
-    detachable,
-    freight_free,
-    place,
-)
+from twin.model import Model, ModelTemplate
 from twin.network import Network
+from twin.placement import Placement, detachable, freight_free, place
+from twin.provenance import ROOT_CAUSES, Ledger
+from twin.records import ModelResult, OrderInfo, TripRun
 from twin.site import Site
 from twin.state import WorldState
 

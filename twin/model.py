@@ -26,106 +26,24 @@ Phases: ``build()`` -> ``run(until)`` -> ``collect()`` (-> ``close()``).
 
 from __future__ import annotations
 
-import heapq
 import math
-from collections.abc import Generator
-from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from dataclasses import dataclass
+from typing import Protocol
 
 import simpy
 
 from twin.durations import Durations
+from twin.engine import Proc, Sites, Start, Started, Wake, run_until, unlink
+from twin.placement import Placement, place
+from twin.provenance import Ledger, add_cause, carry_causes
+from twin.records import Lot, ModelResult, OrderInfo, TripRun
 from twin.state import WorldState
 
-__all__ = [
-    "LINK_CAUSES",
-    "ROOT_CAUSES",
-    "Ledger",
-    "Lot",
-    "Model",
-    "ModelResult",
-    "ModelTemplate",
-    "Observer",
-    "OrderInfo",
-    "OrderView",
-    "Placement",
-    "TripRun",
-    "detachable",
-    "freight_free",
-    "observed_history",
-    "place",
-]
-
-Proc = Generator[simpy.Event, Any, None]
-
-#: Where delay comes from ...
-ROOT_CAUSES: frozenset[str] = frozenset({"lane_slowdown", "disruption", "dock_queue", "handling_backlog"})
-#: ... and how it travels from one trip or order to the next.
-LINK_CAUSES: frozenset[str] = frozenset({"vehicle_rotation", "held_departure", "missed_connection"})
-
-#: Recorded provenance of a delay: (mechanism, entity) -> [seconds contributed, time first seen].
-#: Root causes add up to the delay they explain; a link carries the seconds passed along it.
-#: Entries are replaced, never changed in place (``_add``), so a shallow copy is a snapshot.
-Ledger = dict[tuple[str, str], list[float]]
-
-
-def _add(ledger: Ledger, mechanism: str, entity: str, seconds: float, at: float) -> None:
-    if seconds <= 0:
-        return
-    entry = ledger.get((mechanism, entity))
-    if entry is None:
-        ledger[(mechanism, entity)] = [seconds, at]
-    else:
-        # a new entry, never an update in place: copies of a ledger can then be shallow
-        ledger[(mechanism, entity)] = [entry[0] + seconds, min(entry[1], at)]
-
-
-def _unlink(event: simpy.Event) -> None:
-    """Drop what waits on an event (what would be called back when it is processed)."""
-    if event.callbacks:
-        event.callbacks.clear()
-
-
-def _run_until(env: simpy.Environment, until: float) -> int:
-    """``env.run(until=until)``: the same events in the same order, without a method call per step.
-
-    SimPy's ``run`` schedules a stop event at ``now + (until - now)`` with the highest
-    priority and steps until it is processed: every event before that time, and none at
-    it (no event at that time can have been scheduled with that priority before it), after
-    which the clock stands at the stop time. This loop is ``Environment.step`` inlined.
-    Returns the number of events processed.
-    """
-    at = env.now + (until - env.now)
-    queue = env._queue
-    pop = heapq.heappop
-    n = 0
-    while queue and queue[0][0] < at:
-        env._now, _, _, event = pop(queue)
-        n += 1
-        callbacks, event.callbacks = event.callbacks, None  # type: ignore[assignment]
-        for callback in callbacks:
-            callback(event)
-        if not event._ok and not hasattr(event, "_defused"):
-            # as ``Environment.step``: a failed event that no one handled crashes the run
-            exc = type(event._value)(*event._value.args)
-            exc.__cause__ = event._value
-            raise exc
-    env._now = at
-    return n
+__all__ = ["Model", "ModelTemplate", "Observer"]
 
 
 def _first_id(lot: Lot) -> str:
     return lot.ids[0]
-
-
-def _carry(into: Ledger, upstream: Ledger, seconds: float) -> None:
-    """Add ``upstream``'s causes, scaled so its root causes explain at most ``seconds``."""
-    roots = sum(v[0] for k, v in upstream.items() if k[0] in ROOT_CAUSES)
-    if roots <= 0 or seconds <= 0:
-        return
-    f = min(1.0, seconds / roots)
-    for (mech, entity), (secs, at) in upstream.items():
-        _add(into, mech, entity, secs * f, at)
 
 
 class Observer(Protocol):
@@ -168,308 +86,6 @@ class _NullObserver:
 
     def rolled(self, t: float, order_id: str, from_trip: str, to_trip: str | None) -> None:
         pass
-
-
-@dataclass(slots=True)
-class TripRun:
-    """What happened to a trip in this run."""
-
-    departures: list[float | None]
-    arrivals: list[float | None]
-    released: float | None = None
-    held_for: str | None = None
-    hold_seconds: float = 0.0
-    waited_for_vehicle: float = 0.0
-    dock_waits: list[float] = field(default_factory=list)
-    #: running provenance of the trip's delay; per leg as it arrived; when the vehicle was freed
-    ledger: Ledger = field(default_factory=dict)
-    arrival_ledgers: dict[int, Ledger] = field(default_factory=dict)
-    release_ledger: Ledger = field(default_factory=dict)
-    dock_wait_at: dict[int, float] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Lot:
-    """Orders that travel together: same place, same remaining path, same destination.
-
-    The model moves lots, not single orders, which keeps a forecast's cost proportional to
-    the freight flows rather than to the number of orders. A lot splits when a vehicle has
-    room for only part of it (the lowest order ids board first).
-    """
-
-    ids: list[str]
-    destination: str
-    path: list[str]
-    boards: list[str]
-    hop: int
-    stage: str
-    site: str | None
-    trip: str | None = None
-    ready: bool = False
-    delivered_at: float | None = None
-    inbound_trip: str | None = None
-    inbound_leg: int = 0
-    rolls: int = 0
-    sort_wait: float = 0.0
-    miss_ledger: Ledger | None = None
-    serial: int = 0
-    #: order of arrival at a site before the snapshot (unsorted freight is sorted in this order)
-    since: float = 0.0
-    #: seconds of a missed connection whose upstream causes are carried once the lot is
-    #: sorted (it was rolled at the start of a run while still on the road)
-    miss_carry: float = 0.0
-
-    @property
-    def id(self) -> str:
-        """The lowest order id of the lot (its name in logs and orderings)."""
-        return self.ids[0]
-
-    def pending_hop(self) -> int:
-        """Index of the next hop to board: the current one, or the one after the ride."""
-        return self.hop + 1 if self.trip is not None else self.hop
-
-    def alight(self, hop: int | None = None) -> str:
-        """Where the lot leaves the trip of ``hop`` (default: the current hop)."""
-        h = self.hop if hop is None else hop
-        return self.boards[h + 1] if h + 1 < len(self.path) else self.destination
-
-
-@dataclass(frozen=True, slots=True)
-class OrderInfo:
-    """What the model keeps of an order besides its lot."""
-
-    origin: str
-    destination: str
-    promised_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class OrderView:
-    """One order's outcome in a run (read from its lot)."""
-
-    id: str
-    origin: str
-    destination: str
-    promised_at: float
-    stage: str
-    site: str | None
-    trip: str | None
-    delivered_at: float | None
-    rolls: int
-    path: list[str]
-
-
-@dataclass(slots=True)
-class Placement:
-    """Where the state's open freight is, grouped into lot templates (computed once per state)."""
-
-    info: dict[str, OrderInfo]
-    onboard: list[Lot]
-    unsorted: list[Lot]
-    ready: list[Lot]
-    #: provenance of delays already observed, per trip: (running ledger, ledgers at arrival per leg)
-    history: dict[str, tuple[Ledger, dict[int, Ledger]]] = field(default_factory=dict)
-
-
-_GroupKey = tuple[str, str | None, str | None, int, tuple[str, ...], tuple[str, ...], str]
-#: Time freight normally spends between unloading and sorted; beyond it is a handling backlog.
-SORT_ALLOWANCE = 600.0
-
-
-def observed_history(
-    state: WorldState, lane_causes: dict[str, tuple[str, str]] | None = None
-) -> dict[str, tuple[Ledger, dict[int, Ledger]]]:
-    """Provenance of the delays the state has already observed, per trip.
-
-    A late first departure goes to the vehicle's previous trip when that one arrived late
-    (carrying its history along), else to the departure itself; time on a completed leg
-    beyond the lane's nominal time goes to the lane (or to a reported disruption on it).
-    """
-    net = state.network
-    causes = lane_causes or {}
-    out: dict[str, tuple[Ledger, dict[int, Ledger]]] = {}
-    for trip in sorted(net.trips.values(), key=lambda t: (t.planned_departure, t.id)):
-        ts = state.trips[trip.id]
-        dep0 = ts.departures[0]
-        if dep0 is None:
-            continue
-        led: Ledger = {}
-        arrivals: dict[int, Ledger] = {}
-        late = dep0 - trip.planned_departure
-        if late > 0:
-            prev = net.previous_trip(trip.id)
-            prev_arrival = state.trips[prev].arrivals[-1] if prev is not None else None
-            if prev is not None and prev_arrival is not None and prev_arrival > net.trips[prev].planned_arrival:
-                if prev in out:
-                    _carry(led, out[prev][0], late)
-                _add(led, "vehicle_rotation", prev, late, dep0)
-            else:
-                # the vehicle was there: it waited for freight; at a site running below its
-                # nominal capacity at the time, that freight was stuck in its dock or sorting queue
-                site = state.sites[trip.origin]
-                if (
-                    site.degraded_from is not None
-                    and site.degraded_to is not None
-                    and (site.degraded_from <= dep0 <= site.degraded_to + 2 * 3600.0)
-                ):
-                    short_docks = site.docks_in_service < net.sites[trip.origin].docks
-                    _add(led, "dock_queue" if short_docks else "handling_backlog", trip.origin, late, dep0)
-                _add(led, "held_departure", trip.id, late, dep0)
-        for i, leg in enumerate(trip.legs):
-            d, a = ts.departures[i], ts.arrivals[i]
-            if d is None or a is None:
-                break
-            excess = (a - d) - net.lanes[leg.lane_id].travel_time
-            mechanism, entity = causes.get(leg.lane_id, ("lane_slowdown", leg.lane_id))
-            _add(led, mechanism, entity, excess, d)
-            arrivals[i] = dict(led)
-        out[trip.id] = (led, arrivals)
-    return out
-
-
-def _observed_misses(state: WorldState, misses: list[list[object]]) -> Ledger:
-    """Missed connections seen in the live state, with the site's condition as their cause."""
-    net = state.network
-    led: Ledger = {}
-    for booked, site, at in misses:
-        b, where, t = str(booked), str(site), float(at)  # type: ignore[arg-type]
-        leg = net.leg_index(b, where)
-        planned = net.trips[b].legs[max(0, leg)].planned_departure
-        # it left at ``t`` (the loaded scan) instead of the booked trip's planned departure
-        gap = t - planned
-        s = state.sites[where]
-        if s.degraded_from is not None and s.degraded_to is not None and s.degraded_from <= t <= s.degraded_to + 7200.0:
-            short_docks = s.docks_in_service < net.sites[where].docks
-            _add(led, "dock_queue" if short_docks else "handling_backlog", where, gap, planned)
-        _add(led, "missed_connection", b, gap, planned)
-    return led
-
-
-def freight_free(state: WorldState, placement: Placement) -> frozenset[str]:
-    """Trips that no freight can ride.
-
-    A trip is freight-free when it is on no open order's remaining path and serves none of
-    the hops such an order still has to make (so no missed connection can roll freight onto
-    it): nothing is ever booked on it or loaded on it, so it touches no dock and no sorter.
-    """
-    net = state.network
-    capable: set[str] = set()
-    hops: set[tuple[str, str]] = set()
-    for lot in (*placement.onboard, *placement.unsorted, *placement.ready):
-        for h in range(lot.hop, len(lot.path)):
-            capable.add(lot.path[h])
-            alight = lot.alight(h)
-            hops.add((lot.boards[h], alight))
-            if lot.site is not None:
-                hops.add((lot.site, alight))
-    for board, alight in hops:
-        capable.update(net.services(board, alight))
-    return frozenset(t for t in net.trips if t not in capable)
-
-
-def detachable(state: WorldState, placement: Placement, free: frozenset[str] | None = None) -> frozenset[str]:
-    """Trips that no freight can ride and that only their vehicle's earlier trips affect.
-
-    The detachable trips are, per vehicle, the freight-free trips (``freight_free``) after
-    its last trip that is not: not started, they touch no dock, no sorter and no other
-    vehicle, and no one reads them during a run. A model can compute them after its SimPy run.
-    """
-    net = state.network
-    free = freight_free(state, placement) if free is None else free
-    out: set[str] = set()
-    for rotation in net.rotations.values():
-        for tid in reversed(rotation):
-            ts = state.trips[tid]
-            if tid not in free or ts.arrivals[-1] is not None or any(d is not None for d in ts.departures):
-                break
-            out.add(tid)
-    return frozenset(out)
-
-
-def place(state: WorldState, lane_causes: dict[str, tuple[str, str]] | None = None) -> Placement:
-    """Group the state's open orders into lots (shared by every replica of a forecast)."""
-    net = state.network
-    groups: dict[_GroupKey, list[str]] = {}
-    since: dict[_GroupKey, float] = {}
-    misses: dict[_GroupKey, list[list[object]]] = {}
-    info: dict[str, OrderInfo] = {}
-    for oid, o in state.orders.items():
-        if o.stage in ("delivered", "cancelled"):
-            continue
-        info[oid] = OrderInfo(o.origin, o.destination, o.promised_at)
-        where = "ready"
-        trip = None
-        if o.stage == "loaded" and o.trip_id is not None:
-            leg = net.leg_index(o.trip_id, o.site_id or "")
-            if leg >= 0 and state.trips[o.trip_id].departures[leg] is not None:
-                where, trip = "onboard", o.trip_id
-        elif o.stage == "unloaded" and o.site_id is not None:
-            where = "unsorted"
-            # freight unloaded together is sorted together: keep unloadings apart
-            trip = f"@{o.obs_time!r}"
-        elif o.stage == "sorted" and o.unloaded_at is not None and o.sorted_at is not None:
-            # how long it waited for the sorter beyond a normal turn (10 minutes)
-            trip = f"~{max(0, round(o.sorted_at - o.unloaded_at - SORT_ALLOWANCE))}"
-        site = o.site_id if where != "onboard" else None
-        if o.misses:
-            trip = f"{trip}|" + "|".join(f"{m[0]}@{m[1]}" for m in o.misses)
-        key: _GroupKey = (where, site, trip, o.hop, tuple(o.path), tuple(o.boards), o.destination)
-        groups.setdefault(key, []).append(oid)
-        if o.misses:
-            misses[key] = o.misses
-        since[key] = min(since.get(key, o.obs_time), o.obs_time)
-    out = Placement(info, [], [], [], observed_history(state, lane_causes))
-    for key in sorted(groups, key=lambda k: min(groups[k])):
-        where, site, trip, hop, path, boards, destination = key
-        lot = Lot(
-            sorted(groups[key]),
-            str(destination),
-            list(path),
-            list(boards),
-            hop,
-            "loaded" if where == "onboard" else ("unloaded" if where == "unsorted" else "sorted"),
-            None if where == "onboard" else str(site),
-            trip.split("|")[0] if where == "onboard" and trip is not None else None,
-            since=since[key],
-        )
-        if trip is not None and trip.startswith("~"):
-            lot.sort_wait = float(trip.split("|")[0][1:])
-        if key in misses:
-            lot.miss_ledger = _observed_misses(state, misses[key])
-        if site is not None and 0 < hop <= len(path):
-            # waiting at a transfer site: remember which trip (and leg) brought it here
-            came = net.trips[path[hop - 1]]
-            lot.inbound_trip = came.id
-            lot.inbound_leg = next((i for i, lg in enumerate(came.legs) if lg.destination == site), len(came.legs) - 1)
-        getattr(out, where).append(lot)
-    return out
-
-
-@dataclass(slots=True)
-class ModelResult:
-    """Outcome of a run: per-trip records, the lots, and where the clock stopped."""
-
-    until: float
-    trips: dict[str, TripRun]
-    lots: list[Lot]
-    info: dict[str, OrderInfo]
-    #: per-entity provenance, filled in by the forecaster: ("order"|"trip", id) -> ledger
-    ledgers: dict[tuple[str, str], Ledger] = field(default_factory=dict)
-    #: the same provenance per lot (parallel to ``lots``; None when none of its orders is late)
-    lot_ledgers: list[Ledger | None] = field(default_factory=list)
-
-    @property
-    def orders(self) -> dict[str, OrderView]:
-        """Every order's outcome, by order id."""
-        out: dict[str, OrderView] = {}
-        for lot in self.lots:
-            for oid in lot.ids:
-                i = self.info[oid]
-                out[oid] = OrderView(
-                    oid, i.origin, i.destination, i.promised_at, lot.stage, lot.site, lot.trip,
-                    lot.delivered_at, lot.rolls, list(lot.path),
-                )  # fmt: skip
-        return out
 
 
 def _copy_run(run: TripRun) -> TripRun:
@@ -554,115 +170,6 @@ class ModelTemplate:
 _VEHICLES = 2
 
 
-class _Wake(simpy.Event):
-    """A timeout with a chosen priority: it is processed after same-time events of lower priority."""
-
-    def __init__(self, env: simpy.Environment, delay: float, priority: int) -> None:
-        self.env = env
-        self.callbacks = []
-        self._value = None
-        self._ok = True
-        env.schedule(self, priority, delay)  # type: ignore[arg-type]
-
-
-class _Start(simpy.Event):
-    """One event that starts every process a model starts as it is built.
-
-    SimPy starts each process with its own ``Initialize`` event, scheduled urgent at the
-    current time; a model's build starts about a hundred, and their events are the first
-    in the queue, consecutive, and processed one after another before anything the
-    processes schedule (which comes later in the queue, the urgent included). One event
-    that resumes the processes in the order they were started does the same work in the
-    same order, in one simulation step instead of one per process. While it runs,
-    ``waiting`` counts the processes still to start: they are what the ``Initialize``
-    events left in the queue were (``Model._sort`` looks at the queue).
-    """
-
-    def __init__(self, env: simpy.Environment) -> None:
-        self.env = env
-        self.callbacks = [self._start_all]
-        self._value = None
-        self._ok = True
-        #: the processes to start, in order
-        self.procs: list[simpy.Process] = []
-        #: how many of them are still to start after the one running
-        self.waiting = 0
-        env.schedule(self, simpy.events.URGENT)
-
-    def _start_all(self, event: simpy.Event) -> None:
-        procs = self.procs
-        for i, proc in enumerate(procs):
-            self.waiting = len(procs) - 1 - i
-            proc._resume(self)
-        procs.clear()
-
-
-class _Started(simpy.Process):
-    """A SimPy process resumed first by a shared ``_Start`` instead of its own ``Initialize``."""
-
-    def __init__(self, env: simpy.Environment, generator: Proc, start: _Start) -> None:
-        self.env = env
-        self.callbacks = []
-        self._generator = generator
-        self._target = start
-        start.procs.append(self)
-
-
-class _Capacity(simpy.Resource):
-    """A SimPy ``Resource`` (docks, a sorter) whose release schedules no event when no one waits.
-
-    SimPy frees the slot when ``release`` is called and hands it to the first waiting
-    request only when the release event is processed, later in the same second. With no
-    request waiting at the release, processing that event would change nothing: a request
-    made after the release takes a free slot as it is made, and one that finds every slot
-    taken waits for a later release, which has its own event (every use of a slot lasts at
-    least a second, so no slot is taken and freed again within the same instant). So the
-    event is left out: one simulation step less per unwaited release, and the events that
-    are left keep their order.
-    """
-
-    def release(  # type: ignore[override]
-        self, request: simpy.resources.resource.Request
-    ) -> simpy.resources.resource.Release | None:
-        """Free the request's slot; an event (as SimPy's) only when a request is waiting."""
-        if not self.put_queue and request in self.users:
-            self.users.remove(request)
-            return None
-        return super().release(request)
-
-    def take(self) -> simpy.resources.resource.Request | None:
-        """Occupy a slot at once, without an event, if one is free and no one waits (else None).
-
-        Returns the token to ``release``. This is what ``request`` does when a slot is free,
-        except that the requesting process goes on at once instead of when the request's
-        event is processed; only for a caller that no other event can come before (see
-        ``Model._unload``).
-        """
-        if self.put_queue or len(self.users) >= self.capacity:
-            return None
-        token = cast(simpy.resources.resource.Request, object())
-        self.users.append(token)
-        return token
-
-
-class _Sites(dict[str, _Capacity]):
-    """One resource per site (docks, or a sorter), created when first used.
-
-    A resource schedules nothing when it is created, so creating it later changes no event;
-    a replica uses the docks and sorters of only some of the sites.
-    """
-
-    def __init__(self, env: simpy.Environment) -> None:
-        super().__init__()
-        self.env = env
-        #: the capacity of each site's resource
-        self.capacity: dict[str, int] = {}
-
-    def __missing__(self, site_id: str) -> _Capacity:
-        res = self[site_id] = _Capacity(self.env, capacity=self.capacity[site_id])
-        return res
-
-
 class Model:
     """The network model, built from a world state; see the module docstring."""
 
@@ -705,8 +212,8 @@ class Model:
         self.lots: list[Lot] = []
         self.info: dict[str, OrderInfo] = {}
         #: each site's docks and sorter, created when first used
-        self.docks: _Sites = _Sites(self.env)
-        self.sorters: _Sites = _Sites(self.env)
+        self.docks: Sites = Sites(self.env)
+        self.sorters: Sites = Sites(self.env)
         self.rates: dict[str, float] = {}
         #: orders booked for (trip, boarding site), ready or not
         self.booked: dict[tuple[str, str], dict[int, Lot]] = {}
@@ -740,9 +247,9 @@ class Model:
         self._procs: list[simpy.Process] = []
         self._built = False
         self._ran = False
-        #: while building, processes are started by one shared event (``_Start``)
+        #: while building, processes are started by one shared event (``Start``)
         self._starting = False
-        self._start_event: _Start | None = None
+        self._start_event: Start | None = None
 
     # ------------------------------------------------------------------ build
     def build(self) -> Model:
@@ -933,7 +440,7 @@ class Model:
         self._until = until
         if until > self.env.now:
             if type(self.env) is simpy.Environment:
-                self.steps += _run_until(self.env, until)
+                self.steps += run_until(self.env, until)
             else:
                 self.env.run(until=until)  # e.g. a RealtimeEnvironment: it paces its own steps
             # the clock now stands where SimPy stopped: events at or after it did not happen
@@ -968,7 +475,7 @@ class Model:
                 excess = duration - lane.travel_time * 1.0
                 if excess > 0:
                     mechanism, entity = self.durations.lane_cause(lane)
-                    _add(run.ledger, mechanism, entity, excess, left)
+                    add_cause(run.ledger, mechanism, entity, excess, left)
                 run.arrivals[i] = now
                 run.arrival_ledgers[i] = dict(run.ledger)
             run.released = now
@@ -991,17 +498,17 @@ class Model:
         out: Ledger = dict(o.miss_ledger) if o.miss_ledger and misses else {}
         if o.trip is not None:
             for k, (secs, at) in self.trips[o.trip].ledger.items():
-                _add(out, k[0], k[1], secs, at)
+                add_cause(out, k[0], k[1], secs, at)
             return out
         if o.inbound_trip is None:
             return out
         run = self.trips[o.inbound_trip]
         for k, (secs, at) in run.arrival_ledgers.get(o.inbound_leg, {}).items():
-            _add(out, k[0], k[1], secs, at)
+            add_cause(out, k[0], k[1], secs, at)
         site = self.net.trips[o.inbound_trip].legs[o.inbound_leg].destination
         arrived = run.arrivals[o.inbound_leg] or 0.0
-        _add(out, "dock_queue", site, run.dock_wait_at.get(o.inbound_leg, 0.0), arrived)
-        _add(out, "handling_backlog", site, o.sort_wait, arrived)
+        add_cause(out, "dock_queue", site, run.dock_wait_at.get(o.inbound_leg, 0.0), arrived)
+        add_cause(out, "handling_backlog", site, o.sort_wait, arrived)
         return out
 
     # ------------------------------------------------------------------ freight
@@ -1146,7 +653,7 @@ class Model:
         """
         if not self.vehicles_last:
             return self.env.timeout(delay)
-        return _Wake(self.env, delay, self._rank[vehicle_id])
+        return Wake(self.env, delay, self._rank[vehicle_id])
 
     def _coast(self, vehicle_id: str, k: int, now: float) -> tuple[int, float | None]:
         """Compute the vehicle's freight-free trips from ``rotation[k]`` on, free at ``now``.
@@ -1228,14 +735,14 @@ class Model:
             run.waited_for_vehicle = late
             prev = self.net.previous_trip(trip_id)
             if prev is not None:
-                _carry(run.ledger, self.trips[prev].release_ledger, late)
-                _add(run.ledger, "vehicle_rotation", prev, late, now)
+                carry_causes(run.ledger, self.trips[prev].release_ledger, late)
+                add_cause(run.ledger, "vehicle_rotation", prev, late, now)
         if ts.hold_until is not None and now < ts.hold_until:
             start = now
             now = now + (ts.hold_until - now)
             if now >= stop:
                 return None
-            _add(run.ledger, "held_departure", trip_id, now - start, start)
+            add_cause(run.ledger, "held_departure", trip_id, now - start, start)
         run.departures[leg_index] = now
         return now
 
@@ -1252,7 +759,7 @@ class Model:
         excess = duration - lane.travel_time * remaining
         if excess > 0:
             mechanism, entity = self.durations.lane_cause(lane)
-            _add(run.ledger, mechanism, entity, excess, now)
+            add_cause(run.ledger, mechanism, entity, excess, now)
         run.arrivals[leg_index] = end
         run.arrival_ledgers[leg_index] = dict(run.ledger)
         self.vehicle_site[vehicle_id] = leg.destination
@@ -1262,11 +769,11 @@ class Model:
         if not self._starting:
             self._procs.append(self.env.process(proc))
             return
-        # while building: one event starts them all (``_Start``), scheduled where the first
+        # while building: one event starts them all (``Start``), scheduled where the first
         # process's own would have been (the only event of a build)
         if self._start_event is None:
-            self._start_event = _Start(self.env)
-        self._procs.append(_Started(self.env, proc, self._start_event))
+            self._start_event = Start(self.env)
+        self._procs.append(Started(self.env, proc, self._start_event))
 
     def close(self) -> None:
         """Stop the model's processes and free its SimPy parts; its records (``collect``) stay.
@@ -1290,13 +797,13 @@ class Model:
             proc._target = None  # type: ignore[assignment]
             if isinstance(target, simpy.events.Condition):
                 for ev in target._events:
-                    _unlink(ev)
+                    unlink(ev)
             if target is not None:
-                _unlink(target)
+                unlink(target)
         self._procs.clear()
         if self._start_event is not None:
             self._start_event.procs.clear()
-        _unlink(self._never)
+        unlink(self._never)
         for res in (*self.docks.values(), *self.sorters.values()):
             res.put_queue.clear()
             res.get_queue.clear()
@@ -1304,7 +811,7 @@ class Model:
         if not self._own_env:
             return  # an environment given to the model may have other users: left as it is
         for *_, event in env._queue:
-            _unlink(event)
+            unlink(event)
         env._queue.clear()
         # ``Environment`` binds its event constructors to itself (``BoundClass.bind_early``);
         # the class attributes behave the same, unbound
@@ -1349,7 +856,7 @@ class Model:
         behind = (self.env.now - dep) - (1.0 - remaining) * lane.travel_time
         if behind > 0:
             mechanism, entity = self.durations.lane_cause(lane)
-            _add(run.ledger, mechanism, entity, behind, dep)
+            add_cause(run.ledger, mechanism, entity, behind, dep)
 
     def _depart(self, trip_id: str, leg_index: int) -> Proc:
         env, trip = self.env, self.net.trips[trip_id]
@@ -1365,12 +872,12 @@ class Model:
             run.waited_for_vehicle = late
             prev = self.net.previous_trip(trip_id)
             if prev is not None:
-                _carry(run.ledger, self.trips[prev].release_ledger, late)
-                _add(run.ledger, "vehicle_rotation", prev, late, env.now)
+                carry_causes(run.ledger, self.trips[prev].release_ledger, late)
+                add_cause(run.ledger, "vehicle_rotation", prev, late, env.now)
         if ts.hold_until is not None and env.now < ts.hold_until:
             start = env.now
             yield self._wait(trip.vehicle_id, ts.hold_until - env.now)
-            _add(run.ledger, "held_departure", trip_id, env.now - start, start)
+            add_cause(run.ledger, "held_departure", trip_id, env.now - start, start)
         if leg_index == 0 and not ts.depart_now:
             deadline = planned + trip.hold_limit
             inbound = self._inbound(trip_id, site, by=deadline)
@@ -1387,8 +894,8 @@ class Model:
                 culprit = min(o.inbound_trip or "" for o in still) if still else last
                 run.held_for = culprit or None
                 if culprit:
-                    _carry(run.ledger, self.trips[culprit].release_ledger, run.hold_seconds)
-                _add(run.ledger, "held_departure", trip_id, run.hold_seconds, start)
+                    carry_causes(run.ledger, self.trips[culprit].release_ledger, run.hold_seconds)
+                add_cause(run.ledger, "held_departure", trip_id, run.hold_seconds, start)
         self._load(trip_id, leg_index, site)
         run.departures[leg_index] = env.now
         self.vehicle_site[trip.vehicle_id] = None
@@ -1442,8 +949,8 @@ class Model:
             # rolled at the start while still on the road: what delays it is still to come
             o.miss_carry = gap
         elif o.miss_ledger is None and o.inbound_trip is not None:
-            _carry(ledger, self.order_ledger(o), gap)
-        _add(ledger, "missed_connection", missed, gap, self.env.now)
+            carry_causes(ledger, self.order_ledger(o), gap)
+        add_cause(ledger, "missed_connection", missed, gap, self.env.now)
         o.miss_ledger = ledger
         if self._observing:
             for oid in o.ids:
@@ -1473,7 +980,7 @@ class Model:
         excess = duration - lane.travel_time * remaining
         if excess > 0:
             mechanism, entity = self.durations.lane_cause(lane)
-            _add(self.trips[trip_id].ledger, mechanism, entity, excess, start)
+            add_cause(self.trips[trip_id].ledger, mechanism, entity, excess, start)
 
     def _arrive(self, trip_id: str, leg_index: int, vehicle_id: str) -> Proc:
         env = self.env
@@ -1514,7 +1021,7 @@ class Model:
         run = self.trips[trip_id]
         run.dock_waits.append(wait)
         run.dock_wait_at[leg_index] = wait
-        _add(run.ledger, "dock_queue", site, wait, queued)
+        add_cause(run.ledger, "dock_queue", site, wait, queued)
         if self._observing:
             self.observer.docks(env.now, site, docks.count, int(docks.capacity))
         s = self.net.sites[site]
@@ -1575,9 +1082,9 @@ class Model:
             if o.miss_carry > 0:
                 upstream = self.order_ledger(o, misses=False)
                 ledger: Ledger = {}
-                _carry(ledger, upstream, o.miss_carry)
+                carry_causes(ledger, upstream, o.miss_carry)
                 for k, (secs, at) in (o.miss_ledger or {}).items():
-                    _add(ledger, k[0], k[1], secs, at)
+                    add_cause(ledger, k[0], k[1], secs, at)
                 o.miss_ledger, o.miss_carry = ledger, 0.0
             self._make_ready(o)
         yield self._park()

@@ -162,7 +162,8 @@ def test_forecast_rejects_bad_settings():
 def _replica(state, network, replica, until, detached, *, vehicles_last=False, coast=None, models=None, template=None):
     from twin.durations import DrawTable
     from twin.forecast import ForecastDurations, _draw_keys, lane_beliefs, lane_ends
-    from twin.model import Model, place
+    from twin.model import Model
+    from twin.placement import place
 
     factors, causes, _spreads = lane_beliefs(state)
     draws = DrawTable(5, [replica], _draw_keys(state))
@@ -206,7 +207,7 @@ def _records(result):
 def test_detached_trips_give_exactly_the_simpy_results(request, scenario, at_hours, horizon_hours, hold):
     """Trips no freight can ride, computed after the run, equal the same trips run in SimPy."""
     from twin.events import DispatchCommand
-    from twin.model import detachable, place
+    from twin.placement import detachable, place
 
     gen, twin = _twin_at(request, scenario, at_hours)
     state = twin.state
@@ -251,7 +252,7 @@ def test_coasting_gives_exactly_the_simpy_results(request, scenario, at_hours, h
     fast side also computes the detached trips after the run, as the forecaster does.
     """
     from twin.events import DispatchCommand
-    from twin.model import detachable, freight_free, place
+    from twin.placement import detachable, freight_free, place
 
     gen, twin = _twin_at(request, scenario, at_hours)
     state = twin.state
@@ -295,7 +296,8 @@ def test_coasting_gives_exactly_the_simpy_results(request, scenario, at_hours, h
 )
 def test_taking_a_free_dock_at_once_gives_exactly_the_simpy_results(request, monkeypatch, scenario, at_hours):
     """A vehicle that arrives in its own wake-up takes a free dock without a request event."""
-    from twin.model import _Capacity, detachable, freight_free
+    from twin.engine import Capacity
+    from twin.placement import detachable, freight_free
 
     gen, twin = _twin_at(request, scenario, at_hours)
     state = twin.state
@@ -322,7 +324,7 @@ def test_taking_a_free_dock_at_once_gives_exactly_the_simpy_results(request, mon
         taken.append(not self.put_queue and len(self.users) < self.capacity)
         return None
 
-    monkeypatch.setattr(_Capacity, "take", counted)
+    monkeypatch.setattr(Capacity, "take", counted)
     assert [run(r) for r in range(2)] == fast
     assert any(taken)
 
@@ -344,7 +346,8 @@ def test_models_copied_from_a_template_give_exactly_the_built_results(request, s
     the forecaster runs (same-second rule, coasting, detached trips).
     """
     from twin.forecast import lane_beliefs
-    from twin.model import ModelTemplate, detachable, freight_free, place
+    from twin.model import ModelTemplate
+    from twin.placement import detachable, freight_free, place
 
     gen, twin = _twin_at(request, scenario, at_hours)
     state = twin.state
@@ -417,7 +420,7 @@ def test_the_inlined_event_loop_runs_as_simpy_does(request, monkeypatch, scenari
         env.run(until=stop)
         return 0
 
-    monkeypatch.setattr(twin.model, "_run_until", simpy_run)
+    monkeypatch.setattr(twin.model, "run_until", simpy_run)
     theirs: list = []
     assert [run(r, theirs) for r in range(2)] == fast
     assert [m.env.now for m in theirs] == [m.env.now for m in mine]
@@ -432,7 +435,9 @@ def test_processes_started_by_one_event_run_as_with_their_own(request, monkeypat
 
     import simpy
 
+    import twin.engine
     import twin.model
+    import twin.placement
 
     gen, twin_ = _twin_at(request, scenario, at_hours)
     state = twin_.state
@@ -440,13 +445,13 @@ def test_processes_started_by_one_event_run_as_with_their_own(request, monkeypat
     traces: list = []
 
     def traced(env, stop):
-        # ``_run_until``, recording every event but the starts
+        # ``run_until``, recording every event but the starts
         queue, trace, n = env._queue, [], 0
-        assert [type(e).__name__ for *_, e in queue] in (["_Start"], ["Initialize"] * len(queue))
+        assert [type(e).__name__ for *_, e in queue] in (["Start"], ["Initialize"] * len(queue))
         while queue and queue[0][0] < stop:
             env._now, prio, _, event = heapq.heappop(queue)
             n += 1
-            if type(event) not in (twin.model._Start, simpy.events.Initialize):
+            if type(event) not in (twin.engine.Start, simpy.events.Initialize):
                 trace.append((env._now, prio, type(event).__name__))
             callbacks, event.callbacks = event.callbacks, None
             for callback in callbacks:
@@ -455,7 +460,7 @@ def test_processes_started_by_one_event_run_as_with_their_own(request, monkeypat
         traces.append(trace)
         return n
 
-    monkeypatch.setattr(twin.model, "_run_until", traced)
+    monkeypatch.setattr(twin.model, "run_until", traced)
 
     def run(r, models, coast):
         return _records(
@@ -464,10 +469,10 @@ def test_processes_started_by_one_event_run_as_with_their_own(request, monkeypat
             )
         )
 
-    coasts = [None, lambda p: twin.model.freight_free(state, p)]
+    coasts = [None, lambda p: twin.placement.freight_free(state, p)]
     mine: list = []
     shared = [run(r, mine, c) for r in range(2) for c in coasts]
-    assert all(type(p) is twin.model._Started for m in mine for p in m._procs[:2])
+    assert all(type(p) is twin.engine.Started for m in mine for p in m._procs[:2])
     shared_traces = traces[:]
 
     def own_event(self, proc):
@@ -481,13 +486,13 @@ def test_processes_started_by_one_event_run_as_with_their_own(request, monkeypat
     assert all(type(p) is simpy.Process for m in theirs for p in m._procs)
     # one step for the start instead of one per process started while building
     for m, t in zip(mine, theirs, strict=True):
-        started = sum(1 for p in m._procs if type(p) is twin.model._Started)
+        started = sum(1 for p in m._procs if type(p) is twin.engine.Started)
         assert started > 10
         assert m.steps == t.steps - started + 1
 
 
 def test_detachable_trips_carry_no_freight(default_scenario):
-    from twin.model import detachable, place
+    from twin.placement import detachable, place
 
     twin = LiveTwin(default_scenario.network)
     twin.apply_all([e for e in default_scenario.events if e.time <= 9 * 3600])

@@ -288,7 +288,7 @@ def test_capacity_grants_as_simpy_resource_with_fewer_steps(capacity):
     """Docks and sorters: the same grants, in the same order, as SimPy's own Resource."""
     import simpy
 
-    from twin.model import _Capacity
+    from twin.engine import Capacity
 
     def trace(kind, take=False):
         env = simpy.Environment()
@@ -318,9 +318,9 @@ def test_capacity_grants_as_simpy_resource_with_fewer_steps(capacity):
         return log, steps
 
     expected, simpy_steps = trace(simpy.Resource)
-    got, steps = trace(_Capacity)
+    got, steps = trace(Capacity)
     assert got == expected
     assert steps < simpy_steps
-    got, fewer = trace(_Capacity, take=True)
+    got, fewer = trace(Capacity, take=True)
     assert got == expected
     assert fewer < steps

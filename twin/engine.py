@@ -1,0 +1,163 @@
+"""The SimPy machinery the network model runs on.
+
+A run loop without a method call per step (``run_until``), a timeout with a chosen
+same-time priority (``Wake``), one event that starts every process of a build (``Start``,
+``Started``), and resources whose releases schedule no event when no one waits
+(``Capacity``, one per site in ``Sites``). Each does what SimPy's own would, event for
+event; the model's tests compare them with SimPy's.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Generator
+from typing import Any, cast
+
+import simpy
+
+__all__ = ["Capacity", "Proc", "Sites", "Start", "Started", "Wake", "run_until", "unlink"]
+
+Proc = Generator[simpy.Event, Any, None]
+
+
+def unlink(event: simpy.Event) -> None:
+    """Drop what waits on an event (what would be called back when it is processed)."""
+    if event.callbacks:
+        event.callbacks.clear()
+
+
+def run_until(env: simpy.Environment, until: float) -> int:
+    """``env.run(until=until)``: the same events in the same order, without a method call per step.
+
+    SimPy's ``run`` schedules a stop event at ``now + (until - now)`` with the highest
+    priority and steps until it is processed: every event before that time, and none at
+    it (no event at that time can have been scheduled with that priority before it), after
+    which the clock stands at the stop time. This loop is ``Environment.step`` inlined.
+    Returns the number of events processed.
+    """
+    at = env.now + (until - env.now)
+    queue = env._queue
+    pop = heapq.heappop
+    n = 0
+    while queue and queue[0][0] < at:
+        env._now, _, _, event = pop(queue)
+        n += 1
+        callbacks, event.callbacks = event.callbacks, None  # type: ignore[assignment]
+        for callback in callbacks:
+            callback(event)
+        if not event._ok and not hasattr(event, "_defused"):
+            # as ``Environment.step``: a failed event that no one handled crashes the run
+            exc = type(event._value)(*event._value.args)
+            exc.__cause__ = event._value
+            raise exc
+    env._now = at
+    return n
+
+
+class Wake(simpy.Event):
+    """A timeout with a chosen priority: it is processed after same-time events of lower priority."""
+
+    def __init__(self, env: simpy.Environment, delay: float, priority: int) -> None:
+        self.env = env
+        self.callbacks = []
+        self._value = None
+        self._ok = True
+        env.schedule(self, priority, delay)  # type: ignore[arg-type]
+
+
+class Start(simpy.Event):
+    """One event that starts every process a model starts as it is built.
+
+    SimPy starts each process with its own ``Initialize`` event, scheduled urgent at the
+    current time; a model's build starts about a hundred, and their events are the first
+    in the queue, consecutive, and processed one after another before anything the
+    processes schedule (which comes later in the queue, the urgent included). One event
+    that resumes the processes in the order they were started does the same work in the
+    same order, in one simulation step instead of one per process. While it runs,
+    ``waiting`` counts the processes still to start: they are what the ``Initialize``
+    events left in the queue were (``Model._sort`` looks at the queue).
+    """
+
+    def __init__(self, env: simpy.Environment) -> None:
+        self.env = env
+        self.callbacks = [self._start_all]
+        self._value = None
+        self._ok = True
+        #: the processes to start, in order
+        self.procs: list[simpy.Process] = []
+        #: how many of them are still to start after the one running
+        self.waiting = 0
+        env.schedule(self, simpy.events.URGENT)
+
+    def _start_all(self, event: simpy.Event) -> None:
+        procs = self.procs
+        for i, proc in enumerate(procs):
+            self.waiting = len(procs) - 1 - i
+            proc._resume(self)
+        procs.clear()
+
+
+class Started(simpy.Process):
+    """A SimPy process resumed first by a shared ``Start`` instead of its own ``Initialize``."""
+
+    def __init__(self, env: simpy.Environment, generator: Proc, start: Start) -> None:
+        self.env = env
+        self.callbacks = []
+        self._generator = generator
+        self._target = start
+        start.procs.append(self)
+
+
+class Capacity(simpy.Resource):
+    """A SimPy ``Resource`` (docks, a sorter) whose release schedules no event when no one waits.
+
+    SimPy frees the slot when ``release`` is called and hands it to the first waiting
+    request only when the release event is processed, later in the same second. With no
+    request waiting at the release, processing that event would change nothing: a request
+    made after the release takes a free slot as it is made, and one that finds every slot
+    taken waits for a later release, which has its own event (every use of a slot lasts at
+    least a second, so no slot is taken and freed again within the same instant). So the
+    event is left out: one simulation step less per unwaited release, and the events that
+    are left keep their order.
+    """
+
+    def release(  # type: ignore[override]
+        self, request: simpy.resources.resource.Request
+    ) -> simpy.resources.resource.Release | None:
+        """Free the request's slot; an event (as SimPy's) only when a request is waiting."""
+        if not self.put_queue and request in self.users:
+            self.users.remove(request)
+            return None
+        return super().release(request)
+
+    def take(self) -> simpy.resources.resource.Request | None:
+        """Occupy a slot at once, without an event, if one is free and no one waits (else None).
+
+        Returns the token to ``release``. This is what ``request`` does when a slot is free,
+        except that the requesting process goes on at once instead of when the request's
+        event is processed; only for a caller that no other event can come before (see
+        ``Model._unload``).
+        """
+        if self.put_queue or len(self.users) >= self.capacity:
+            return None
+        token = cast(simpy.resources.resource.Request, object())
+        self.users.append(token)
+        return token
+
+
+class Sites(dict[str, Capacity]):
+    """One resource per site (docks, or a sorter), created when first used.
+
+    A resource schedules nothing when it is created, so creating it later changes no event;
+    a replica uses the docks and sorters of only some of the sites.
+    """
+
+    def __init__(self, env: simpy.Environment) -> None:
+        super().__init__()
+        self.env = env
+        #: the capacity of each site's resource
+        self.capacity: dict[str, int] = {}
+
+    def __missing__(self, site_id: str) -> Capacity:
+        res = self[site_id] = Capacity(self.env, capacity=self.capacity[site_id])
+        return res
