@@ -120,3 +120,21 @@ def test_worker_app_is_built_by_a_factory_with_the_table_and_router_endpoints_of
     assert a.ingest.builder.source.startswith("factory-test-ingest-")
     a.executor.shutdown()
     b.executor.shutdown()
+
+
+@pytest.mark.parametrize(("level", "debug"), [("warn", False), ("info", False), ("debug", True)])
+def test_the_worker_logs_at_its_level_and_does_not_build_debug_records_otherwise(tmp_path, level, debug):
+    """Faust's start-up spinner used to set the root logger to DEBUG at ``--log-level warn``:
+    aiokafka then built a log record for every message it sent or fetched, only to drop it.
+    (In a child process: the worker configures the process's logging.)"""
+    script = f"""
+import logging, faust
+from streams.app import faust_worker
+app = faust.App("log-test", broker="kafka://127.0.0.1:1", datadir={str(tmp_path)!r}, worker_redirect_stdouts=False)
+faust_worker(app, {level!r})._setup_logging()
+print(logging.getLogger("aiokafka.producer.producer").isEnabledFor(logging.DEBUG),
+      logging.getLogger("aiokafka").isEnabledFor(logging.WARNING))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == [str(debug), "True"]
