@@ -24,7 +24,7 @@ from streams.deadletter import from_message
 from streams.envelopes import Batch, decode_snapshot, encode_message
 from streams.host import HostSettings, ShardHost, input_name
 from streams.ingest import BatchBuilder, SourceMessage
-from streams.predictions import decode_prediction, prediction_fields
+from streams.predictions import decode_prediction, encode_predictions, prediction_fields
 from streams.shards import ForecastSettings, ShardedPipeline, ShardRouter
 from streams.topics import Topics, input_topic
 from twin.events import DockStatus, OrderScanned, VehiclePosition
@@ -523,9 +523,11 @@ class _LateForecastCluster(Cluster):
     is done only a few event-loop turns after it started, that is, after the host has gone on
     applying events for a few more steps. No threads: the same interleaving on every run."""
 
-    def __init__(self, mini, turns=(3,), **kw):
+    def __init__(self, mini, turns=(3,), encoded=False, **kw):
         self.loop = asyncio.new_event_loop()
         self.turns = itertools.cycle(turns)
+        #: send the predictions back encoded, as the worker's forecast process does
+        self.encoded = encoded
         self.applied_while_in_flight = 0
         super().__init__(mini, **kw)
         self.settings = dataclasses.replace(self.settings, background_refresh=True, background_ticks=True, in_flight=3)
@@ -542,7 +544,8 @@ class _LateForecastCluster(Cluster):
             async def later():
                 for _ in range(turns):
                     await asyncio.sleep(0)
-                return fc.forecast(copy)
+                predictions = fc.forecast(copy)
+                return encode_predictions(predictions, epoch=self.codec.epoch) if self.encoded else predictions
 
             return later()
 
@@ -592,3 +595,18 @@ def test_background_ticks_publish_exactly_what_waiting_for_them_publishes(mini, 
         assert got == _history((p.key, p.prediction) for p in reference.publications)
     finally:
         cluster.close()
+
+
+def test_predictions_sent_back_encoded_publish_the_same_bytes(mini, events):
+    """The forecast process encodes its predictions (all but shard and offsets); the records the
+    host publishes are byte for byte those it makes of the PredictedState objects itself."""
+    runs = {}
+    for encoded in (False, True):
+        cluster = _LateForecastCluster(mini, turns=(6, 1, 3), encoded=encoded)
+        try:
+            _feed_skewed(cluster, events, random.Random(12))
+            runs[encoded] = cluster.predictions
+        finally:
+            cluster.close()
+    assert len(runs[True]) > 100
+    assert runs[True] == runs[False]
