@@ -31,6 +31,13 @@ after (1603ef4) 35,342 (35,342 / 34,174 / 51,182) and 38,108 (38,108 / 37,334 / 
 the breakdown). With hourly forecasts of 8 replicas (one run per round): 4,411 and 4,100 before,
 4,224 and 5,084 after. Latency at 5,000 events/s: see docs/kafka.md ("Speed"); it is bounded by
 forecast cost (a shard's forecast takes 70-450 ms), far above the target.
+
+Latency, 2026-11-25 05:21-05:24 UTC (defaults: 8 replicas, refresh every 0.1 s, hourly ticks, one
+forecast process, background ticks; load 0.1-3.1, before and after alternating, a fresh broker
+per run): 8e7cce4 p50 2,052 / 2,198 ms, p99 4,160 / 5,267 ms; 7e082a5 p50 1,400 / 1,791 ms, p99
+3,329 / 3,806 ms; with ``--forecast-processes 2`` p50 1,170 ms, p99 2,723 ms. Not met: the floor
+is the forecast's cost (about 130 ms of CPU per shard forecast, 2.8 tick forecasts a second at
+this rate, one child): docs/kafka.md, "Latency, broken down".
 """
 
 from __future__ import annotations

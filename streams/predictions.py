@@ -19,12 +19,23 @@ both senses.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
-__all__ = ["PREDICTIONS_TOPIC", "PredictionRecord", "decode_prediction", "encode_prediction", "prediction_fields"]
+__all__ = [
+    "PREDICTIONS_TOPIC",
+    "EncodedPrediction",
+    "PredictionRecord",
+    "decode_prediction",
+    "encode_body",
+    "encode_prediction",
+    "encode_predictions",
+    "encode_tail",
+    "prediction_fields",
+]
 
 PREDICTIONS_TOPIC: Final = "twin.predictions"
 
@@ -56,23 +67,58 @@ class PredictionRecord(msgspec.Struct, frozen=True, kw_only=True):
     offsets: dict[str, int] = {}
 
 
+class _Tail(msgspec.Struct, frozen=True):
+    """The last two fields of a :class:`PredictionRecord`, in the same order (see :func:`encode_tail`)."""
+
+    shard: str
+    offsets: dict[str, int]
+
+
 _ENCODER: Final = msgspec.json.Encoder()
 _DECODER: Final = msgspec.json.Decoder(PredictionRecord)
+#: How a record encoded with no shard and no offsets ends; :func:`encode_body` cuts it off.
+_EMPTY_TAIL: Final = b'"shard":"","offsets":{}}'
+
+
+class EncodedPrediction(NamedTuple):
+    """A prediction already encoded (all but its shard and offsets), and what the host reads of it.
+
+    The forecast process encodes its predictions itself (:func:`encode_body`) and sends these
+    instead of the ``PredictedState`` objects: the worker's process, which applies the events,
+    then neither unpickles nor encodes a thousand predictions per forecast; it only appends the
+    publication's shard and input offsets (:func:`encode_tail`), the same for every record of a
+    publication. ``kind``, ``id``, ``p_late`` and ``at_risk`` are those of the prediction (the
+    host's ownership test and metrics read them).
+    """
+
+    kind: str
+    id: str
+    p_late: float
+    at_risk: int
+    body: bytes
+
+    @property
+    def key(self) -> str:
+        """The key of this prediction on the compacted predictions topic (as ``PredictedState.key``)."""
+        return f"{self.kind}:{self.id}"
 
 
 def _rfc3339(epoch: datetime, seconds: float) -> str:
     return (epoch + timedelta(seconds=seconds)).astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def encode_prediction(
-    prediction: Any, *, epoch: datetime, shard: str = "", offsets: dict[str, int] | None = None
-) -> bytes:
-    """JSON bytes of a ``twin.forecast.PredictedState``."""
+def encode_body(prediction: Any, *, epoch: datetime, as_of_time: str | None = None) -> bytes:
+    """The JSON of a ``PredictedState`` up to its shard and offsets (the record's last two fields).
+
+    ``body + encode_tail(shard, offsets)`` is exactly ``encode_prediction(prediction, ...)``.
+    ``as_of_time``, when given, is ``prediction.as_of`` rendered (every prediction of a forecast
+    has the same ``as_of``: the caller renders it once).
+    """
     record = PredictionRecord(
         kind=prediction.kind,
         id=prediction.id,
         as_of=prediction.as_of,
-        as_of_time=_rfc3339(epoch, prediction.as_of),
+        as_of_time=as_of_time if as_of_time is not None else _rfc3339(epoch, prediction.as_of),
         p10=prediction.p10,
         p50=prediction.p50,
         p90=prediction.p90,
@@ -81,10 +127,35 @@ def encode_prediction(
         planned=prediction.planned,
         at_risk=prediction.at_risk,
         causes=[CauseRecord(c.mechanism, c.entity, c.seconds) for c in prediction.causes],
-        shard=shard,
-        offsets=dict(offsets or {}),
     )
-    return _ENCODER.encode(record)
+    raw = _ENCODER.encode(record)
+    return raw[: len(raw) - len(_EMPTY_TAIL)]
+
+
+def encode_tail(shard: str, offsets: dict[str, int]) -> bytes:
+    """The JSON of a record's shard and input offsets, closing the object (see :func:`encode_body`)."""
+    return _ENCODER.encode(_Tail(shard, dict(offsets)))[1:]
+
+
+def encode_predictions(predictions: Sequence[Any], *, epoch: datetime) -> list[EncodedPrediction]:
+    """Every prediction of a forecast encoded (:func:`encode_body`), each ``as_of`` rendered once."""
+    rendered: dict[float, str] = {}
+    out = []
+    for p in predictions:
+        as_of_time = rendered.get(p.as_of)
+        if as_of_time is None:
+            as_of_time = rendered[p.as_of] = _rfc3339(epoch, p.as_of)
+        body = encode_body(p, epoch=epoch, as_of_time=as_of_time)
+        out.append(EncodedPrediction(p.kind, p.id, p.p_late, p.at_risk, body))
+    return out
+
+
+def encode_prediction(
+    prediction: Any, *, epoch: datetime, shard: str = "", offsets: dict[str, int] | None = None
+) -> bytes:
+    """JSON bytes of a ``twin.forecast.PredictedState`` (or of an :class:`EncodedPrediction`)."""
+    body = prediction.body if isinstance(prediction, EncodedPrediction) else encode_body(prediction, epoch=epoch)
+    return body + encode_tail(shard, offsets or {})
 
 
 def decode_prediction(raw: bytes) -> PredictionRecord:

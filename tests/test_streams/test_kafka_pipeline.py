@@ -214,15 +214,37 @@ async def _read_all(bootstrap: str, topic: str) -> list[Any]:
         await consumer.stop()
 
 
+async def _partition_count(bootstrap: str, topic: str) -> int:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        return len(consumer.partitions_for_topic(topic) or ())
+    finally:
+        await consumer.stop()
+
+
 def read_all(bootstrap: str, topic: str) -> list[Any]:
     """Every record of a topic, from its beginning to its current end."""
     return asyncio.run(_read_all(bootstrap, topic))
 
 
 def final_predictions(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
-    """The compacted view: last value per key, tombstones removing the key."""
+    """The compacted view: last value per key, tombstones removing the key.
+
+    Every record is on the partition aiokafka's default partitioner gives its key (the worker
+    builds its own batches of predictions and must place them as the producer would).
+    """
+    from aiokafka.partitioner import DefaultPartitioner
+
+    records = read_all(bootstrap, topic)
+    count = asyncio.run(_partition_count(bootstrap, topic))
+    place = DefaultPartitioner()
     out: dict[str, dict[str, Any]] = {}
-    for m in sorted(read_all(bootstrap, topic), key=lambda m: (m.partition, m.offset)):
+    for m in sorted(records, key=lambda m: (m.partition, m.offset)):
+        assert m.partition == place(m.key, list(range(count)), list(range(count))), m.key
         key = m.key.decode()
         if m.value is None:
             out.pop(key, None)

@@ -24,7 +24,7 @@ from streams.deadletter import from_message
 from streams.envelopes import Batch, decode_snapshot, encode_message
 from streams.host import HostSettings, ShardHost, input_name
 from streams.ingest import BatchBuilder, SourceMessage
-from streams.predictions import decode_prediction, prediction_fields
+from streams.predictions import decode_prediction, encode_predictions, prediction_fields
 from streams.shards import ForecastSettings, ShardedPipeline, ShardRouter
 from streams.topics import Topics, input_topic
 from twin.events import DockStatus, OrderScanned, VehiclePosition
@@ -148,7 +148,7 @@ class Cluster:
                 if not pending:
                     return
                 for host in pending:
-                    self._collect(self._run(host.settle(next(iter(host.hosted_partitions())))))
+                    self._collect(self._run(host.settle()))
 
     def _collect(self, out) -> bool:
         self.dlq.extend(out.dead_letters)
@@ -523,9 +523,11 @@ class _LateForecastCluster(Cluster):
     is done only a few event-loop turns after it started, that is, after the host has gone on
     applying events for a few more steps. No threads: the same interleaving on every run."""
 
-    def __init__(self, mini, turns=(3,), **kw):
+    def __init__(self, mini, turns=(3,), encoded=False, **kw):
         self.loop = asyncio.new_event_loop()
         self.turns = itertools.cycle(turns)
+        #: send the predictions back encoded, as the worker's forecast process does
+        self.encoded = encoded
         self.applied_while_in_flight = 0
         super().__init__(mini, **kw)
         self.settings = dataclasses.replace(self.settings, background_refresh=True, background_ticks=True, in_flight=3)
@@ -542,7 +544,8 @@ class _LateForecastCluster(Cluster):
             async def later():
                 for _ in range(turns):
                     await asyncio.sleep(0)
-                return fc.forecast(copy)
+                predictions = fc.forecast(copy)
+                return encode_predictions(predictions, epoch=self.codec.epoch) if self.encoded else predictions
 
             return later()
 
@@ -590,5 +593,117 @@ def test_background_ticks_publish_exactly_what_waiting_for_them_publishes(mini, 
         assert cluster.final() == _ref_final(reference)
         got = _history((k.decode(), None if v is None else decode_prediction(v)) for k, v in cluster.predictions)
         assert got == _history((p.key, p.prediction) for p in reference.publications)
+    finally:
+        cluster.close()
+
+
+def test_predictions_sent_back_encoded_publish_the_same_bytes(mini, events):
+    """The forecast process encodes its predictions (all but shard and offsets); the records the
+    host publishes are byte for byte those it makes of the PredictedState objects itself."""
+    runs = {}
+    for encoded in (False, True):
+        cluster = _LateForecastCluster(mini, turns=(6, 1, 3), encoded=encoded)
+        try:
+            _feed_skewed(cluster, events, random.Random(12))
+            runs[encoded] = cluster.predictions
+        finally:
+            cluster.close()
+    assert len(runs[True]) > 100
+    assert runs[True] == runs[False]
+
+
+# ---------------------------------------------------------------------------------- snapshots and forecasts in flight
+
+
+class _HeldForecastCluster(Cluster):
+    """Background refreshes whose forecasts finish only when the test says so (``release``)."""
+
+    def __init__(self, mini, **kw):
+        self.loop = asyncio.new_event_loop()
+        #: (shard, future, predictions) of every forecast started, in order
+        self.started: list = []
+        super().__init__(mini, **kw)
+        self.settings = dataclasses.replace(
+            self.settings, refresh_every=0.5, background_refresh=True, parallel_forecasts=2
+        )
+        self.hosts = {w: self._new_host() for w in self.workers}
+
+    def _new_host(self):
+        host = super()._new_host()
+        fc = FAST.build(self.net)
+
+        def runner(name, state, incremental):
+            future = self.loop.create_future()
+            self.started.append((name, future, fc.forecast(state)))
+            return future
+
+        host.runner = runner
+        return host
+
+    def _run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    def release(self, index):
+        name, future, predictions = self.started[index]
+        future.set_result(predictions)
+
+    def close(self):
+        self.loop.close()
+
+
+def test_a_snapshot_waits_only_for_the_forecasts_of_its_partition_and_those_before(mini, events):
+    cluster = _HeldForecastCluster(mini, partitions=2)
+    try:
+        host = cluster.hosts["w1"]
+        cluster.produce([ev for ev in events if ev.time < 3000.0])  # before the first tick
+        cluster.ingest()
+        cluster.now[0] += 2.0
+        cluster.ingest({})  # the inputs are idle: everything read may be applied
+        for part in range(2):
+            host.host(part)
+        for _ in range(3):  # deliver the batches, then two steps, each starting one refresh
+            for part, log in cluster.shard_log.items():
+                for off in range(host.next_offset(part), len(log)):
+                    host.receive(part, off, log[off][1], log[off][0])
+            cluster.now[0] += 1.0
+            cluster._collect(cluster._run(host.step()))
+        assert [name for name, _, _ in cluster.started] == ["alpha", "beta"]
+        first, second = (host.partition_of[name] for name, _, _ in cluster.started)
+        assert first != second
+        assert host.forecasting(first) and host.forecasting(second)
+
+        # The second shard's periodic snapshot is put off while its forecast is in flight (up to
+        # twice the period); the quiet-time one is not.
+        slot = host.slots["beta"]
+        slot.last_snapshot = cluster.now[0] - 6.0
+        assert not host.snapshot_due(second, every=5.0)
+        assert not host.snapshot_due(second, every=5.0, unacked=1500)
+        assert host.snapshot_due(second, every=5.0, unacked=2000)
+        slot.last_snapshot = cluster.now[0] - 11.0
+        assert host.snapshot_due(second, every=5.0)
+        slot.last_snapshot = cluster.now[0]
+        slot.want_snapshot = True
+        assert host.snapshot_due(second, every=5.0)
+        slot.want_snapshot = False
+
+        # The first partition's snapshot needs only its own forecast: the other stays in flight.
+        cluster.release(0)
+        out = cluster._run(asyncio.wait_for(host.settle(first), timeout=10.0))  # beta's never finishes
+        assert out.predictions and {decode_prediction(v).shard for _, v in out.predictions if v} == {"alpha"}
+        assert host.in_flight == 1 and not host.forecasting(first)
+        assert set(host.snapshot(first)) == {"alpha"}
+        with pytest.raises(RuntimeError, match="in flight"):
+            host.snapshot(second)
+
+        # A forecast started before the partition's own is published first (publication order).
+        cluster.now[0] += 1.0
+        cluster._collect(cluster._run(host.step()))  # starts alpha's next refresh, after beta's
+        assert [name for name, _, _ in cluster.started] == ["alpha", "beta", "alpha"]
+        cluster.release(1)
+        cluster.release(2)
+        out = cluster._run(host.settle(first))
+        assert [decode_prediction(v).shard for _, v in out.predictions if v][:1] == ["beta"]
+        assert {decode_prediction(v).shard for _, v in out.predictions if v} == {"alpha", "beta"}
+        assert host.in_flight == 0
     finally:
         cluster.close()

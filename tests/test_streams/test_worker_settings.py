@@ -120,3 +120,91 @@ def test_worker_app_is_built_by_a_factory_with_the_table_and_router_endpoints_of
     assert a.ingest.builder.source.startswith("factory-test-ingest-")
     a.executor.shutdown()
     b.executor.shutdown()
+
+
+@pytest.mark.parametrize(("level", "debug"), [("warn", False), ("info", False), ("debug", True)])
+def test_the_worker_logs_at_its_level_and_does_not_build_debug_records_otherwise(tmp_path, level, debug):
+    """Faust's start-up spinner used to set the root logger to DEBUG at ``--log-level warn``:
+    aiokafka then built a log record for every message it sent or fetched, only to drop it.
+    (In a child process: the worker configures the process's logging.)"""
+    script = f"""
+import logging, faust
+from streams.app import faust_worker
+app = faust.App("log-test", broker="kafka://127.0.0.1:1", datadir={str(tmp_path)!r}, worker_redirect_stdouts=False)
+faust_worker(app, {level!r})._setup_logging()
+print(logging.getLogger("aiokafka.producer.producer").isEnabledFor(logging.DEBUG),
+      logging.getLogger("aiokafka").isEnabledFor(logging.WARNING))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == [str(debug), "True"]
+
+
+class _FakeBatch:
+    def __init__(self, room: int) -> None:
+        self.records: list[tuple[bytes, bytes | None]] = []
+        self.room = room
+
+    def append(self, *, key, value, timestamp):
+        if len(self.records) == self.room:
+            return None
+        self.records.append((key, value))
+        return object()
+
+
+class _FakeProducer:
+    """What ``PredictionSender`` uses of aiokafka's producer: metadata, partitioner, batches."""
+
+    def __init__(self, partitions: int, room: int) -> None:
+        from aiokafka.partitioner import DefaultPartitioner
+
+        class _Client:
+            async def _wait_on_metadata(self, topic):
+                return set(range(partitions))
+
+        self.client = _Client()
+        self._partitioner = DefaultPartitioner()
+        self.room = room
+        self.sent: list[tuple[str, int, list]] = []
+
+    def _ensure_producer(self):
+        return self
+
+    def create_batch(self):
+        return _FakeBatch(self.room)
+
+    async def send_batch(self, batch, topic, *, partition):
+        self.sent.append((topic, partition, batch.records))
+        return f"future {len(self.sent)}"
+
+
+def test_predictions_are_sent_in_batches_on_the_partition_the_producer_would_choose():
+    import asyncio
+
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from streams.app import PredictionSender
+
+    records = [(f"order:O{i:05d}".encode(), b"{}" if i % 7 else None) for i in range(500)]
+    producer = _FakeProducer(partitions=4, room=40)
+    sender = PredictionSender()
+    futures = asyncio.run(sender.send(producer, "twin.predictions", records))
+    assert futures == [f"future {i + 1}" for i in range(len(producer.sent))]
+    assert all(len(recs) <= 40 for _, _, recs in producer.sent) and len(producer.sent) > 4 * 3
+    place = DefaultPartitioner()
+    by_partition: dict[int, list] = {}
+    for topic, part, recs in producer.sent:
+        assert topic == "twin.predictions"
+        by_partition.setdefault(part, []).extend(recs)
+    for part, recs in by_partition.items():
+        assert all(place(key, [0, 1, 2, 3], [0, 1, 2, 3]) == part for key, _ in recs)
+        # in their order within the partition (a key's publications stay in order)
+        assert recs == [r for r in records if place(r[0], [0, 1, 2, 3], [0, 1, 2, 3]) == part]
+    assert sorted(r for recs in by_partition.values() for r in recs) == sorted(records)
+    # Partitions remembered per key are recomputed when the topic's partition count changes.
+    producer.sent.clear()
+    asyncio.run(sender.send(_FakeProducer(partitions=2, room=1000), "t", records[:3]))
+    two = _FakeProducer(partitions=2, room=1000)
+    asyncio.run(sender.send(two, "t", records))
+    for _, part, recs in two.sent:
+        assert all(place(key, [0, 1], [0, 1]) == part for key, _ in recs)
