@@ -418,6 +418,11 @@ def main() -> None:
             broker.stop()
 
 
+def _load() -> str:
+    """The machine's load averages: other work on it moves every figure here."""
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def throughput(bootstrap: str, gen, codec: Codec, args) -> None:
     """Baseline and worker throughput over the whole scenario (steps 1-3)."""
     n = len(gen.events)
@@ -429,13 +434,17 @@ def throughput(bootstrap: str, gen, codec: Codec, args) -> None:
     runs = []
     for i in range(args.runs):
         runs.append(throughput_run(bootstrap, topics, args.scenario, n, "--forecast-every", "0", "--partitions", "4"))
-        print(f"  worker run {i + 1}: {runs[-1][0]:,.0f} events/s, sustained {runs[-1][1]:,.0f}", flush=True)
+        print(
+            f"  worker run {i + 1}: {runs[-1][0]:,.0f} events/s, sustained {runs[-1][1]:,.0f} (load average {_load()})",
+            flush=True,
+        )
     worker = [r[0] for r in runs]
     sustained = [r[1] for r in runs]
     with_fc, _ = throughput_run(
         bootstrap, topics, args.scenario, n, "--replicas", str(args.replicas), "--partitions", "4"
     )
     b, w, s = statistics.median(bare), statistics.median(worker), statistics.median(sustained)
+    print(f"load average  : {_load()} (1, 5, 15 minutes; the machine is shared)")
     print(f"bare consumer : {b:>10,.0f} events/s (median; runs: {', '.join(f'{r:,.0f}' for r in bare)})")
     print(f"worker        : {w:>10,.0f} events/s (median; runs: {', '.join(f'{r:,.0f}' for r in worker)})")
     print(
