@@ -35,8 +35,9 @@ Figures of 2026-11-25, 05:34-05:38 UTC (load average 1.0-1.5; same procedure, tw
 consumer 342,369 / 339,595 (before, 8e7cce4) and 349,175 / 250,392 (after, ad258ba); one worker
 before 35,635 (35,635 / 33,535 / 44,311) and 49,117 (49,117 / 60,475 / 39,861), after 49,533
 (49,533 / 51,017 / 44,640) and 51,804 (67,970 / 43,227 / 51,804); a third round (05:45, load
-0.3-1.3): 44,280 before, 47,824 after. Close to the target in calm moments, not reliably over it (docs/kafka.md, "Speed"). Latency at 5,000 events/s: see docs/kafka.md
-("Speed"); it is bounded by forecast cost (a shard's forecast takes 70-450 ms), far above the target.
+0.3-1.3): 44,280 before, 47,824 after. Close to the target in calm moments, not reliably over
+it (docs/kafka.md, "Speed"). Latency at 5,000 events/s: see docs/kafka.md ("Speed"); it is
+bounded by forecast cost (a shard's forecast takes 70-450 ms), far above the target.
 """
 
 from __future__ import annotations
