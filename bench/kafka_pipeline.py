@@ -29,8 +29,14 @@ worker before (5305239) 29,595 (28,019 / 29,778 / 29,595) and 32,895 (33,288 / 3
 after (1603ef4) 35,342 (35,342 / 34,174 / 51,182) and 38,108 (38,108 / 37,334 / 47,450):
 11-13% of the bare consumer, the target not reached on this machine (docs/kafka.md, "Speed", has
 the breakdown). With hourly forecasts of 8 replicas (one run per round): 4,411 and 4,100 before,
-4,224 and 5,084 after. Latency at 5,000 events/s: see docs/kafka.md ("Speed"); it is bounded by
-forecast cost (a shard's forecast takes 70-450 ms), far above the target.
+4,224 and 5,084 after.
+
+Figures of 2026-11-25, 05:34-05:38 UTC (load average 1.0-1.5; same procedure, two rounds): bare
+consumer 342,369 / 339,595 (before, 8e7cce4) and 349,175 / 250,392 (after, ad258ba); one worker
+before 35,635 (35,635 / 33,535 / 44,311) and 49,117 (49,117 / 60,475 / 39,861), after 49,533
+(49,533 / 51,017 / 44,640) and 51,804 (67,970 / 43,227 / 51,804); a third round (05:45, load
+0.3-1.3): 44,280 before, 47,824 after. Close to the target in calm moments, not reliably over
+it (docs/kafka.md, "Speed").
 
 Latency, 2026-11-25 05:21-05:24 UTC (defaults: 8 replicas, refresh every 0.1 s, hourly ticks, one
 forecast process, background ticks; load 0.1-3.1, before and after alternating, a fresh broker
@@ -425,6 +431,11 @@ def main() -> None:
             broker.stop()
 
 
+def _load() -> str:
+    """The machine's load averages: other work on it moves every figure here."""
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def throughput(bootstrap: str, gen, codec: Codec, args) -> None:
     """Baseline and worker throughput over the whole scenario (steps 1-3)."""
     n = len(gen.events)
@@ -436,13 +447,17 @@ def throughput(bootstrap: str, gen, codec: Codec, args) -> None:
     runs = []
     for i in range(args.runs):
         runs.append(throughput_run(bootstrap, topics, args.scenario, n, "--forecast-every", "0", "--partitions", "4"))
-        print(f"  worker run {i + 1}: {runs[-1][0]:,.0f} events/s, sustained {runs[-1][1]:,.0f}", flush=True)
+        print(
+            f"  worker run {i + 1}: {runs[-1][0]:,.0f} events/s, sustained {runs[-1][1]:,.0f} (load average {_load()})",
+            flush=True,
+        )
     worker = [r[0] for r in runs]
     sustained = [r[1] for r in runs]
     with_fc, _ = throughput_run(
         bootstrap, topics, args.scenario, n, "--replicas", str(args.replicas), "--partitions", "4"
     )
     b, w, s = statistics.median(bare), statistics.median(worker), statistics.median(sustained)
+    print(f"load average  : {_load()} (1, 5, 15 minutes; the machine is shared)")
     print(f"bare consumer : {b:>10,.0f} events/s (median; runs: {', '.join(f'{r:,.0f}' for r in bare)})")
     print(f"worker        : {w:>10,.0f} events/s (median; runs: {', '.join(f'{r:,.0f}' for r in worker)})")
     print(

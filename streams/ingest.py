@@ -98,6 +98,8 @@ class _Source:
     max_time: float = -math.inf
     #: wall time of its newest message (or of when it was first seen, if it has none)
     last_message: float | None = None
+    #: the last batch said it no longer bounds the watermark (idle)
+    idle: bool = False
 
 
 @dataclass(slots=True)
@@ -117,6 +119,8 @@ class BatchBuilder:
     #: (None for a record the codec refused): a local shard host takes them without decoding
     last_events: dict[int, list[Event | None]] = field(default_factory=dict)
     batches: int = 0
+    #: the wall time the last build was made at (-inf: none yet)
+    last_build: float = -math.inf
 
     def __post_init__(self) -> None:
         self.partition_of = shard_partitions(self.router.regions, self.partitions)
@@ -215,14 +219,32 @@ class BatchBuilder:
             src.offset = max(src.offset, position - 1)
             if src.last_message is None:
                 src.last_message = now
-            if caught_up and now - src.last_message >= self.idle_after:
-                watermark = math.inf
-            else:
-                watermark = src.max_time
+            src.idle = caught_up and now - src.last_message >= self.idle_after
+            watermark = math.inf if src.idle else src.max_time
             marks.append(SourceMark(topic, part, src.offset, src.max_time, watermark))
         self.last_events = evs_part
         self.batches += 1
+        self.last_build = now
         return {p: Batch(self.source, recs, marks, sent_at) for p, recs in by_part.items()}
+
+    def next_idle(self) -> float:
+        """The wall time a partition may turn idle at if nothing new arrives (inf: none will).
+
+        The earliest ``last message + idle_after`` of the partitions the last build did not call
+        idle, among those it could not have judged yet (a later one than that build): a build then
+        tells the shards at once, instead of at the next heartbeat. (A partition not caught up at
+        its moment turns idle at a heartbeat after it has caught up.)
+        """
+        after = self.last_build
+        idle_after = self.idle_after
+        soonest = math.inf
+        for src in self.sources.values():
+            if src.idle or src.last_message is None:
+                continue
+            due = src.last_message + idle_after
+            if after < due < soonest:
+                soonest = due
+        return soonest
 
     def batch_key(self) -> bytes:
         """The shard-topic key of the last build's batches: ``<source>:<build number>``."""
@@ -295,12 +317,22 @@ class Ingest:
         consumer.subscribe(self.topics, listener=_Listener())
         await consumer.start()
         last_sent = 0.0
+        builder = self.builder
         try:
             while not self._stopping.is_set():
-                records = await consumer.getmany(timeout_ms=int(self.heartbeat * 500), max_records=self.max_records)
+                # Wait for records at most half a heartbeat, and not past the moment a quiet
+                # partition turns idle: the shards then hear of it at once. At the end of a
+                # replay, the events after the last one of a topic that ended earlier (the orders
+                # of the default day end at 18:00) wait for that; a heartbeat later was up to
+                # half a second more.
+                wait = self.heartbeat / 2
+                idle_at = builder.next_idle()
+                if idle_at != math.inf:
+                    wait = min(wait, max(idle_at - time.time(), 0.001))
+                records = await consumer.getmany(timeout_ms=max(1, round(wait * 1000)), max_records=self.max_records)
                 messages = [m for tp_records in records.values() for m in tp_records]
                 now = time.time()
-                if not messages and now - last_sent < self.heartbeat:
+                if not messages and now - last_sent < self.heartbeat and now < builder.next_idle():
                     continue
                 await self._forward(messages, now)
                 last_sent = now

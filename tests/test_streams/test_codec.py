@@ -143,7 +143,48 @@ def test_datacontenttype_may_be_left_out():
 
 
 def test_an_integer_is_a_number():
-    assert CODEC.decode(_position(data_progress=1)).progress == 1.0
+    decoded = CODEC.decode(_position(data_progress=1))
+    assert decoded.progress == 1.0
+    assert type(decoded.progress) is float
+    events, errors = CODEC.decode_many([_position(data_progress=1)])
+    assert not errors
+    assert type(events[0].progress) is float  # type: ignore[attr-defined]
+
+
+def _converted(raw: bytes) -> Event:
+    """What ``msgspec.convert`` makes of a message (the codec's way for arrays and nested records)."""
+    import msgspec
+
+    message = CODEC._decoder.decode(raw)
+    kind = CODEC._by_envelope[type(message)]
+    fields = msgspec.structs.asdict(message.data)
+    fields["id"] = message.id
+    fields["time"] = (message.time - CODEC.epoch).total_seconds()
+    event: Event = msgspec.convert(fields, kind.cls, from_attributes=kind.nested)
+    return event
+
+
+def test_events_with_scalar_payloads_are_built_directly_the_others_converted():
+    direct = {t for t, kind in CODEC._by_type.items() if kind.make is not None}
+    assert OrderCreated.TYPE not in direct  # path: an array
+    assert TripHandoff.TYPE not in direct  # orders: nested records
+    assert direct == set(EVENT_TYPES) - {OrderCreated.TYPE, TripHandoff.TYPE}
+
+
+@settings(max_examples=400)
+@given(event=EVENTS)
+def test_an_event_built_directly_is_the_one_convert_makes_value_for_value_type_for_type(event):
+    raw = CODEC.encode(event)
+    expected = _converted(raw)
+    for decoded in (CODEC.decode(raw), CODEC.decode_many([raw])[0][0]):
+        assert type(decoded) is type(expected)
+        assert decoded == expected
+        for f in dataclasses.fields(expected):
+            mine, theirs = getattr(decoded, f.name), getattr(expected, f.name)
+            assert type(mine) is type(theirs), f.name
+            assert mine == theirs, f.name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            decoded.id = "changed"  # type: ignore[misc]
 
 
 def test_any_source_is_accepted_and_the_setting_is_written():

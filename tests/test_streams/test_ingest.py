@@ -110,3 +110,76 @@ def test_a_partition_quiet_because_nothing_was_fetched_still_bounds_it(mini_scen
     """No fetch for 5 s (a rebalance): the last highwater is stale, the partition is not caught up."""
     watermark, read = _watermark_after_quiet(mini_scenario, polled_age=5.0)
     assert watermark == read  # the newest event time read: nothing after it may be passed
+
+
+class _QuietConsumer(_Consumer):
+    """A consumer with one record to give, then nothing: ``Ingest.run`` drives it."""
+
+    def __init__(self, tp: _TP, message: Any) -> None:
+        super().__init__(tp, 0, 0)
+        self.pending = [message]
+        self.timeouts: list[int] = []
+
+    def subscribe(self, topics: list[str], listener: Any = None) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Any]]:
+        import time
+
+        self.timeouts.append(timeout_ms)
+        self.polled_ms = int(time.time() * 1000)  # fetching all along: the highwater is fresh
+        if self.pending:
+            self.pos = 42
+            return {self.tp: [self.pending.pop()]}
+        await asyncio.sleep(min(timeout_ms / 1000, 0.05))  # back early (the test stops sooner)
+        return {}
+
+
+def test_a_partition_turning_idle_is_announced_at_once_not_at_the_next_heartbeat(mini_scenario):
+    """With a heartbeat of 30 s, the batch saying "idle" still goes out ``idle_after`` after the last record."""
+    import time
+
+    codec = Codec(mini_scenario.spec.epoch)
+    builder = BatchBuilder(ShardRouter(mini_scenario.network), codec, 2, idle_after=0.3)
+    ev = next(e for e in mini_scenario.events if e.time > 3600)
+
+    class _Msg:
+        topic, partition, offset, timestamp, key, headers = "sensors", 0, 41, None, None, []
+        value = codec.encode(ev)
+
+    consumer = _QuietConsumer(_TP("sensors", 0), _Msg())
+    sent: list[tuple[float, bytes]] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes, partition: int) -> Any:
+        sent.append((time.monotonic(), value))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    ingest = Ingest(
+        builder, consumer_factory=lambda: consumer, send=send, topics=["sensors"], shard_topic="shards", heartbeat=30.0
+    )
+
+    async def run() -> float:
+        task = asyncio.ensure_future(ingest.run())
+        start = time.monotonic()
+        while time.monotonic() - start < 5.0:
+            idle = [t for t, value in sent if all(m.watermark == math.inf for m in decode_message(value).marks)]
+            if idle:
+                break
+            await asyncio.sleep(0.01)
+        await ingest.stop()
+        await task
+        return idle[0] - sent[0][0] if idle else math.inf
+
+    waited = asyncio.run(run())
+    assert 0.25 <= waited < 1.0  # idle_after (0.3 s) after the record, far from the heartbeat (30 s)
+    # It waited for records no longer than until that moment (15 s: half a heartbeat, otherwise).
+    assert min(consumer.timeouts) < 400
+    assert builder.next_idle() == math.inf  # announced: nothing more to wait for

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import math
 import pickle
 import random
 from collections import Counter, defaultdict
@@ -21,7 +22,7 @@ from scenarios.generate import generate
 from scenarios.spec import load_scenario
 from streams.codec import Codec
 from streams.deadletter import from_message
-from streams.envelopes import Batch, decode_snapshot, encode_message
+from streams.envelopes import Batch, Progress, decode_message, decode_snapshot, encode_message
 from streams.host import HostSettings, ShardHost, input_name
 from streams.ingest import BatchBuilder, SourceMessage
 from streams.predictions import decode_prediction, encode_predictions, prediction_fields
@@ -285,6 +286,30 @@ def test_two_workers_on_separate_partitions_agree(mini, events, reference):
     _feed_skewed(cluster, events, random.Random(5))
     assert cluster.states() == _ref_states(reference)
     assert cluster.final() == _ref_final(reference)
+
+
+def test_progress_goes_on_the_topic_only_to_partitions_hosted_elsewhere(mini, events, reference):
+    """Shards of one worker read each other's progress in memory: no Progress message between them
+    (each would be read back and skipped); their peer records still get it, for their snapshots."""
+
+    def progress_messages(cluster):
+        messages = [decode_message(value) for log in cluster.shard_log.values() for _, value in log]
+        return [m for m in messages if isinstance(m, Progress)]
+
+    alone = Cluster(mini)
+    _feed_skewed(alone, events, random.Random(3))
+    assert alone.states() == _ref_states(reference)
+    assert progress_messages(alone) == []
+    host = alone.hosts["w1"]
+    for name, slot in host.slots.items():
+        (other,) = [n for n in host.slots if n != name]
+        assert -math.inf < slot.peers[other] <= host.promise(host.slots[other])
+        assert decode_snapshot(host.snapshot(slot.partition)[name])["peers"] == slot.peers
+
+    apart = Cluster(mini, workers={"w1": {0}, "w2": {1}})
+    _feed_skewed(apart, events, random.Random(3))
+    assert apart.states() == _ref_states(reference)
+    assert {m.from_shard for m in progress_messages(apart)} == set(apart.states())
 
 
 def test_shards_sharing_one_partition(mini, events, reference):
