@@ -61,6 +61,10 @@ __all__ = ["TwinWorker", "create_app", "prepare_topics"]
 
 log = logging.getLogger(__name__)
 
+#: The largest message the worker sends (producer ``max_request_size``), and what the shard and
+#: snapshot topics it creates accept (``max.message.bytes``).
+MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+
 
 async def prepare_topics(settings: WorkerSettings) -> list[str]:
     """Create the input, predictions, DLQ, shard and snapshot topics if missing; return the input partitions' names.
@@ -85,7 +89,16 @@ async def prepare_topics(settings: WorkerSettings) -> list[str]:
             settings.replication,
             topic_configs={"cleanup.policy": "compact"},
         )
-        wanted[settings.shard_topic] = NewTopic(settings.shard_topic, settings.partitions, settings.replication)
+        # One message per shard partition and poll carries that poll's records for the shard
+        # (420-540 KiB per shard on the default day with 5000-record polls; a network of one
+        # region puts a whole poll in one, about 2 MB). The broker's default limit, 1 MiB, would
+        # refuse it and stop the ingest stage: the topic takes what the producer may send.
+        wanted[settings.shard_topic] = NewTopic(
+            settings.shard_topic,
+            settings.partitions,
+            settings.replication,
+            topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+        )
         # One snapshot per shard is what counts; small segments let compaction keep it small.
         wanted[settings.snapshot_topic] = NewTopic(
             settings.snapshot_topic,
@@ -95,7 +108,7 @@ async def prepare_topics(settings: WorkerSettings) -> list[str]:
                 "cleanup.policy": "compact",
                 "segment.bytes": str(16 * 1024 * 1024),
                 "min.cleanable.dirty.ratio": "0.1",
-                "max.message.bytes": str(16 * 1024 * 1024),
+                "max.message.bytes": str(MAX_MESSAGE_BYTES),
             },
         )
         missing = [nt for name, nt in wanted.items() if name not in existing]
@@ -200,7 +213,7 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",
         producer_acks=-1,
-        producer_max_request_size=16 * 1024 * 1024,
+        producer_max_request_size=MAX_MESSAGE_BYTES,
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
         worker_redirect_stdouts=False,
         # Shard-topic messages stay unacked until a snapshot includes them; a rebalance must not

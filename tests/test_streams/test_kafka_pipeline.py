@@ -659,3 +659,57 @@ class Producer:
     def join(self, timeout: float = 120) -> None:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "producer did not finish"
+
+
+def test_the_shard_topic_takes_a_whole_poll_of_a_one_region_network(kafka_bootstrap, kafka_topic_factory):
+    """One shard-topic message carries a poll's records for one shard: about 2 MB for a network
+    of one region with the default 5000-record polls. The broker's default limit (1 MiB) refused
+    such a message; the worker creates its shard topic to take what its producer may send."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    from streams.app import MAX_MESSAGE_BYTES, prepare_topics
+    from streams.settings import WorkerSettings
+
+    app_id = f"big-{uuid.uuid4().hex[:8]}"
+    settings = WorkerSettings(
+        broker=kafka_bootstrap, topics=make_topics(kafka_topic_factory), app_id=app_id, partitions=1
+    )
+    big = os.urandom(3 * 1024 * 1024)  # incompressible, larger than a one-region poll
+
+    async def roundtrip() -> bytes:
+        await prepare_topics(settings)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=MAX_MESSAGE_BYTES)
+        await producer.start()
+        try:
+            await producer.send_and_wait(settings.shard_topic, big, key=b"poll", partition=0)
+        finally:
+            await producer.stop()
+        tp = TopicPartition(settings.shard_topic, 0)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka_bootstrap, enable_auto_commit=False, fetch_max_bytes=2 * MAX_MESSAGE_BYTES,
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+        )  # fmt: skip
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, 0)
+            batch = await consumer.getmany(tp, timeout_ms=10_000)
+            return batch[tp][0].value
+        finally:
+            await consumer.stop()
+
+    try:
+        assert asyncio.run(asyncio.wait_for(roundtrip(), 60)) == big
+    finally:
+        asyncio.run(_delete_topics(kafka_bootstrap, [settings.shard_topic, settings.snapshot_topic]))
+
+
+async def _delete_topics(bootstrap: str, names: list[str]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(names)
+    finally:
+        await admin.close()
