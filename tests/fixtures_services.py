@@ -221,7 +221,7 @@ async def _create_topic(
         await admin.close()
 
 
-async def _delete_topics(bootstrap: str, names: list[str]) -> None:
+async def delete_topics(bootstrap: str, names: list[str]) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
@@ -265,7 +265,7 @@ def kafka_topic_factory(kafka_bootstrap: str, request: pytest.FixtureRequest) ->
     yield make
     if created:
         with contextlib.suppress(Exception):
-            asyncio.run(asyncio.wait_for(_delete_topics(kafka_bootstrap, created), 30))
+            asyncio.run(asyncio.wait_for(delete_topics(kafka_bootstrap, created), 30))
 
 
 # ---------------------------------------------------------------------------------- Prometheus

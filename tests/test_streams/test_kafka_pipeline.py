@@ -666,6 +666,7 @@ def test_the_shard_topic_takes_a_whole_poll_of_a_one_region_network(kafka_bootst
     of one region with the default 5000-record polls. The broker's default limit (1 MiB) refused
     such a message; the worker creates its shard topic to take what its producer may send."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from fixtures_services import delete_topics
 
     from streams.app import MAX_MESSAGE_BYTES, prepare_topics
     from streams.settings import WorkerSettings
@@ -701,15 +702,4 @@ def test_the_shard_topic_takes_a_whole_poll_of_a_one_region_network(kafka_bootst
     try:
         assert asyncio.run(asyncio.wait_for(roundtrip(), 60)) == big
     finally:
-        asyncio.run(_delete_topics(kafka_bootstrap, [settings.shard_topic, settings.snapshot_topic]))
-
-
-async def _delete_topics(bootstrap: str, names: list[str]) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics(names)
-    finally:
-        await admin.close()
+        asyncio.run(delete_topics(kafka_bootstrap, [settings.shard_topic, settings.snapshot_topic]))
