@@ -99,8 +99,8 @@ def _maker(cls: type[Event], rules: tuple[FieldRule, ...]) -> _Make | None:
         return None
     payload = [r.name for r in rules]
     names = ["id", "time", *payload]
-    if {f.name for f in dataclasses.fields(cls)} != set(names):
-        return None
+    if {f.name for f in dataclasses.fields(cls)} != set(names) or hasattr(cls, "__post_init__"):
+        return None  # other fields, or checks of its own that filling the slots would skip
     namespace: dict[str, Any] = {"new": cls.__new__, "cls": cls}
     for name in names:
         slot = next((vars(c)[name] for c in cls.__mro__ if name in vars(c)), None)
