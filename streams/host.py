@@ -501,10 +501,14 @@ class ShardHost:
     def _take_handoff_bytes(self, slot: _Slot, raw: bytes) -> None:
         try:
             ev = self.codec.decode(raw)
-        except DecodeError:
+        except DecodeError as exc:
+            self._pending_letters.append(self._handoff_letter(slot, raw, exc.reason, exc.detail))
             return
         if isinstance(ev, TripHandoff):
             self._take_handoff(slot, ev)
+        else:
+            detail = f"a handoff message must hold a {TripHandoff.TYPE} event, not {type(ev).TYPE}"
+            self._pending_letters.append(self._handoff_letter(slot, raw, "schema", detail))
 
     def _take_handoff(self, slot: _Slot, handoff: TripHandoff) -> None:
         if handoff.id in slot.handoff_ids:
@@ -617,12 +621,18 @@ class ShardHost:
                 self._emit_handoffs(slot, t_h, out)
                 _, _, handoff = heapq.heappop(handoffs)
                 result = shard.receive(handoff)
-                if result.rejected is not None:
+                rejected = result.rejected
+                if rejected is not None:
                     log.warning(
-                        "shard %s could not take handoff %s of trip %s from %s: %s (%s)",
-                        slot.name, handoff.id, handoff.trip_id, handoff.from_shard,
-                        result.rejected.reason, result.rejected.detail,
+                        "shard %s could not take handoff %s of trip %s from %s: %s (%s); dead-lettered",
+                        slot.name, handoff.id, handoff.trip_id, handoff.from_shard, rejected.reason, rejected.detail,
                     )  # fmt: skip
+                    detail = f"handoff of trip {handoff.trip_id} from shard {handoff.from_shard}: {rejected.detail}"
+                    out.dead_letters.append(
+                        self._handoff_letter(slot, self.codec.encode(handoff), rejected.reason, detail)
+                    )
+                elif self.metrics is not None:
+                    self.metrics.handoffs.labels(slot.name, "received").inc()
                 self._settle(slot, result.settled, result.dead_letters, None, out)
                 continue
             # A run of events from one input partition, up to the next event of any other kind.
@@ -715,11 +725,33 @@ class ShardHost:
         )
         return to_message(letter, topic=self.settings.dlq_topic)
 
+    def _handoff_letter(self, slot: _Slot, raw: bytes, reason: str, detail: str) -> DlqMessage:
+        """A dead letter for a handoff the shard could not take.
+
+        It goes to the DLQ like bad input, but it is not input: it is counted under
+        ``twin_handoffs_total{outcome="rejected"}``, not ``twin_events_total``.
+        """
+        if self.metrics is not None:
+            self.metrics.dlq.labels(reason).inc()
+            self.metrics.handoffs.labels(slot.name, "rejected").inc()
+        letter = DeadLetter(
+            value=raw,
+            reason=reason,
+            detail=detail,
+            time=datetime.fromtimestamp(self.clock(), tz=UTC),
+            key=slot.name.encode(),
+            topic=self.settings.shard_topic,
+            partition=slot.partition,
+        )
+        return to_message(letter, topic=self.settings.dlq_topic)
+
     # ------------------------------------------------------------------ handoffs and progress
     def _emit_handoffs(self, slot: _Slot, frontier: float, out: HostOutput) -> None:
         if not slot.shard.has_pending_handoffs or not slot.shard.handoff_due(frontier):
             return
         for handoff in slot.shard.take_handoffs(frontier):
+            if self.metrics is not None:
+                self.metrics.handoffs.labels(slot.name, "sent").inc()
             raw = self.codec.encode(handoff)
             dest = self.slots.get(handoff.to_shard)
             if dest is not None:

@@ -29,6 +29,7 @@ class TwinMetrics(NamedTuple):
     predicted_late_orders: Gauge
     at_risk_orders: Gauge
     predictions_published: Counter
+    handoffs: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> TwinMetrics:
@@ -95,6 +96,12 @@ class TwinMetrics(NamedTuple):
                 ["kind"],
                 registry=registry,
             ),
+            handoffs=Counter(
+                "twin_handoffs",
+                "Trips handed between shards, by shard and outcome (sent, received, rejected: dead-lettered).",
+                ["shard", "outcome"],
+                registry=registry,
+            ),
         )
 
 
@@ -111,5 +118,6 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "twin_predicted_late_orders",
         "twin_at_risk_orders",
         "twin_predictions_published_total",
+        "twin_handoffs_total",
     }
 )

@@ -22,13 +22,13 @@ from scenarios.generate import generate
 from scenarios.spec import load_scenario
 from streams.codec import Codec
 from streams.deadletter import from_message
-from streams.envelopes import Batch, Progress, decode_message, decode_snapshot, encode_message
+from streams.envelopes import Batch, Handoff, Progress, decode_message, decode_snapshot, encode_message
 from streams.host import HostSettings, ShardHost, input_name
 from streams.ingest import BatchBuilder, SourceMessage
 from streams.predictions import decode_prediction, encode_predictions, prediction_fields
 from streams.shards import ForecastSettings, ShardedPipeline, ShardRouter
 from streams.topics import Topics, input_topic
-from twin.events import DockStatus, OrderScanned, VehiclePosition
+from twin.events import DockStatus, OrderScanned, TripHandoff, VehiclePosition
 
 FAST = ForecastSettings(cadence=3600.0, horizon=6 * 3600.0, replicas=4, seed=7)
 CUT = 6 * 3600.0
@@ -484,6 +484,55 @@ def test_bad_input_is_dead_lettered_with_its_bytes_headers_and_reason(mini, even
     dead = sum(sum(s.dead_lettered.values()) for s in stats)
     assert applied + dead == consumed
     assert dead == len(letters) == 7
+
+
+def test_a_handoff_its_shard_cannot_take_is_dead_lettered_not_dropped(mini, events):
+    """A handoff is not input, but losing one loses a trip: it goes to the DLQ with its reason,
+    outside the input accounting, and is counted as a rejected handoff."""
+    from prometheus_client import CollectorRegistry
+
+    from streams.metrics import TwinMetrics
+
+    registry = CollectorRegistry()
+    cluster = Cluster(mini, forecasts=False)
+    for host in cluster.hosts.values():
+        host.metrics = TwinMetrics.create(registry)
+    good = events[:2000]
+    cluster.produce(good)
+    cluster.ingest()
+    cluster.pump()
+    host = cluster.hosts["w1"]
+    beta = host.slots["beta"]
+    t = beta.shard.clock
+    ghost = TripHandoff(
+        id="handoff-ghost", time=t, trip_id="NO-SUCH-TRIP", leg=0, vehicle_id="V", departed_at=t,
+        from_shard="alpha", to_shard="beta",
+    )  # fmt: skip
+    ghost_raw = cluster.codec.encode(ghost)
+    not_a_handoff = cluster.codec.encode(next(e for e in good if isinstance(e, VehiclePosition)))
+    for raw in (ghost_raw, not_a_handoff, b"{broken"):
+        cluster.shard_log[beta.partition].append((b"beta", encode_message(Handoff(to_shard="beta", event=raw))))
+    cluster.pump()
+    cluster.quiet()
+    letters = [from_message(m.value, m.headers, m.key) for m in cluster.dlq]
+    assert [(x.reason, x.value) for x in letters] == [
+        ("schema", not_a_handoff),
+        ("malformed-json", b"{broken"),
+        ("unknown-entity", ghost_raw),
+    ]
+    assert all(x.topic == host.settings.shard_topic and x.key == b"beta" for x in letters)
+    assert "NO-SUCH-TRIP" in letters[2].detail and "alpha" in letters[2].detail
+    assert beta.shard.stats.handoffs_rejected == 1
+    # Input accounting is untouched: every input event applied, none dead-lettered.
+    stats = [s.shard.stats for h in cluster.hosts.values() for s in h.slots.values()]
+    assert sum(sum(s.applied.values()) for s in stats) == len(good)
+    assert sum(sum(s.dead_lettered.values()) for s in stats) == 0
+    value = registry.get_sample_value
+    assert value("twin_handoffs_total", {"shard": "beta", "outcome": "rejected"}) == 3
+    assert value("twin_dlq_events_total", {"reason": "unknown-entity"}) == 1
+    sent = sum(value("twin_handoffs_total", {"shard": s, "outcome": "sent"}) or 0 for s in ("alpha", "beta"))
+    received = sum(value("twin_handoffs_total", {"shard": s, "outcome": "received"}) or 0 for s in ("alpha", "beta"))
+    assert sent == received == sum(s.handoffs_sent for s in stats) > 0
 
 
 # ---------------------------------------------------------------------------------- background refreshes
