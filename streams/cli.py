@@ -106,6 +106,7 @@ def _run_sharded(args: argparse.Namespace, prepared: Prepared, out: Path, progre
         print(
             f"  shard {name:<12} applied {sum(shard['applied'].values()):,}, "
             f"handoffs sent {shard['handoffs_sent']:,} received {shard['handoffs_received']:,}"
+            + (f", REJECTED {shard['handoffs_rejected']:,} (see the log)" if shard["handoffs_rejected"] else "")
         )
     if forecast is not None:
         print(

@@ -45,6 +45,7 @@ final prediction set. The Kafka worker runs the same :class:`Shard` objects
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import zlib
@@ -74,6 +75,8 @@ from twin.events import (
 from twin.live import DEFAULT_LATENESS, LiveTwin
 from twin.network import Network
 from twin.state import WorldState
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_CADENCE",
@@ -918,7 +921,12 @@ class ShardedPipeline:
             for handoff in shard.take_handoffs(frontier):
                 dest = self.shards[handoff.to_shard]
                 self._maybe_tick(dest, handoff.time)
-                dest.receive(handoff)
+                rejected = dest.receive(handoff).rejected
+                if rejected is not None:
+                    log.warning(
+                        "shard %s could not take handoff %s of trip %s from %s: %s (%s)",
+                        dest.name, handoff.id, handoff.trip_id, handoff.from_shard, rejected.reason, rejected.detail,
+                    )  # fmt: skip
 
     def _maybe_tick(self, shard: Shard, t: float) -> None:
         if shard.due(t):

@@ -180,6 +180,29 @@ def test_sharded_state_equals_the_single_twin_entity_by_entity(mini):
 # ---------------------------------------------------------------------------------- handoffs
 
 
+def test_a_handoff_the_destination_cannot_take_is_logged_and_counted(mini, caplog):
+    """In process a rejected handoff is a bug (one network for all shards): it must show."""
+    pipeline = ShardedPipeline(mini.network)
+    shard = next(s for s in pipeline.shards.values() if s.name == "alpha")
+    make = shard._handoff
+    broken: list[str] = []
+
+    def first_one_broken(pending):
+        handoff = make(pending)
+        if broken:
+            return handoff
+        broken.append(handoff.trip_id)
+        return dataclasses.replace(handoff, trip_id="NO-SUCH-TRIP")
+
+    shard._handoff = first_one_broken
+    with caplog.at_level("WARNING", logger="streams.shards"):
+        result = pipeline.run(mini.events)
+    assert broken
+    assert sum(s.stats.handoffs_rejected for s in result.shards.values()) == 1
+    (record,) = [r for r in caplog.records if "could not take handoff" in r.getMessage()]
+    assert "NO-SUCH-TRIP" in record.getMessage() and "unknown-entity" in record.getMessage()
+
+
 def test_every_cross_region_departure_hands_the_trip_and_its_orders_over(mini):
     net = mini.network
     crossing = _cross_region_departures(net, mini.events)
