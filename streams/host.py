@@ -238,6 +238,17 @@ class _Slot:
     def name(self) -> str:
         return self.shard.name
 
+    @property
+    def replaying(self) -> bool:
+        """True until the shard has replayed the last tick its previous host published.
+
+        Its state is then older than what that host left on the predictions topic: published,
+        it would put back keys that the replayed ticks closed (those ticks are not sent again, so
+        their tombstones would not follow). Refreshes and the quiet-time set wait until it has
+        passed that tick.
+        """
+        return self.shard.next_tick <= self.published_through
+
 
 @dataclass(slots=True)
 class _InFlight:
@@ -800,7 +811,7 @@ class ShardHost:
                 slot.want_snapshot = True  # quiet: persist the state even without forecasts
             return
         idle = not slot.routed.size and not slot.handoffs and now - slot.last_apply >= self.settings.idle_after
-        if idle:
+        if idle and not slot.replaying:
             await self._publish(slot, out, full=True)
             slot.want_snapshot = True
 
@@ -813,7 +824,9 @@ class ShardHost:
         if background and len(self._in_flight) >= self.settings.parallel_forecasts:
             return  # a tick's forecast never queues behind several refreshes
         due = [
-            s for s in self.slots.values() if s.dirty and s.name in self.forecasters and now - s.last_publish >= every
+            s
+            for s in self.slots.values()
+            if s.dirty and s.name in self.forecasters and now - s.last_publish >= every and not s.replaying
         ]
         if not due:
             return
