@@ -324,3 +324,34 @@ def test_capacity_grants_as_simpy_resource_with_fewer_steps(capacity):
     got, fewer = trace(Capacity, take=True)
     assert got == expected
     assert fewer < steps
+
+
+def test_a_wake_with_normal_priority_is_ordered_as_simpy_timeout():
+    """``Wake(env, d, NORMAL)`` (used for dock and sorting times) takes its place in the queue
+    exactly as ``env.timeout(d)``: same time, priority and insertion order, so interleaving
+    the two among same-second events and other priorities processes them in the same order."""
+    import simpy
+    from simpy.events import NORMAL
+
+    from twin.engine import Wake
+
+    def trace(use_wake: bool) -> list[tuple[float, str]]:
+        env = simpy.Environment(initial_time=100.0)
+        seen: list[tuple[float, str]] = []
+
+        def proc(name: str, delays: list[float]):
+            for d in delays:
+                yield Wake(env, d, NORMAL) if use_wake and name in "ac" else env.timeout(d)
+                seen.append((env.now, name))
+            yield Wake(env, 0.0, 2)  # a vehicle-style wake-up: after the others of its second
+            seen.append((env.now, name + "!"))
+
+        for name, delays in (("a", [5.0, 0.0, 3.0]), ("b", [5.0, 3.0]), ("c", [2.0, 3.0, 3.0]), ("d", [8.0])):
+            env.process(proc(name, delays))
+        env.run()
+        return seen
+
+    assert trace(use_wake=True) == trace(use_wake=False)
+    seen = trace(use_wake=False)
+    times = [t for t, _ in seen]
+    assert len(times) - len(set(times)) >= 4  # the comparison covers same-second ties
