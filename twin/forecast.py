@@ -96,6 +96,44 @@ class PredictedState:
         return f"{self.kind}:{self.id}"
 
 
+#: ``PredictedState``'s slots, in field order, set directly by ``_new_prediction``
+_PREDICTION_SLOTS: Final = tuple(PredictedState.__dict__[f].__set__ for f in PredictedState.__match_args__)
+
+
+def _new_prediction(
+    kind: EntityKind,
+    eid: str,
+    as_of: float,
+    p10: float | None,
+    p50: float | None,
+    p90: float | None,
+    p_late: float,
+    delay: float,
+    causes: tuple[Cause, ...],
+    planned: float | None,
+) -> PredictedState:
+    """``PredictedState(kind, eid, ..., causes, planned)``, the same object, built about twice as fast.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``; a
+    forecast builds one per order and trip (5,000 or more), so this sets the slots
+    directly (tested equal to the constructor, field by field).
+    """
+    o = object.__new__(PredictedState)
+    s_kind, s_id, s_as_of, s_p10, s_p50, s_p90, s_late, s_delay, s_causes, s_planned, s_risk = _PREDICTION_SLOTS
+    s_kind(o, kind)
+    s_id(o, eid)
+    s_as_of(o, as_of)
+    s_p10(o, p10)
+    s_p50(o, p50)
+    s_p90(o, p90)
+    s_late(o, p_late)
+    s_delay(o, delay)
+    s_causes(o, causes)
+    s_planned(o, planned)
+    s_risk(o, 0)
+    return o
+
+
 def lane_beliefs(
     state: WorldState,
 ) -> tuple[dict[str, float], dict[str, tuple[str, str]], dict[str, float]]:
@@ -577,6 +615,7 @@ class Forecaster:
         # Python floats (the same values) for the loop: numpy scalars are slow to index and convert
         q10, q50, q90 = qs[0.1], qs[0.5], qs[0.9]
         p_lates, delays, dues = p_late.tolist(), delay.tolist(), due.tolist()
+        new = _new_prediction
         for k, eid in enumerate(ids):
             chain: tuple[Cause, ...] = ()
             if p_lates[k] > 0:
@@ -586,7 +625,7 @@ class Forecaster:
                 if known is None:
                     known = memo[key] = _chain([found[i] for i in col.tolist() if i >= 0], n)
                 chain = known
-            out.append(PredictedState(kind, eid, as_of, q10[k], q50[k], q90[k], p_lates[k], delays[k], chain, dues[k]))
+            out.append(new(kind, eid, as_of, q10[k], q50[k], q90[k], p_lates[k], delays[k], chain, dues[k]))
         return out
 
 
@@ -934,7 +973,10 @@ def _column_quantile(ordered: npt.NDArray[np.float64], q: float) -> list[float |
     with np.errstate(invalid="ignore"):
         v = np.where(a == b, a, a + (b - a) * (k - lo))
     v = np.where(np.isinf(a) | np.isinf(b), np.where(k - lo < 0.5, a, b), v)
-    return [None if math.isinf(x) or math.isnan(x) else float(x) for x in v]
+    out: list[float | None] = v.tolist()
+    for i in np.flatnonzero(~np.isfinite(v)).tolist():
+        out[i] = None
+    return out
 
 
 def _q(values: list[float], q: float) -> float | None:

@@ -623,3 +623,41 @@ def test_the_rest_of_a_leg_follows_the_pace_the_vehicle_has_shown():
     assert d.travel("T", 0, lane, 0.0, rest) == round(3600.0 * rest * 1.3)
     # a leg not yet started, or one without a pace shown, draws its noise as before
     assert d.travel("T", 1, lane, 0.0, 1.0) == ForecastDurations(7, 0, 0.0, {}, {}).travel("T", 1, lane, 0.0, 1.0)
+
+
+def test_predictions_built_by_slots_equal_the_constructor():
+    """``_new_prediction`` sets ``PredictedState``'s slots directly: the same object as the
+    constructor's (every field, equality, hash, repr), and a new field breaks this test."""
+    import dataclasses
+
+    from twin.forecast import PredictedState, _new_prediction
+
+    names = [f.name for f in dataclasses.fields(PredictedState)]
+    assert names == [
+        "kind", "id", "as_of", "p10", "p50", "p90", "p_late", "expected_delay", "causes", "planned", "at_risk",
+    ]  # fmt: skip
+    causes = (Cause("dock_queue", "S1", 120.0), Cause("missed_connection", "T9", 60.5))
+    for args in (
+        ("order", "O1", 3600.0, 4000.0, 4100.5, None, 0.25, 12.5, causes, 3900.0),
+        ("trip", "T1", 0.0, None, None, None, 1.0, 300.0, (), None),
+    ):
+        fast, slow = _new_prediction(*args), PredictedState(*args)
+        assert [getattr(fast, n) for n in names] == [getattr(slow, n) for n in names]
+        assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            fast.p50 = 1.0  # type: ignore[misc]
+
+
+def test_column_quantiles_are_python_floats_and_none_where_not_finite():
+    import math
+
+    import numpy as np
+
+    from twin.forecast import _column_quantile
+
+    inf = math.inf
+    ordered = np.sort(np.array([[1.0, inf, 5.0, 2.0], [3.0, inf, inf, 2.0], [4.0, inf, inf, 2.0]]), axis=0)
+    for q, want in ((0.1, [1.0, None, 5.0, 2.0]), (0.5, [3.0, None, None, 2.0]), (0.9, [4.0, None, None, 2.0])):
+        got = _column_quantile(ordered, q)
+        assert got == want
+        assert all(type(x) is float for x in got if x is not None)
