@@ -151,30 +151,41 @@ def place(state: WorldState, lane_causes: dict[str, tuple[str, str]] | None = No
     misses: dict[_GroupKey, list[list[object]]] = {}
     info: dict[str, OrderInfo] = {}
     for oid, o in state.orders.items():
-        if o.stage in ("delivered", "cancelled"):
+        stage = o.stage
+        if stage == "delivered" or stage == "cancelled":
             continue
         info[oid] = OrderInfo(o.origin, o.destination, o.promised_at)
         where = "ready"
         trip = None
-        if o.stage == "loaded" and o.trip_id is not None:
+        if stage == "created":
+            pass
+        elif stage == "loaded" and o.trip_id is not None:
             leg = net.leg_index(o.trip_id, o.site_id or "")
             if leg >= 0 and state.trips[o.trip_id].departures[leg] is not None:
                 where, trip = "onboard", o.trip_id
-        elif o.stage == "unloaded" and o.site_id is not None:
+        elif stage == "unloaded" and o.site_id is not None:
             where = "unsorted"
             # freight unloaded together is sorted together: keep unloadings apart
             trip = f"@{o.obs_time!r}"
-        elif o.stage == "sorted" and o.unloaded_at is not None and o.sorted_at is not None:
+        elif stage == "sorted" and o.unloaded_at is not None and o.sorted_at is not None:
             # how long it waited for the sorter beyond a normal turn (10 minutes)
             trip = f"~{max(0, round(o.sorted_at - o.unloaded_at - SORT_ALLOWANCE))}"
         site = o.site_id if where != "onboard" else None
         if o.misses:
             trip = f"{trip}|" + "|".join(f"{m[0]}@{m[1]}" for m in o.misses)
         key: _GroupKey = (where, site, trip, o.hop, tuple(o.path), tuple(o.boards), o.destination)
-        groups.setdefault(key, []).append(oid)
+        # the key is hashed once per dictionary operation: one lookup for a known group
+        ids = groups.get(key)
+        t = o.obs_time
+        if ids is None:
+            groups[key] = [oid]
+            since[key] = t
+        else:
+            ids.append(oid)
+            if t < since[key]:  # ``min(since[key], t)``
+                since[key] = t
         if o.misses:
             misses[key] = o.misses
-        since[key] = min(since.get(key, o.obs_time), o.obs_time)
     out = Placement(info, [], [], [], observed_history(state, lane_causes))
     for key in sorted(groups, key=lambda k: min(groups[k])):
         where, site, trip, hop, path, boards, destination = key
