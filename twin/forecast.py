@@ -467,7 +467,7 @@ class Forecaster:
         out: list[_Tally] = []
         for placement, model in self._replicas(state, ids, setup):
             if keys is None:
-                keys = _Keys(state, placement.info)
+                keys = _Keys(state, placement.info, model.template)
             out.append(_tally_model(model, keys))
         return keys, out
 
@@ -730,11 +730,28 @@ class _LotIndex:
 class _Keys:
     """The entities a forecast of one state reports on, in the order of its matrices."""
 
-    def __init__(self, state: WorldState, info: dict[str, OrderInfo]) -> None:
+    def __init__(self, state: WorldState, info: dict[str, OrderInfo], template: ModelTemplate | None = None) -> None:
         self.info = info
         self.order_ids = sorted(info)
         self.trip_ids = sorted(t for t, ts in state.trips.items() if ts.status not in ("completed", "cancelled"))
         self.lots = _LotIndex(info, self.order_ids)
+        # The lots every replica starts from (copies of the template's, which share its order
+        # lists until a split gives a lot a new one): their orders' positions and earliest
+        # promise, and the lot of every order, computed once; a replica's tally then looks up
+        # only the lots whose order list is not the template's (-1: an order in no lot).
+        #: the template's order list of each lot (compared by identity)
+        self.base_ids: list[list[str]] = []
+        #: the earliest promise of each of those lots
+        self.base_first: list[float] = []
+        #: per order (``order_ids``), the index of its template lot (-1: none)
+        self.base_owner = np.full(len(self.order_ids), -1, dtype=np.intp)
+        if template is not None:
+            facts = self.lots.facts
+            for i, lot in enumerate(template.lots):
+                col, first = facts(lot.ids)
+                self.base_ids.append(lot.ids)
+                self.base_first.append(first)
+                self.base_owner[col] = i
         self.network = state.network
         trips = state.network.trips
         #: per trip: the arrival beyond which it is late, and its last leg
@@ -800,27 +817,39 @@ def _tally_model(model: Model, keys: _Keys) -> _Tally:
     The same tally as ``_tally`` of its records with their late ledgers (``_late_ledgers``;
     tested), without the per-entity map in between.
     """
-    lots = keys.lots
     found = model.lots
-    cols: list[npt.NDArray[np.intp]] = []
+    # lots whose order list is not the template's (split, or no template): (index, positions)
+    patches: list[tuple[int, npt.NDArray[np.intp]]] = []
     times: list[float] = []
     per_lot = np.full(len(found) + 1, -1, dtype=np.intp)
     ledgers: list[Ledger] = []
-    facts = lots.facts
+    facts = keys.lots.facts
+    base_ids, base_first = keys.base_ids, keys.base_first
+    nbase = len(base_ids)
+    inf = math.inf
     for i, lot in enumerate(found):
-        col, first = facts(lot.ids)
-        cols.append(col)
-        t = math.inf if lot.delivered_at is None else lot.delivered_at
+        ids = lot.ids
+        if i < nbase and ids is base_ids[i]:
+            first = base_first[i]
+        else:
+            col, first = facts(ids)
+            patches.append((i, col))
+        t = lot.delivered_at
+        if t is None:
+            t = inf
         times.append(t)
         if t > first:
             led = model.order_ledger(lot)
             if led:
                 per_lot[i] = len(ledgers)
                 ledgers.append(led)
-    times.append(math.inf)
-    owner = np.full(len(keys.order_ids), len(found), dtype=np.intp)
-    if cols:
-        owner[np.concatenate(cols)] = np.repeat(np.arange(len(found)), [len(c) for c in cols])
+    times.append(inf)
+    # the lot of every order; -1 (an order in no lot) reads the last entries: inf, no ledger
+    owner = keys.base_owner
+    if patches:
+        owner = owner.copy()
+        for i, col in patches:
+            owner[col] = i
     delivered = np.array(times, dtype=float)[owner]
     order_ledger = per_lot[owner]
     arrivals: list[float] = []
