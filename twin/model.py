@@ -90,23 +90,55 @@ class _NullObserver:
 
 
 def _copy_run(run: TripRun) -> TripRun:
-    """A trip record that can change without changing ``run`` (ledgers: see ``Ledger``)."""
-    ledger = dict(run.ledger)
-    return TripRun(
-        list(run.departures), list(run.arrivals), run.released, run.held_for, run.hold_seconds,
-        run.waited_for_vehicle, list(run.dock_waits), ledger, dict(run.arrival_ledgers),
-        ledger if run.release_ledger is run.ledger else run.release_ledger, dict(run.dock_wait_at),
-    )  # fmt: skip
+    """A trip record that can change without changing ``run`` (ledgers: see ``Ledger``).
+
+    Built slot by slot (a model copies a few hundred per replica; about a third cheaper
+    than through ``TripRun.__init__``); a test checks that every field is copied.
+    """
+    c = _new(TripRun)
+    c.departures = run.departures.copy()
+    c.arrivals = run.arrivals.copy()
+    c.released = run.released
+    c.held_for = run.held_for
+    c.hold_seconds = run.hold_seconds
+    c.waited_for_vehicle = run.waited_for_vehicle
+    c.dock_waits = run.dock_waits.copy()
+    c.ledger = ledger = run.ledger.copy()
+    c.arrival_ledgers = run.arrival_ledgers.copy()
+    c.release_ledger = ledger if run.release_ledger is run.ledger else run.release_ledger
+    c.dock_wait_at = run.dock_wait_at.copy()
+    return c
 
 
 def _copy_lot(lot: Lot) -> Lot:
-    """A lot that can change without changing ``lot`` (its ``ids`` and ``boards`` are never changed in place)."""
-    return Lot(
-        lot.ids, lot.destination, list(lot.path), lot.boards, lot.hop, lot.stage, lot.site, lot.trip,
-        lot.ready, lot.delivered_at, lot.inbound_trip, lot.inbound_leg, lot.rolls, lot.sort_wait,
-        dict(lot.miss_ledger) if lot.miss_ledger is not None else None,
-        lot.serial, lot.since, lot.miss_carry,
-    )  # fmt: skip
+    """A lot that can change without changing ``lot`` (its ``ids`` and ``boards`` are never changed in place).
+
+    Built slot by slot, as ``_copy_run``.
+    """
+    c = _new(Lot)
+    c.ids = lot.ids
+    c.destination = lot.destination
+    c.path = lot.path.copy()
+    c.boards = lot.boards
+    c.hop = lot.hop
+    c.stage = lot.stage
+    c.site = lot.site
+    c.trip = lot.trip
+    c.ready = lot.ready
+    c.delivered_at = lot.delivered_at
+    c.inbound_trip = lot.inbound_trip
+    c.inbound_leg = lot.inbound_leg
+    c.rolls = lot.rolls
+    c.sort_wait = lot.sort_wait
+    miss = lot.miss_ledger
+    c.miss_ledger = miss.copy() if miss is not None else None
+    c.serial = lot.serial
+    c.since = lot.since
+    c.miss_carry = lot.miss_carry
+    return c
+
+
+_new = object.__new__
 
 
 @dataclass(slots=True)
