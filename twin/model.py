@@ -1062,7 +1062,9 @@ class Model:
         if self._observing:
             self.observer.docks(env._now, site, docks.count, int(docks.capacity))
         s = self.net.sites[site]
-        count = sum(len(o.ids) for o in alighting)
+        count = 0
+        for o in alighting:
+            count += len(o.ids)
         key = f"{trip_id}/{leg_index}"
         # ``env.timeout``: the same event, scheduled the same way, for less
         yield Wake(env, self.durations.unload(s, count, key), NORMAL)
@@ -1103,14 +1105,18 @@ class Model:
         # build still to start), a request for a free sorter would be the next event
         # processed and would only resume this process: take it at once
         start = self._start_event
-        slot = sorter.take() if env.peek() > env._now and (start is None or not start.waiting) else None
+        queue = env._queue  # ``env.peek()``: the time of the next event
+        due = queue[0][0] if queue else math.inf
+        slot = sorter.take() if due > env._now and (start is None or not start.waiting) else None
         if slot is None:
             slot = sorter.request()
             yield slot
+        waited = env._now - queued
+        count = 0
         for o in batch:
-            o.sort_wait = env._now - queued
+            o.sort_wait = waited
+            count += len(o.ids)
         s = self.net.sites[site]
-        count = sum(len(o.ids) for o in batch)
         yield Wake(env, max(1.0, self.durations.sort(s, count, self.rates[site], key) - credit), NORMAL)
         sorter.release(slot)
         for o in batch:
