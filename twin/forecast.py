@@ -271,14 +271,22 @@ class ForecastDurations(StochasticDurations):
         For the rest of a leg a vehicle is already driving, the noise is the vehicle's own
         pace given what it has shown so far (:meth:`pace_rest`).
         """
+        sigma = lane.sigma
         seen = self.paces.get((trip_id, leg)) if remaining < 1.0 else None
-        if seen is None or lane.sigma <= 0:
-            noise = self._travel_noise(trip_id, leg, lane.sigma)
-        else:
+        if seen is not None and sigma > 0:
             noise = self.pace_rest(f"travel/{trip_id}/{leg}", lane, seen[0], seen[1], remaining)
+        else:
+            # ``_travel_noise``, its common case inlined: the leg's noises from the table
+            col = self._column
+            if sigma > 0 and col is not None and (noises := self._legs.get((trip_id, leg, sigma))):
+                noise = noises[col]
+            else:
+                noise = self._travel_noise(trip_id, leg, sigma)
         work = lane.travel_time * remaining * noise
         if self._factors.get(lane.id) == 1.0:
-            return whole(work)  # as ``drive_time`` of a lane this replica believes not slowed
+            # as ``drive_time`` of a lane this replica believes not slowed; ``whole(work)``
+            r = round(work)
+            return float(r) if r > 1 else 1.0
         return whole(self.drive_time(lane, start, work))
 
     def drive_time(self, lane: Lane, start: float, work: float) -> float:

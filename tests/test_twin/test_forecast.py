@@ -667,3 +667,32 @@ def test_column_quantiles_are_python_floats_and_none_where_not_finite():
         got = _column_quantile(ordered, q)
         assert got == want
         assert all(type(x) is float for x in got if x is not None)
+
+
+def test_forecast_travel_from_the_table_equals_drawing_one_by_one():
+    """``ForecastDurations.travel`` reads a leg's noise from the table's per-leg noises (the
+    common case inlined): the same durations as without a table, on slowed and free lanes,
+    for legs the table does not hold, the rest of a leg under way, and a lane without noise."""
+    import math
+
+    from twin.durations import DrawTable
+    from twin.forecast import ForecastDurations
+
+    lanes = [
+        Lane("A->B", "A", "B", 3600.0, 0.2), Lane("B->C", "B", "C", 1800.0, 0.15), Lane("C->A", "C", "A", 900.0, 0.0),
+    ]  # fmt: skip
+    factors = {"B->C": 1.4}
+    paces = {("T1", 0): (math.log(1.2), 0.4)}
+    table = DrawTable(3, range(5), ["travel/T1/0", "travel/T1/1", "travel/T2/0"])
+    seen = set()
+    for r in (*range(5), 11):
+        plain = ForecastDurations(3, r, 0.0, factors, {}, paces=paces, persistence=0.5)
+        tabled = ForecastDurations(3, r, 0.0, factors, {}, paces=paces, persistence=0.5, draws=table)
+        for _ in range(2):
+            for lane in lanes:
+                for trip, leg in (("T1", 0), ("T1", 1), ("T2", 0), ("T3", 2)):
+                    for remaining in (1.0, 0.6):
+                        got = tabled.travel(trip, leg, lane, 100.0, remaining)
+                        assert got == plain.travel(trip, leg, lane, 100.0, remaining)
+                        seen.add(got)
+    assert len(seen) > 20
