@@ -27,6 +27,7 @@ Phases: ``build()`` -> ``run(until)`` -> ``collect()`` (-> ``close()``).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,10 +42,6 @@ from twin.records import Lot, ModelResult, OrderInfo, TripRun
 from twin.state import WorldState
 
 __all__ = ["Model", "ModelTemplate", "Observer"]
-
-
-def _first_id(lot: Lot) -> str:
-    return lot.ids[0]
 
 
 class Observer(Protocol):
@@ -574,8 +571,11 @@ class Model:
         That is freight being handled at the site, or on a vehicle there or whose current leg
         ends there before ``by``; freight further out is not waited for.
         """
-        out = []
-        for o in self.booked.get((trip_id, site), {}).values():
+        out: list[Lot] = []
+        booked = self.booked.get((trip_id, site))
+        if not booked:
+            return out
+        for o in booked.values():
             if o.ready:
                 continue
             if o.site == site:
@@ -941,7 +941,12 @@ class Model:
         if not booked:
             return
         room = self.net.vehicles[trip.vehicle_id].capacity - sum(len(lot.ids) for lot in onboard)
-        for lot in sorted(booked.values(), key=_first_id) if len(booked) > 1 else booked.values():
+        # in order of their first order id, sorted as (first id, lot) pairs (no key function
+        # called per lot; an order is in one lot, so no two first ids are equal)
+        order: Iterable[Lot] = booked.values()
+        if len(booked) > 1:
+            order = [p[1] for p in sorted([(lot.ids[0], lot) for lot in order])]
+        for lot in order:
             if lot.ready and room > 0:
                 if len(lot.ids) > room:
                     rest = lot
