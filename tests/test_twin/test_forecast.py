@@ -632,26 +632,30 @@ def test_the_rest_of_a_leg_follows_the_pace_the_vehicle_has_shown():
 
 
 def test_predictions_built_by_slots_equal_the_constructor():
-    """``_new_prediction`` sets ``PredictedState``'s slots directly: the same object as the
+    """``_new_predictions`` sets ``PredictedState``'s slots directly: the same objects as the
     constructor's (every field, equality, hash, repr), and a new field breaks this test."""
     import dataclasses
 
-    from twin.forecast import PredictedState, _new_prediction
+    from twin.forecast import PredictedState, _new_predictions
 
     names = [f.name for f in dataclasses.fields(PredictedState)]
     assert names == [
         "kind", "id", "as_of", "p10", "p50", "p90", "p_late", "expected_delay", "causes", "planned", "at_risk",
     ]  # fmt: skip
     causes = (Cause("dock_queue", "S1", 120.0), Cause("missed_connection", "T9", 60.5))
-    for args in (
-        ("order", "O1", 3600.0, 4000.0, 4100.5, None, 0.25, 12.5, causes, 3900.0),
-        ("trip", "T1", 0.0, None, None, None, 1.0, 300.0, (), None),
-    ):
-        fast, slow = _new_prediction(*args), PredictedState(*args)
-        assert [getattr(fast, n) for n in names] == [getattr(slow, n) for n in names]
-        assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+    columns = (
+        ["O1", "O2", "O3"], [4000.0, None, 1.0], [4100.5, None, 2.0], [None, None, 3.0], [0.25, 1.0, 0.0],
+        [12.5, 300.0, 0.0], [causes, (), ()], [3900.0, None, 7.0],
+    )  # fmt: skip
+    fast = _new_predictions("order", *columns[:1], 3600.0, *columns[1:])
+    slow = [PredictedState("order", eid, 3600.0, *rest) for eid, *rest in zip(*columns, strict=True)]
+    assert len(fast) == 3
+    for a, b in zip(fast, slow, strict=True):
+        assert [getattr(a, n) for n in names] == [getattr(b, n) for n in names]
+        assert a == b and hash(a) == hash(b) and repr(a) == repr(b)
         with pytest.raises(dataclasses.FrozenInstanceError):
-            fast.p50 = 1.0  # type: ignore[misc]
+            a.p50 = 1.0  # type: ignore[misc]
+    assert _new_predictions("trip", [], 0.0, [], [], [], [], [], [], []) == []
 
 
 def test_column_quantiles_are_python_floats_and_none_where_not_finite():
