@@ -759,9 +759,8 @@ class _Keys:
         self.network = state.network
         trips = state.network.trips
         #: per trip: the arrival beyond which it is late, and its last leg
-        self.trip_dues = [
-            (tid, trips[tid].planned_arrival + SCHEDULE_GRACE, len(trips[tid].legs) - 1) for tid in self.trip_ids
-        ]
+        self.trip_due = np.array([trips[t].planned_arrival + SCHEDULE_GRACE for t in self.trip_ids], dtype=float)
+        self.trip_last = [len(trips[t].legs) - 1 for t in self.trip_ids]
 
 
 @dataclass(slots=True)
@@ -856,20 +855,19 @@ def _tally_model(model: Model, keys: _Keys) -> _Tally:
             owner[col] = i
     delivered = np.array(times, dtype=float)[owner]
     order_ledger = per_lot[owner]
-    arrivals: list[float] = []
     trip_ledger = np.full(len(keys.trip_ids), -1, dtype=np.intp)
     trips = model.trips
-    for k, (tid, due, last) in enumerate(keys.trip_dues):
-        run = trips[tid]
-        arr = run.arrivals[-1]
-        arrivals.append(math.inf if arr is None else arr)
-        if arr is None or arr > due:
-            led = run.arrival_ledgers.get(last, run.ledger)
-            if led:
-                trip_ledger[k] = len(ledgers)
-                ledgers.append(led)
+    runs = [trips[tid] for tid in keys.trip_ids]
+    arrivals = np.array([inf if (a := run.arrivals[-1]) is None else a for run in runs], dtype=float)
+    # late: not arrived (inf), or after the schedule's grace; in trip order
+    for k in np.flatnonzero(arrivals > keys.trip_due).tolist():
+        run = runs[k]
+        led = run.arrival_ledgers.get(keys.trip_last[k], run.ledger)
+        if led:
+            trip_ledger[k] = len(ledgers)
+            ledgers.append(led)
     waits = _dock_waits(trips, keys.network)
-    return _Tally(delivered, order_ledger, np.array(arrivals, dtype=float), trip_ledger, ledgers, waits)
+    return _Tally(delivered, order_ledger, arrivals, trip_ledger, ledgers, waits)
 
 
 def _dock_waits(trips: Mapping[str, TripRun], network: Network) -> list[tuple[str, float]]:
