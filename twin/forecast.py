@@ -749,13 +749,17 @@ class _Keys:
         self.base_first: list[float] = []
         #: per order (``order_ids``), the index of its template lot (-1: none)
         self.base_owner = np.full(len(self.order_ids), -1, dtype=np.intp)
-        if template is not None:
-            facts = self.lots.facts
-            for i, lot in enumerate(template.lots):
-                col, first = facts(lot.ids)
-                self.base_ids.append(lot.ids)
-                self.base_first.append(first)
-                self.base_owner[col] = i
+        lens = [len(lot.ids) for lot in template.lots] if template is not None else []
+        if template is not None and lens and min(lens) > 0:
+            lots = template.lots
+            self.base_ids = [lot.ids for lot in lots]
+            pos = self.lots.position
+            flat = [oid for ids in self.base_ids for oid in ids]
+            self.base_owner[np.array([pos[oid] for oid in flat], dtype=np.intp)] = np.repeat(np.arange(len(lots)), lens)
+            # each lot's earliest promise, over its stretch of the flat list
+            promised = np.array([info[oid].promised_at for oid in flat], dtype=float)
+            starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
+            self.base_first = np.minimum.reduceat(promised, starts).tolist()
         self.network = state.network
         trips = state.network.trips
         #: per trip: the arrival beyond which it is late, and its last leg

@@ -387,6 +387,10 @@ def test_a_tally_from_the_model_equals_the_tally_of_its_records(request, scenari
         keys = _Keys(state, placement.info)
         # with the template's lots known, only lots whose order list changed are looked up
         with_template = _Keys(state, placement.info, model.template)
+        info, base = placement.info, model.template.lots
+        assert with_template.base_first == [min(info[oid].promised_at for oid in lot.ids) for lot in base]
+        owners = with_template.base_owner.tolist()
+        assert all(owners[with_template.lots.position[oid]] == i for i, lot in enumerate(base) for oid in lot.ids)
         fast = _tally_model(model, keys)
         res = model.collect()
         res.ledgers, res.lot_ledgers = _late_ledgers(model, _LotIndex(placement.info))
