@@ -95,7 +95,7 @@ class DrawTable:
     same either way, so common random numbers hold whatever the table holds.
     """
 
-    __slots__ = ("_noises", "column", "legs", "rows", "seed")
+    __slots__ = ("_noises", "column", "handling", "legs", "rows", "seed")
 
     def __init__(self, seed: int, replicas: Sequence[int], keys: Iterable[str]) -> None:
         self.seed = seed
@@ -109,6 +109,8 @@ class DrawTable:
         self._noises: dict[tuple[str, float], list[float]] = {}
         #: (trip, leg, sigma) -> the legs' travel noises of the replicas (empty: not in the table)
         self.legs: dict[tuple[str, int, float], list[float]] = {}
+        #: (kind, sigma) -> {activity key without its kind: noises of the replicas} (``handling_noises``)
+        self.handling: dict[tuple[str, float], dict[str, list[float]]] = {}
 
     def uniform(self, replica: int, key: str) -> float:
         """``keyed_uniform(seed, replica, key)``, from the table when it holds it."""
@@ -134,6 +136,28 @@ class DrawTable:
                 if noises:
                     self._noises[(key, sigma)] = noises
             self.legs[(trip_id, leg, sigma)] = noises
+        return noises
+
+    def handling_noises(self, kind: str, sigma: float) -> dict[str, list[float]]:
+        """The noises of every replica for draws ``f"{kind}/{key}"`` (unloading, sorting), by ``key``.
+
+        A dictionary shared by the replicas, filled as keys are first drawn (``lognormal``'s
+        values; empty for a key the table does not hold): a draw then reads it without
+        formatting its full key.
+        """
+        memo = self.handling.get((kind, sigma))
+        if memo is None:
+            memo = self.handling[(kind, sigma)] = {}
+        return memo
+
+    def _fill(self, key: str, sigma: float) -> list[float]:
+        """``lognormal``'s noises of every replica for ``key`` (empty: not in the table)."""
+        noises = self._noises.get((key, sigma))
+        if noises is None:
+            row = self.rows.get(key)
+            if row is None:
+                return []
+            noises = self._noises[(key, sigma)] = [math.exp(sigma * _INV_CDF(u)) for u in row]
         return noises
 
     def lognormal(self, replica: int, key: str, sigma: float) -> float:
@@ -247,6 +271,9 @@ class StochasticDurations(NominalDurations):
         #: this replica's column in the draw table (None: draws one by one)
         self._column = self.draws.column.get(replica) if self.draws is not None else None
         self._legs: dict[tuple[str, int, float], list[float]] = self.draws.legs if self.draws is not None else {}
+        #: the table's unloading and sorting noises by key (``DrawTable.handling_noises``)
+        self._unloads = self.draws.handling_noises("unload", handling_sigma) if self.draws is not None else {}
+        self._sorts = self.draws.handling_noises("sort", handling_sigma) if self.draws is not None else {}
 
     def _uniform(self, key: str) -> float:
         if self.draws is not None:
@@ -278,12 +305,26 @@ class StochasticDurations(NominalDurations):
         noise = self._travel_noise(trip_id, leg, lane.sigma)
         return whole(lane.travel_time * self.lane_factor(lane) * remaining * noise)
 
+    def _handling_noise(self, kind: str, memo: dict[str, list[float]], key: str) -> float:
+        """``_noise(f"{kind}/{key}", handling_sigma)``, from the table's noises by key when it can."""
+        sigma = self.handling_sigma
+        if sigma <= 0:
+            return 1.0
+        col = self._column
+        if col is not None and self.draws is not None:
+            noises = memo.get(key)
+            if noises is None:
+                noises = memo[key] = self.draws._fill(f"{kind}/{key}", sigma)
+            if noises:
+                return noises[col]
+        return self._noise(f"{kind}/{key}", sigma)
+
     def unload(self, site: Site, orders: int, key: str) -> float:
         """Nominal dock time times a lognormal draw for this unloading."""
-        noise = self._noise(f"unload/{key}", self.handling_sigma)
+        noise = self._handling_noise("unload", self._unloads, key)
         return whole((site.dock_seconds + site.seconds_per_order * orders) * noise)
 
     def sort(self, site: Site, orders: int, rate: float, key: str) -> float:
         """Nominal sorting time times a lognormal draw for this batch."""
-        noise = self._noise(f"sort/{key}", self.handling_sigma)
+        noise = self._handling_noise("sort", self._sorts, key)
         return whole(3600.0 * orders / rate * noise)

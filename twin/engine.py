@@ -62,7 +62,8 @@ class Wake(simpy.Event):
         self.callbacks = []
         self._value = None
         self._ok = True
-        env.schedule(self, priority, delay)  # type: ignore[arg-type]
+        # ``env.schedule(self, priority, delay)``, inlined (one call less per wake-up)
+        heapq.heappush(env._queue, (env._now + delay, priority, next(env._eid), self))  # type: ignore[misc]
 
 
 class Start(simpy.Event):

@@ -12,10 +12,12 @@ from __future__ import annotations
 import gc
 import math
 import pickle
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -94,6 +96,42 @@ class PredictedState:
     def key(self) -> str:
         """The key of this prediction on the compacted predictions topic."""
         return f"{self.kind}:{self.id}"
+
+
+#: ``PredictedState``'s slots, in field order, set directly by ``_new_predictions``
+_PREDICTION_SLOTS: Final = tuple(PredictedState.__dict__[f].__set__ for f in PredictedState.__match_args__)
+
+
+def _new_predictions(
+    kind: EntityKind,
+    ids: Sequence[str],
+    as_of: float,
+    p10: Sequence[float | None],
+    p50: Sequence[float | None],
+    p90: Sequence[float | None],
+    p_late: Sequence[float],
+    delay: Sequence[float],
+    causes: Sequence[tuple[Cause, ...]],
+    planned: Sequence[float | None],
+) -> list[PredictedState]:
+    """``[PredictedState(kind, ids[k], as_of, p10[k], ..., causes[k], planned[k]) for k ...]``, the same objects.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``; a
+    forecast builds one per order and trip (5,000 or more), so this sets the slots
+    directly, one field at a time for all of them (tested equal to the constructor, field
+    by field): about a quarter of the cost.
+    """
+    new = object.__new__
+    out = [new(PredictedState) for _ in ids]
+    n = len(out)
+    s_kind, s_id, s_as_of, s_p10, s_p50, s_p90, s_late, s_delay, s_causes, s_planned, s_risk = _PREDICTION_SLOTS
+    for setter, values in (
+        (s_kind, repeat(kind, n)), (s_id, ids), (s_as_of, repeat(as_of, n)), (s_p10, p10), (s_p50, p50),
+        (s_p90, p90), (s_late, p_late), (s_delay, delay), (s_causes, causes), (s_planned, planned),
+        (s_risk, repeat(0, n)),
+    ):  # fmt: skip
+        deque(map(setter, out, values), maxlen=0)
+    return out
 
 
 def lane_beliefs(
@@ -233,14 +271,22 @@ class ForecastDurations(StochasticDurations):
         For the rest of a leg a vehicle is already driving, the noise is the vehicle's own
         pace given what it has shown so far (:meth:`pace_rest`).
         """
+        sigma = lane.sigma
         seen = self.paces.get((trip_id, leg)) if remaining < 1.0 else None
-        if seen is None or lane.sigma <= 0:
-            noise = self._travel_noise(trip_id, leg, lane.sigma)
-        else:
+        if seen is not None and sigma > 0:
             noise = self.pace_rest(f"travel/{trip_id}/{leg}", lane, seen[0], seen[1], remaining)
+        else:
+            # ``_travel_noise``, its common case inlined: the leg's noises from the table
+            col = self._column
+            if sigma > 0 and col is not None and (noises := self._legs.get((trip_id, leg, sigma))):
+                noise = noises[col]
+            else:
+                noise = self._travel_noise(trip_id, leg, sigma)
         work = lane.travel_time * remaining * noise
         if self._factors.get(lane.id) == 1.0:
-            return whole(work)  # as ``drive_time`` of a lane this replica believes not slowed
+            # as ``drive_time`` of a lane this replica believes not slowed; ``whole(work)``
+            r = round(work)
+            return float(r) if r > 1 else 1.0
         return whole(self.drive_time(lane, start, work))
 
     def drive_time(self, lane: Lane, start: float, work: float) -> float:
@@ -429,7 +475,7 @@ class Forecaster:
         out: list[_Tally] = []
         for placement, model in self._replicas(state, ids, setup):
             if keys is None:
-                keys = _Keys(state, placement.info)
+                keys = _Keys(state, placement.info, model.template)
             out.append(_tally_model(model, keys))
         return keys, out
 
@@ -571,23 +617,20 @@ class Forecaster:
         delay = np.where(late, np.maximum(effective - due, 0.0), 0.0).sum(axis=0) / n
         # per entity, the ledgers of the replicas in which it was late (-1: none)
         chosen = np.ascontiguousarray(np.where(late, which, -1).T)
-        out = []
         # orders of one lot share their ledgers in every replica: compute their chain once
         memo: dict[bytes, tuple[Cause, ...]] = {}
-        # Python floats (the same values) for the loop: numpy scalars are slow to index and convert
-        q10, q50, q90 = qs[0.1], qs[0.5], qs[0.9]
-        p_lates, delays, dues = p_late.tolist(), delay.tolist(), due.tolist()
-        for k, eid in enumerate(ids):
-            chain: tuple[Cause, ...] = ()
-            if p_lates[k] > 0:
-                col = chosen[k]
-                key = col.tobytes()
-                known = memo.get(key)
-                if known is None:
-                    known = memo[key] = _chain([found[i] for i in col.tolist() if i >= 0], n)
-                chain = known
-            out.append(PredictedState(kind, eid, as_of, q10[k], q50[k], q90[k], p_lates[k], delays[k], chain, dues[k]))
-        return out
+        chains: list[tuple[Cause, ...]] = [()] * len(ids)
+        for k in np.flatnonzero(p_late > 0).tolist():
+            col = chosen[k]
+            key = col.tobytes()
+            known = memo.get(key)
+            if known is None:
+                known = memo[key] = _chain([found[i] for i in col.tolist() if i >= 0], n)
+            chains[k] = known
+        # Python floats (the same values): numpy scalars are slow to convert
+        return _new_predictions(
+            kind, ids, as_of, qs[0.1], qs[0.5], qs[0.9], p_late.tolist(), delay.tolist(), chains, due.tolist()
+        )
 
 
 @contextmanager
@@ -691,17 +734,37 @@ class _LotIndex:
 class _Keys:
     """The entities a forecast of one state reports on, in the order of its matrices."""
 
-    def __init__(self, state: WorldState, info: dict[str, OrderInfo]) -> None:
+    def __init__(self, state: WorldState, info: dict[str, OrderInfo], template: ModelTemplate | None = None) -> None:
         self.info = info
         self.order_ids = sorted(info)
         self.trip_ids = sorted(t for t, ts in state.trips.items() if ts.status not in ("completed", "cancelled"))
         self.lots = _LotIndex(info, self.order_ids)
+        # The lots every replica starts from (copies of the template's, which share its order
+        # lists until a split gives a lot a new one): their orders' positions and earliest
+        # promise, and the lot of every order, computed once; a replica's tally then looks up
+        # only the lots whose order list is not the template's (-1: an order in no lot).
+        #: the template's order list of each lot (compared by identity)
+        self.base_ids: list[list[str]] = []
+        #: the earliest promise of each of those lots
+        self.base_first: list[float] = []
+        #: per order (``order_ids``), the index of its template lot (-1: none)
+        self.base_owner = np.full(len(self.order_ids), -1, dtype=np.intp)
+        lens = [len(lot.ids) for lot in template.lots] if template is not None else []
+        if template is not None and lens and min(lens) > 0:
+            lots = template.lots
+            self.base_ids = [lot.ids for lot in lots]
+            pos = self.lots.position
+            flat = [oid for ids in self.base_ids for oid in ids]
+            self.base_owner[np.array([pos[oid] for oid in flat], dtype=np.intp)] = np.repeat(np.arange(len(lots)), lens)
+            # each lot's earliest promise, over its stretch of the flat list
+            promised = np.array([info[oid].promised_at for oid in flat], dtype=float)
+            starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
+            self.base_first = np.minimum.reduceat(promised, starts).tolist()
         self.network = state.network
         trips = state.network.trips
         #: per trip: the arrival beyond which it is late, and its last leg
-        self.trip_dues = [
-            (tid, trips[tid].planned_arrival + SCHEDULE_GRACE, len(trips[tid].legs) - 1) for tid in self.trip_ids
-        ]
+        self.trip_due = np.array([trips[t].planned_arrival + SCHEDULE_GRACE for t in self.trip_ids], dtype=float)
+        self.trip_last = [len(trips[t].legs) - 1 for t in self.trip_ids]
 
 
 @dataclass(slots=True)
@@ -761,43 +824,54 @@ def _tally_model(model: Model, keys: _Keys) -> _Tally:
     The same tally as ``_tally`` of its records with their late ledgers (``_late_ledgers``;
     tested), without the per-entity map in between.
     """
-    lots = keys.lots
     found = model.lots
-    cols: list[npt.NDArray[np.intp]] = []
+    # lots whose order list is not the template's (split, or no template): (index, positions)
+    patches: list[tuple[int, npt.NDArray[np.intp]]] = []
     times: list[float] = []
     per_lot = np.full(len(found) + 1, -1, dtype=np.intp)
     ledgers: list[Ledger] = []
-    facts = lots.facts
+    facts = keys.lots.facts
+    base_ids, base_first = keys.base_ids, keys.base_first
+    nbase = len(base_ids)
+    inf = math.inf
     for i, lot in enumerate(found):
-        col, first = facts(lot.ids)
-        cols.append(col)
-        t = math.inf if lot.delivered_at is None else lot.delivered_at
+        ids = lot.ids
+        if i < nbase and ids is base_ids[i]:
+            first = base_first[i]
+        else:
+            col, first = facts(ids)
+            patches.append((i, col))
+        t = lot.delivered_at
+        if t is None:
+            t = inf
         times.append(t)
         if t > first:
             led = model.order_ledger(lot)
             if led:
                 per_lot[i] = len(ledgers)
                 ledgers.append(led)
-    times.append(math.inf)
-    owner = np.full(len(keys.order_ids), len(found), dtype=np.intp)
-    if cols:
-        owner[np.concatenate(cols)] = np.repeat(np.arange(len(found)), [len(c) for c in cols])
+    times.append(inf)
+    # the lot of every order; -1 (an order in no lot) reads the last entries: inf, no ledger
+    owner = keys.base_owner
+    if patches:
+        owner = owner.copy()
+        for i, col in patches:
+            owner[col] = i
     delivered = np.array(times, dtype=float)[owner]
     order_ledger = per_lot[owner]
-    arrivals: list[float] = []
     trip_ledger = np.full(len(keys.trip_ids), -1, dtype=np.intp)
     trips = model.trips
-    for k, (tid, due, last) in enumerate(keys.trip_dues):
-        run = trips[tid]
-        arr = run.arrivals[-1]
-        arrivals.append(math.inf if arr is None else arr)
-        if arr is None or arr > due:
-            led = run.arrival_ledgers.get(last, run.ledger)
-            if led:
-                trip_ledger[k] = len(ledgers)
-                ledgers.append(led)
+    runs = [trips[tid] for tid in keys.trip_ids]
+    arrivals = np.array([inf if (a := run.arrivals[-1]) is None else a for run in runs], dtype=float)
+    # late: not arrived (inf), or after the schedule's grace; in trip order
+    for k in np.flatnonzero(arrivals > keys.trip_due).tolist():
+        run = runs[k]
+        led = run.arrival_ledgers.get(keys.trip_last[k], run.ledger)
+        if led:
+            trip_ledger[k] = len(ledgers)
+            ledgers.append(led)
     waits = _dock_waits(trips, keys.network)
-    return _Tally(delivered, order_ledger, np.array(arrivals, dtype=float), trip_ledger, ledgers, waits)
+    return _Tally(delivered, order_ledger, arrivals, trip_ledger, ledgers, waits)
 
 
 def _dock_waits(trips: Mapping[str, TripRun], network: Network) -> list[tuple[str, float]]:
@@ -934,7 +1008,10 @@ def _column_quantile(ordered: npt.NDArray[np.float64], q: float) -> list[float |
     with np.errstate(invalid="ignore"):
         v = np.where(a == b, a, a + (b - a) * (k - lo))
     v = np.where(np.isinf(a) | np.isinf(b), np.where(k - lo < 0.5, a, b), v)
-    return [None if math.isinf(x) or math.isnan(x) else float(x) for x in v]
+    out: list[float | None] = v.tolist()
+    for i in np.flatnonzero(~np.isfinite(v)).tolist():
+        out[i] = None
+    return out
 
 
 def _q(values: list[float], q: float) -> float | None:

@@ -8,9 +8,10 @@ a forecast copies; ``observed_history`` gives the provenance of delays already o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from twin.provenance import Ledger, add_cause, carry_causes
-from twin.records import Lot, OrderInfo
+from twin.records import Lot, OrderInfo, order_infos
 from twin.state import WorldState
 
 __all__ = ["SORT_ALLOWANCE", "Placement", "detachable", "freight_free", "observed_history", "place"]
@@ -146,40 +147,58 @@ def detachable(state: WorldState, placement: Placement, free: frozenset[str] | N
 def place(state: WorldState, lane_causes: dict[str, tuple[str, str]] | None = None) -> Placement:
     """Group the state's open orders into lots (shared by every replica of a forecast)."""
     net = state.network
-    groups: dict[_GroupKey, list[str]] = {}
-    since: dict[_GroupKey, float] = {}
+    # per group: [earliest observation, order ids]
+    groups: dict[_GroupKey, list[Any]] = {}
     misses: dict[_GroupKey, list[list[object]]] = {}
-    info: dict[str, OrderInfo] = {}
+    # the open orders' ids, origins, destinations and promises (``OrderInfo``s made after the loop)
+    oids: list[str] = []
+    origins: list[str] = []
+    destinations: list[str] = []
+    promises: list[float] = []
     for oid, o in state.orders.items():
-        if o.stage in ("delivered", "cancelled"):
+        stage = o.stage
+        if stage == "delivered" or stage == "cancelled":
             continue
-        info[oid] = OrderInfo(o.origin, o.destination, o.promised_at)
+        oids.append(oid)
+        origins.append(o.origin)
+        destinations.append(o.destination)
+        promises.append(o.promised_at)
         where = "ready"
         trip = None
-        if o.stage == "loaded" and o.trip_id is not None:
+        if stage == "created":
+            pass
+        elif stage == "loaded" and o.trip_id is not None:
             leg = net.leg_index(o.trip_id, o.site_id or "")
             if leg >= 0 and state.trips[o.trip_id].departures[leg] is not None:
                 where, trip = "onboard", o.trip_id
-        elif o.stage == "unloaded" and o.site_id is not None:
+        elif stage == "unloaded" and o.site_id is not None:
             where = "unsorted"
             # freight unloaded together is sorted together: keep unloadings apart
             trip = f"@{o.obs_time!r}"
-        elif o.stage == "sorted" and o.unloaded_at is not None and o.sorted_at is not None:
+        elif stage == "sorted" and o.unloaded_at is not None and o.sorted_at is not None:
             # how long it waited for the sorter beyond a normal turn (10 minutes)
             trip = f"~{max(0, round(o.sorted_at - o.unloaded_at - SORT_ALLOWANCE))}"
         site = o.site_id if where != "onboard" else None
         if o.misses:
             trip = f"{trip}|" + "|".join(f"{m[0]}@{m[1]}" for m in o.misses)
         key: _GroupKey = (where, site, trip, o.hop, tuple(o.path), tuple(o.boards), o.destination)
-        groups.setdefault(key, []).append(oid)
+        # the key (a 7-tuple, hashed at every dictionary operation) is looked up once
+        entry = groups.get(key)
+        t = o.obs_time
+        if entry is None:
+            groups[key] = [t, [oid]]
+        else:
+            entry[1].append(oid)
+            if t < entry[0]:  # ``min(earliest, t)``
+                entry[0] = t
         if o.misses:
             misses[key] = o.misses
-        since[key] = min(since.get(key, o.obs_time), o.obs_time)
+    info = dict(zip(oids, order_infos(origins, destinations, promises), strict=True))
     out = Placement(info, [], [], [], observed_history(state, lane_causes))
-    for key in sorted(groups, key=lambda k: min(groups[k])):
+    for key, (since, ids) in sorted(groups.items(), key=lambda kv: min(kv[1][1])):
         where, site, trip, hop, path, boards, destination = key
         lot = Lot(
-            sorted(groups[key]),
+            sorted(ids),
             str(destination),
             list(path),
             list(boards),
@@ -187,7 +206,7 @@ def place(state: WorldState, lane_causes: dict[str, tuple[str, str]] | None = No
             "loaded" if where == "onboard" else ("unloaded" if where == "unsorted" else "sorted"),
             None if where == "onboard" else str(site),
             trip.split("|")[0] if where == "onboard" and trip is not None else None,
-            since=since[key],
+            since=since,
         )
         if trip is not None and trip.startswith("~"):
             lot.sort_wait = float(trip.split("|")[0][1:])

@@ -55,3 +55,30 @@ def test_stochastic_durations_with_or_without_a_table_draw_the_same():
     )
     # a table of another seed is not used
     assert StochasticDurations(6, 0, draws=table).draws is None
+
+
+def test_handling_draws_from_the_table_by_key_equal_the_keyed_ones():
+    """Unloading and sorting draws are read from the table's noises by key (without the
+    draw's full key formatted): the same values as one by one, for keys in the table or
+    not, again once remembered, for a replica the table does not hold and without noise."""
+    import math
+
+    from twin.durations import keyed_normal
+    from twin.site import Site
+
+    site = Site("S", "hub", "r1", 2, 1200.0, dock_seconds=600.0, seconds_per_order=3.0)
+    table = DrawTable(5, range(4), ["unload/T1/0", "sort/T1/0", "sort/init/S/10.0"])
+    for sigma in (0.1, 0.3):
+        for r in (*range(4), 9):
+            plain = StochasticDurations(5, r, handling_sigma=sigma)
+            tabled = StochasticDurations(5, r, handling_sigma=sigma, draws=table)
+            for _ in range(2):  # the second time from what the first remembered
+                for key in ("T1/0", "T2/1", "init/S/10.0"):
+                    assert tabled.unload(site, 40, key) == plain.unload(site, 40, key)
+                    assert tabled.sort(site, 40, 1200.0, key) == plain.sort(site, 40, 1200.0, key)
+            # the oracle: the keyed normal draw behind the lognormal noise
+            noise = math.exp(sigma * keyed_normal(5, r, "sort/T1/0"))
+            assert tabled.sort(site, 400, 1200.0, "T1/0") == max(1.0, round(1200.0 * noise))
+    assert table.handling_noises("unload", 0.1)["T2/1"] == []  # not in the table: drawn one by one
+    assert len(table.handling_noises("sort", 0.3)["T1/0"]) == 4
+    assert StochasticDurations(5, 0, handling_sigma=0.0, draws=table).unload(site, 40, "T1/0") == 720.0

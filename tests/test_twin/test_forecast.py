@@ -382,19 +382,29 @@ def test_a_tally_from_the_model_equals_the_tally_of_its_records(request, scenari
     gen, twin = _twin_at(request, scenario, at_hours)
     state = twin.state
     fc = Forecaster(gen.network, horizon=12 * 3600, replicas=4, seed=11)
-    late = 0
+    late = split = 0
     for placement, model in fc._replicas(state, range(4)):
         keys = _Keys(state, placement.info)
+        # with the template's lots known, only lots whose order list changed are looked up
+        with_template = _Keys(state, placement.info, model.template)
+        info, base = placement.info, model.template.lots
+        assert with_template.base_first == [min(info[oid].promised_at for oid in lot.ids) for lot in base]
+        owners = with_template.base_owner.tolist()
+        assert all(owners[with_template.lots.position[oid]] == i for i, lot in enumerate(base) for oid in lot.ids)
         fast = _tally_model(model, keys)
         res = model.collect()
         res.ledgers, res.lot_ledgers = _late_ledgers(model, _LotIndex(placement.info))
         slow = _tally(res, keys)
-        for name in ("delivered", "order_ledger", "arrivals", "trip_ledger"):
-            assert np.array_equal(getattr(fast, name), getattr(slow, name)), name
-        assert fast.ledgers == slow.ledgers
-        assert fast.waits == slow.waits
+        for tally in (fast, _tally_model(model, with_template)):
+            for name in ("delivered", "order_ledger", "arrivals", "trip_ledger"):
+                assert np.array_equal(getattr(tally, name), getattr(slow, name)), name
+            assert tally.ledgers == slow.ledgers
+            assert tally.waits == slow.waits
         late += int((fast.order_ledger >= 0).sum())
+        split += len(model.lots) > len(model.template.lots)
     assert late > 0
+    if (scenario, at_hours) == ("default_scenario", 9):
+        assert split > 0  # lots split in these replicas: their orders are looked up again
 
 
 @pytest.mark.parametrize(("scenario", "at_hours"), [("default_scenario", 9), ("mini_scenario", 3)])
@@ -623,3 +633,74 @@ def test_the_rest_of_a_leg_follows_the_pace_the_vehicle_has_shown():
     assert d.travel("T", 0, lane, 0.0, rest) == round(3600.0 * rest * 1.3)
     # a leg not yet started, or one without a pace shown, draws its noise as before
     assert d.travel("T", 1, lane, 0.0, 1.0) == ForecastDurations(7, 0, 0.0, {}, {}).travel("T", 1, lane, 0.0, 1.0)
+
+
+def test_predictions_built_by_slots_equal_the_constructor():
+    """``_new_predictions`` sets ``PredictedState``'s slots directly: the same objects as the
+    constructor's (every field, equality, hash, repr), and a new field breaks this test."""
+    import dataclasses
+
+    from twin.forecast import PredictedState, _new_predictions
+
+    names = [f.name for f in dataclasses.fields(PredictedState)]
+    assert names == [
+        "kind", "id", "as_of", "p10", "p50", "p90", "p_late", "expected_delay", "causes", "planned", "at_risk",
+    ]  # fmt: skip
+    causes = (Cause("dock_queue", "S1", 120.0), Cause("missed_connection", "T9", 60.5))
+    columns = (
+        ["O1", "O2", "O3"], [4000.0, None, 1.0], [4100.5, None, 2.0], [None, None, 3.0], [0.25, 1.0, 0.0],
+        [12.5, 300.0, 0.0], [causes, (), ()], [3900.0, None, 7.0],
+    )  # fmt: skip
+    fast = _new_predictions("order", *columns[:1], 3600.0, *columns[1:])
+    slow = [PredictedState("order", eid, 3600.0, *rest) for eid, *rest in zip(*columns, strict=True)]
+    assert len(fast) == 3
+    for a, b in zip(fast, slow, strict=True):
+        assert [getattr(a, n) for n in names] == [getattr(b, n) for n in names]
+        assert a == b and hash(a) == hash(b) and repr(a) == repr(b)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            a.p50 = 1.0  # type: ignore[misc]
+    assert _new_predictions("trip", [], 0.0, [], [], [], [], [], [], []) == []
+
+
+def test_column_quantiles_are_python_floats_and_none_where_not_finite():
+    import math
+
+    import numpy as np
+
+    from twin.forecast import _column_quantile
+
+    inf = math.inf
+    ordered = np.sort(np.array([[1.0, inf, 5.0, 2.0], [3.0, inf, inf, 2.0], [4.0, inf, inf, 2.0]]), axis=0)
+    for q, want in ((0.1, [1.0, None, 5.0, 2.0]), (0.5, [3.0, None, None, 2.0]), (0.9, [4.0, None, None, 2.0])):
+        got = _column_quantile(ordered, q)
+        assert got == want
+        assert all(type(x) is float for x in got if x is not None)
+
+
+def test_forecast_travel_from_the_table_equals_drawing_one_by_one():
+    """``ForecastDurations.travel`` reads a leg's noise from the table's per-leg noises (the
+    common case inlined): the same durations as without a table, on slowed and free lanes,
+    for legs the table does not hold, the rest of a leg under way, and a lane without noise."""
+    import math
+
+    from twin.durations import DrawTable
+    from twin.forecast import ForecastDurations
+
+    lanes = [
+        Lane("A->B", "A", "B", 3600.0, 0.2), Lane("B->C", "B", "C", 1800.0, 0.15), Lane("C->A", "C", "A", 900.0, 0.0),
+    ]  # fmt: skip
+    factors = {"B->C": 1.4}
+    paces = {("T1", 0): (math.log(1.2), 0.4)}
+    table = DrawTable(3, range(5), ["travel/T1/0", "travel/T1/1", "travel/T2/0"])
+    seen = set()
+    for r in (*range(5), 11):
+        plain = ForecastDurations(3, r, 0.0, factors, {}, paces=paces, persistence=0.5)
+        tabled = ForecastDurations(3, r, 0.0, factors, {}, paces=paces, persistence=0.5, draws=table)
+        for _ in range(2):
+            for lane in lanes:
+                for trip, leg in (("T1", 0), ("T1", 1), ("T2", 0), ("T3", 2)):
+                    for remaining in (1.0, 0.6):
+                        got = tabled.travel(trip, leg, lane, 100.0, remaining)
+                        assert got == plain.travel(trip, leg, lane, 100.0, remaining)
+                        seen.add(got)
+    assert len(seen) > 20

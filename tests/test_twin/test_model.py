@@ -324,3 +324,64 @@ def test_capacity_grants_as_simpy_resource_with_fewer_steps(capacity):
     got, fewer = trace(Capacity, take=True)
     assert got == expected
     assert fewer < steps
+
+
+def test_a_wake_with_normal_priority_is_ordered_as_simpy_timeout():
+    """``Wake(env, d, NORMAL)`` (used for dock and sorting times) takes its place in the queue
+    exactly as ``env.timeout(d)``: same time, priority and insertion order, so interleaving
+    the two among same-second events and other priorities processes them in the same order."""
+    import simpy
+    from simpy.events import NORMAL
+
+    from twin.engine import Wake
+
+    def trace(use_wake: bool) -> list[tuple[float, str]]:
+        env = simpy.Environment(initial_time=100.0)
+        seen: list[tuple[float, str]] = []
+
+        def proc(name: str, delays: list[float]):
+            for d in delays:
+                yield Wake(env, d, NORMAL) if use_wake and name in "ac" else env.timeout(d)
+                seen.append((env.now, name))
+            yield Wake(env, 0.0, 2)  # a vehicle-style wake-up: after the others of its second
+            seen.append((env.now, name + "!"))
+
+        for name, delays in (("a", [5.0, 0.0, 3.0]), ("b", [5.0, 3.0]), ("c", [2.0, 3.0, 3.0]), ("d", [8.0])):
+            env.process(proc(name, delays))
+        env.run()
+        return seen
+
+    assert trace(use_wake=True) == trace(use_wake=False)
+    seen = trace(use_wake=False)
+    times = [t for t, _ in seen]
+    assert len(times) - len(set(times)) >= 4  # the comparison covers same-second ties
+
+
+def test_template_copies_have_every_field_and_share_nothing_that_changes():
+    """``_copy_run`` and ``_copy_lot`` build records slot by slot: every field is copied (a
+    field added to ``TripRun`` or ``Lot`` and not copied fails here), and every container a
+    run changes in place is a new one (a lot's ``ids`` and ``boards`` are replaced, never
+    changed, so they are shared)."""
+    import dataclasses
+
+    from twin.model import _copy_lot, _copy_run
+    from twin.records import Lot, TripRun
+
+    led = {("lane_slowdown", "L1"): [30.0, 5.0]}
+    run = TripRun(
+        [1.0, None], [2.0, None], 3.0, "T0", 4.0, 5.0, [6.0], led, {0: dict(led)}, led, {0: 6.0},
+    )  # fmt: skip
+    lot = Lot(
+        ["O1", "O2"], "S9", ["T1", "T2"], ["S1", "S2"], 1, "sorted", "S2", "T2", True, 7.0, "T1", 1, 2, 8.0,
+        {("missed_connection", "T0"): [9.0, 1.0]}, 12, 10.0, 11.0,
+    )  # fmt: skip
+    for original, copy, shared in ((run, _copy_run(run), ()), (lot, _copy_lot(lot), ("ids", "boards"))):
+        for f in dataclasses.fields(original):
+            a, b = getattr(original, f.name), getattr(copy, f.name)
+            assert a == b, f.name
+            if isinstance(a, (list, dict)):
+                assert (a is b) == (f.name in shared), f.name
+    copied = _copy_run(run)
+    assert copied.release_ledger is copied.ledger  # released: its release ledger is its ledger
+    other = _copy_run(TripRun([None], [None], release_ledger={("x", "y"): [1.0, 0.0]}))
+    assert other.release_ledger is not other.ledger
