@@ -259,6 +259,7 @@ def create_app(
     )
     executor: Executor
     forecasters: Callable[[str], ForecasterLike] | None = None
+    run_forecast: Callable[[str, WorldState, bool], Awaitable[Sequence[Any]]]
     if forecast is not None and settings.forecast_in == "process":
         # Forecasts on the other core: the ingest path keeps the GIL (streams.forecast_process).
         executor = forecast_executor(settings.scenario, forecast, settings.forecast_processes)
@@ -267,10 +268,12 @@ def create_app(
         remote = RemoteForecaster(forecast.replicas)
         forecasters = lambda _name: remote  # noqa: E731
 
-        def run_forecast(name: str, state: WorldState, incremental: bool) -> Awaitable[Sequence[Any]]:
+        def run_remote(name: str, state: WorldState, incremental: bool) -> Awaitable[Sequence[Any]]:
             # The copy is made now, before the caller lets any other event be applied.
             blob = pickle_state(state)
             return asyncio.get_running_loop().run_in_executor(executor, forecast_remote, name, blob)
+
+        run_forecast = run_remote
 
     else:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast")
@@ -278,12 +281,14 @@ def create_app(
             fs = forecast
             forecasters = lambda _name: fs.build(network)  # noqa: E731
 
-        async def run_forecast(name: str, state: WorldState, incremental: bool) -> Sequence[Any]:
+        async def run_here(name: str, state: WorldState, incremental: bool) -> Sequence[Any]:
             fc = host.forecasters[name]
             fn = getattr(fc, "update", None) if incremental else None
             call = fn if callable(fn) else fc.forecast
             result: Sequence[Any] = await asyncio.get_running_loop().run_in_executor(executor, call, state)
             return result
+
+        run_forecast = run_here
 
     host = ShardHost(
         network,
@@ -370,7 +375,7 @@ def create_app(
             async with worker.lock:
                 await _on_message(worker, manual, event)
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]  # Faust's App.task is not typed
     async def run_ingest() -> None:
         from faust.exceptions import NotReady
 
@@ -383,7 +388,8 @@ def create_app(
             # committed, so the next owner reads those records again (at-least-once).
             log.info("ingest stopped with the producer")
 
-    @app.on_before_shutdown.connect
+    # mode types a receiver as (sender, *args, signal=..., **kwargs); these take what they are sent
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def stop_ingest(sender: Any, **_: Any) -> None:
         # Before Faust stops its producer: finish the poll in flight, commit, leave the group.
         await ingest.stop()
@@ -394,14 +400,14 @@ def create_app(
         except TimeoutError:
             log.warning("ingest did not stop within 10 s; records not yet committed will be read again")
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def serve_metrics() -> None:
         if settings.metrics_port:
             from prometheus_client import start_http_server
 
             start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)  # noqa: S104
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
         async with lock:
             host.reset_direct()

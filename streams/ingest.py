@@ -213,9 +213,8 @@ class BatchBuilder:
         sent_at = now
         marks = []
         for (topic, part), (position, caught_up) in sorted(positions.items()):
-            src = sources.get((topic, part))
-            if src is None:
-                src = sources[(topic, part)] = _Source()
+            found = sources.get((topic, part))
+            src = sources[(topic, part)] = _Source() if found is None else found
             src.offset = max(src.offset, position - 1)
             if src.last_message is None:
                 src.last_message = now
