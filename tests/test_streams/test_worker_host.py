@@ -22,7 +22,7 @@ from scenarios.generate import generate
 from scenarios.spec import load_scenario
 from streams.codec import Codec
 from streams.deadletter import from_message
-from streams.envelopes import Batch, Progress, decode_message, decode_snapshot, encode_message
+from streams.envelopes import Batch, Progress, decode_message, decode_snapshot, encode_batch
 from streams.host import HostSettings, ShardHost, input_name
 from streams.ingest import BatchBuilder, SourceMessage
 from streams.predictions import decode_prediction, encode_predictions, prediction_fields
@@ -202,7 +202,7 @@ class Cluster:
 
 
 def _encode(batch: Batch) -> bytes:
-    return encode_message(batch)
+    return encode_batch(batch)  # as the ingest stage writes it
 
 
 def _ref_final(result):
