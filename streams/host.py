@@ -442,19 +442,19 @@ class ShardHost:
         name = slot.name
         inbox = slot.routed
         seq = slot.seq
-        last_key: tuple[str, int] | None = None
         floor = -1
         queue: deque[_Item] = deque()
         #: read back from the topic: the records to decode, with their queues
         undecoded: list[tuple[WireRecord, deque[_Item]]] = []
         taken = 0
+        last_topic: str | None = None
+        last_partition = -1
         for i, rec in enumerate(batch.records):
             if rec.shard != name:
                 continue
-            key = (rec.topic, rec.partition)
-            if key != last_key:
-                last_key = key
-                source = input_name(*key)
+            if rec.partition != last_partition or rec.topic != last_topic:
+                last_topic, last_partition = rec.topic, rec.partition
+                source = input_name(last_topic, last_partition)
                 src = sources.get(source)
                 floor = src[0] if src is not None else -1
                 queue = inbox.queue(source)
@@ -648,13 +648,12 @@ class ShardHost:
         n = 0
         while queue:
             item = popleft()
-            t = item[0]
+            t, _, rec, ev = item
             if n and (t > bound or t >= next_tick):
                 queue.appendleft(item)
                 break
             n += 1
-            rec, ev = item[2], item[3]
-            if shard.has_pending_handoffs:
+            if shard.pending_handoffs:
                 self._emit_handoffs(slot, t, out)
             acct = accountability[rec.accountable]
             result = apply(ev, accountable=acct)
@@ -717,7 +716,7 @@ class ShardHost:
 
     # ------------------------------------------------------------------ handoffs and progress
     def _emit_handoffs(self, slot: _Slot, frontier: float, out: HostOutput) -> None:
-        if not slot.shard.has_pending_handoffs or not slot.shard.handoff_due(frontier):
+        if not slot.shard.pending_handoffs or not slot.shard.handoff_due(frontier):
             return
         for handoff in slot.shard.take_handoffs(frontier):
             raw = self.codec.encode(handoff)
