@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import gc
 import pstats
 import sys
 import time
@@ -34,6 +33,7 @@ from streams.codec import Codec  # noqa: E402
 from streams.envelopes import encode_batch  # noqa: E402
 from streams.host import HostSettings, ShardHost, input_name  # noqa: E402
 from streams.ingest import BatchBuilder, SourceMessage  # noqa: E402
+from streams.kafka_cli import tune_gc  # noqa: E402
 from streams.metrics import TwinMetrics  # noqa: E402
 from streams.shards import ForecastSettings, ShardRouter  # noqa: E402
 from streams.topics import Topics, input_topic  # noqa: E402
@@ -164,9 +164,7 @@ def main() -> None:
     gen, codec, msgs = messages(args.scenario)
     n = len(msgs)
     if args.gc == "worker":
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 10)
+        tune_gc()
     print(f"{args.scenario}: {n:,} messages, polls of {args.poll}")
     if args.profile:
         prof = cProfile.Profile()
