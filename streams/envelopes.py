@@ -67,8 +67,13 @@ ACCOUNTABLE: Final = 1
 BROADCAST_DYNAMIC: Final = 2
 
 
-class WireRecord(msgspec.Struct, array_like=True, frozen=True):
-    """One input message routed to a shard (or, with ``reason``, refused by the codec)."""
+class WireRecord(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One input message routed to a shard (or, with ``reason``, refused by the codec).
+
+    Not tracked by the cyclic garbage collector (``gc=False``): it holds strings, numbers, bytes
+    and a list of (str, bytes) headers, so it can be in no reference cycle, and the worker makes
+    one per event (each tracked one counts towards the next gen-0 collection).
+    """
 
     shard: str
     accountable: int
@@ -83,8 +88,8 @@ class WireRecord(msgspec.Struct, array_like=True, frozen=True):
     detail: str = ""
 
 
-class SourceMark(msgspec.Struct, array_like=True, frozen=True):
-    """Where the ingest stage is in one input partition."""
+class SourceMark(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """Where the ingest stage is in one input partition (scalars only: not tracked by the collector)."""
 
     topic: str
     partition: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import zlib
 from collections import defaultdict
 
@@ -81,3 +82,15 @@ def test_a_bad_compressed_message_is_a_decode_error(raw):
     """The host skips what it cannot decode (a msgspec.DecodeError): never a crash."""
     with pytest.raises(msgspec.DecodeError):
         decode_message(raw)
+
+
+def test_records_and_marks_are_not_tracked_by_the_garbage_collector(poll_batches):
+    """One record per event: untracked, they do not count towards the worker's gen-0 collections
+    (they hold only strings, numbers, bytes and header tuples, so they can be in no cycle)."""
+    batch = poll_batches[0]
+    assert batch.records and batch.marks
+    assert not any(gc.is_tracked(rec) for rec in batch.records)
+    assert not any(gc.is_tracked(mark) for mark in batch.marks)
+    decoded = decode_message(encode_batch(batch))
+    assert isinstance(decoded, Batch)
+    assert not any(gc.is_tracked(rec) for rec in decoded.records)
