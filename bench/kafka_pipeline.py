@@ -38,6 +38,15 @@ before 35,635 (35,635 / 33,535 / 44,311) and 49,117 (49,117 / 60,475 / 39,861), 
 0.3-1.3): 44,280 before, 47,824 after. Close to the target in calm moments, not reliably over
 it (docs/kafka.md, "Speed").
 
+Figures of 2026-11-25, 07:18-07:51 UTC (load average 1-8.6: other sessions kept the cores busy
+most of the time; ``--broker``, same procedure, six rounds): before (38dce88) 33,930, 39,318,
+56,026 (at load 4-4.5), 39,411, 45,682 and 42,606; after (1298570: batches compressed on the
+shard topic, a lighter fold, GC threshold 200,000) 32,133, 40,166, 28,739 (at load 7.6-8.6),
+38,660, 41,474 and 41,056; single runs 15,684 to 76,974 for either; bare consumer 152,688-342,991. Worker-only
+pairs (this script's ``throughput_run``, alternating): at load 1.9-4 medians 43,683 before and
+50,614 after, 15.2 and 12.7 us of main-thread CPU per event; at load 7-8.6 32,971 and 27,184,
+15.7 and 14.8 us. Less CPU per event, not a reliable 50,000 (docs/kafka.md, "Speed").
+
 Latency, 2026-11-25 05:21-05:24 UTC (defaults: 8 replicas, refresh every 0.1 s, hourly ticks, one
 forecast process, background ticks; load 0.1-3.1, before and after alternating, a fresh broker
 per run): 8e7cce4 p50 2,052 / 2,198 ms, p99 4,160 / 5,267 ms; 7e082a5 p50 1,400 / 1,791 ms, p99

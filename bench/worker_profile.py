@@ -4,7 +4,7 @@
                                    [--gc worker|default] [--profile] [--top 30] [--forecasts]
 
 Drives what a worker does per poll of the ingest stage, in process, with the scenario's
-encoded messages: ``BatchBuilder.build`` (decode, route), ``encode_message`` of every batch
+encoded messages: ``BatchBuilder.build`` (decode, route), ``encode_batch`` of every batch
 (the copy the ingest stage writes to the shard topic), ``ShardHost.offer_direct`` + ``step``
 (the direct hand-over to the local shards), then the shard topic's copy read back
 (``ShardHost.receive``, which skips it by key) and a step per message that may change
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import gc
 import pstats
 import sys
 import time
@@ -31,9 +30,10 @@ sys.path.insert(0, str(ROOT))
 from scenarios.generate import generate  # noqa: E402
 from scenarios.spec import load_scenario  # noqa: E402
 from streams.codec import Codec  # noqa: E402
-from streams.envelopes import encode_message  # noqa: E402
+from streams.envelopes import encode_batch  # noqa: E402
 from streams.host import HostSettings, ShardHost, input_name  # noqa: E402
 from streams.ingest import BatchBuilder, SourceMessage  # noqa: E402
+from streams.kafka_cli import tune_gc  # noqa: E402
 from streams.metrics import TwinMetrics  # noqa: E402
 from streams.shards import ForecastSettings, ShardRouter  # noqa: E402
 from streams.topics import Topics, input_topic  # noqa: E402
@@ -95,7 +95,7 @@ def run(gen, codec, msgs, args) -> dict[str, float]:
         t1 = pc()
         key = builder.batch_key()
         for part, batch in sorted(batches.items()):
-            shard_log[part].append((key, encode_message(batch)))
+            shard_log[part].append((key, encode_batch(batch)))
         t2 = pc()
         for part, batch in sorted(batches.items()):
             host.offer_direct(part, key, batch, builder.last_events[part])
@@ -164,9 +164,7 @@ def main() -> None:
     gen, codec, msgs = messages(args.scenario)
     n = len(msgs)
     if args.gc == "worker":
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 10)
+        tune_gc()
     print(f"{args.scenario}: {n:,} messages, polls of {args.poll}")
     if args.profile:
         prof = cProfile.Profile()

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from streams.codec import Codec
-from streams.envelopes import ACCOUNTABLE, BROADCAST_DYNAMIC, COPY, Batch, SourceMark, WireRecord, encode_message
+from streams.envelopes import ACCOUNTABLE, BROADCAST_DYNAMIC, COPY, Batch, SourceMark, WireRecord, encode_batch
 from streams.errors import DecodeError
 from streams.host import input_name, shard_partitions
 from streams.shards import ShardRouter
@@ -359,7 +359,7 @@ class Ingest:
         key = self.builder.batch_key()
         futures = []
         for part, batch in sorted(batches.items()):
-            futures.append(await self.send(self.shard_topic, key, encode_message(batch), part))
+            futures.append(await self.send(self.shard_topic, key, encode_batch(batch), part))
         if self.direct is not None:
             # Shards hosted here take the batch now (the copy on the shard topic is for recovery
             # and for shards hosted elsewhere; a host skips the copy of a batch it took directly).

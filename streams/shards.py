@@ -433,7 +433,9 @@ class Shard:
         self._tickets_out = 0
         self._receipts: list[str] = []
         self._receipt_base = 0
-        self._pending: list[_PendingHandoff] = []
+        #: handoffs of departures (and late loaded scans) not emitted yet; read-only outside (the host
+        #: tests it per event, a list is cheaper to test than :attr:`has_pending_handoffs`)
+        self.pending_handoffs: list[_PendingHandoff] = []
         #: (trip, leg) handed off -> orders handed with it
         self._handed: dict[tuple[str, int], set[str]] = {}
         #: accountability of parked events: id -> accountable here (None: decide when settled)
@@ -442,7 +444,7 @@ class Shard:
         self._accountable_now: bool | None = None
 
     def __repr__(self) -> str:
-        return f"Shard({self.name!r}, clock={self.clock}, pending_handoffs={len(self._pending)})"
+        return f"Shard({self.name!r}, clock={self.clock}, pending_handoffs={len(self.pending_handoffs)})"
 
     @property
     def state(self) -> WorldState:
@@ -560,7 +562,7 @@ class Shard:
 
     def _on_departed(self, ev: VehicleDeparted) -> None:
         if self._leaves_region(ev.trip_id, ev.leg):
-            self._pending.append(
+            self.pending_handoffs.append(
                 _PendingHandoff(ev.time, ev.id + _HANDOFF_SUFFIX, ev.trip_id, ev.leg, ev.vehicle_id, ev.time, None)
             )
 
@@ -576,7 +578,7 @@ class Shard:
         if departed is None:  # pragma: no cover - a handed-off leg has departed
             return
         vehicle = self.network.trips[ev.trip_id].vehicle_id
-        self._pending.append(
+        self.pending_handoffs.append(
             _PendingHandoff(
                 max(ev.time, departed), ev.id + _HANDOFF_SUFFIX, ev.trip_id, leg, vehicle, departed, (ev.order_id,)
             )
@@ -600,20 +602,20 @@ class Shard:
     @property
     def has_pending_handoffs(self) -> bool:
         """True if some handoff waits to be emitted."""
-        return bool(self._pending)
+        return bool(self.pending_handoffs)
 
     def handoff_due(self, frontier: float) -> bool:
         """True if some handoff is older than ``frontier`` (the next event time) and not yet emitted."""
-        return any(p.time < frontier for p in self._pending)
+        return any(p.time < frontier for p in self.pending_handoffs)
 
     def take_handoffs(self, frontier: float) -> list[TripHandoff]:
         """Emit the handoffs of departures before ``frontier`` (everything at their time is applied)."""
-        if not self._pending:
+        if not self.pending_handoffs:
             return []
-        ready = sorted((p for p in self._pending if p.time < frontier), key=lambda p: (p.time, p.id))
+        ready = sorted((p for p in self.pending_handoffs if p.time < frontier), key=lambda p: (p.time, p.id))
         if not ready:
             return []
-        self._pending = [p for p in self._pending if p.time >= frontier]
+        self.pending_handoffs = [p for p in self.pending_handoffs if p.time >= frontier]
         return [self._handoff(p) for p in ready]
 
     def _handoff(self, p: _PendingHandoff) -> TripHandoff:
@@ -757,7 +759,7 @@ class Shard:
                     p.departed_at,
                     None if p.orders is None else list(p.orders),
                 ]
-                for p in self._pending
+                for p in self.pending_handoffs
             ],
             "handed": [[t, leg, sorted(ids)] for (t, leg), ids in sorted(self._handed.items())],
             "parked": sorted(self._parked.items()),
@@ -772,7 +774,7 @@ class Shard:
         shard.stats = ShardStats.from_dict(snap["stats"])
         shard._moved = {k: bool(v) for k, v in snap["moved"]}
         shard._published = set(snap["published"])
-        shard._pending = [
+        shard.pending_handoffs = [
             _PendingHandoff(t, i, trip, leg, vid, dep, None if orders is None else tuple(orders))
             for t, i, trip, leg, vid, dep, orders in snap["pending"]
         ]

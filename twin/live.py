@@ -100,9 +100,11 @@ class LiveTwin:
     def apply(self, event: Event) -> tuple[Rejection, ...] | list[Rejection]:
         """Apply one event; return the rejections this produced."""
         t = event.time
-        if event.id in self._seen or event.id in self._parked_ids:
-            return self._reject(event, "duplicate", f"event id {event.id!r} was already applied")
-        clock = self.state.clock
+        eid = event.id
+        if eid in self._seen or eid in self._parked_ids:
+            return self._reject(event, "duplicate", f"event id {eid!r} was already applied")
+        state = self.state
+        clock = state.clock
         if t < clock - self.lateness:
             return self._reject(
                 event,
@@ -112,14 +114,24 @@ class LiveTwin:
             )
         if t > clock:
             self.env.advance_to(t)
-            self.state.clock = t
+            state.clock = t
             expired = self._expire(t)
         else:
             expired = _NO_REJECTIONS
         outcome = self._apply_state(event)
         if outcome is None:
-            more = self._accept(event)
-            return [*more, *expired] if more else expired
+            # What _accept does, inlined: this is the path of almost every event.
+            self._seen.add(eid)
+            self._seen_order.append((t, eid))
+            self.stats.applied[event.TYPE] += 1
+            hook = self.on_applied
+            if hook is not None:
+                hook(event)
+            if self._parked:
+                more = self._wake(event)
+                if more:
+                    return [*more, *expired]
+            return expired
         if isinstance(outcome, PARK):
             self._park(outcome.key, event)
             return expired
@@ -150,6 +162,7 @@ class LiveTwin:
 
     # ------------------------------------------------------------------ internals
     def _accept(self, event: Event) -> tuple[Rejection, ...] | list[Rejection]:
+        """Record an applied event (dedup window, counts, hook), then apply what waited for it."""
         self._seen.add(event.id)
         self._seen_order.append((event.time, event.id))
         self.stats.applied[event.TYPE] += 1
@@ -157,6 +170,10 @@ class LiveTwin:
             self.on_applied(event)
         if not self._parked:
             return _NO_REJECTIONS
+        return self._wake(event)
+
+    def _wake(self, event: Event) -> tuple[Rejection, ...] | list[Rejection]:
+        """Apply the events parked waiting for the entity ``event`` is about (it was just applied)."""
         waiting = self._parked.pop(event.subject, None)
         if not waiting:
             return _NO_REJECTIONS

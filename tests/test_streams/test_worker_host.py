@@ -22,7 +22,7 @@ from scenarios.generate import generate
 from scenarios.spec import load_scenario
 from streams.codec import Codec
 from streams.deadletter import from_message
-from streams.envelopes import Batch, Handoff, Progress, decode_message, decode_snapshot, encode_message
+from streams.envelopes import Batch, Handoff, Progress, decode_message, decode_snapshot, encode_batch, encode_message
 from streams.host import HostSettings, ShardHost, input_name
 from streams.ingest import BatchBuilder, SourceMessage
 from streams.predictions import decode_prediction, encode_predictions, prediction_fields
@@ -202,7 +202,7 @@ class Cluster:
 
 
 def _encode(batch: Batch) -> bytes:
-    return encode_message(batch)
+    return encode_batch(batch)  # as the ingest stage writes it
 
 
 def _ref_final(result):
@@ -518,6 +518,22 @@ def test_bad_input_is_dead_lettered_with_its_bytes_headers_and_reason(mini, even
     dead = sum(sum(s.dead_lettered.values()) for s in stats)
     assert applied + dead == consumed
     assert dead == len(letters) == 7
+
+
+def test_a_shard_topic_message_the_worker_cannot_read_is_skipped_with_a_warning(mini, events, reference, caplog):
+    cluster = Cluster(mini)
+    half = len(events) // 2
+    cluster.produce(events[:half])
+    cluster.ingest()
+    cluster.shard_log[0].append((b"someone", b"\xc1 not msgpack"))
+    cluster.produce(events[half:])
+    cluster.ingest()
+    with caplog.at_level("WARNING", logger="streams.host"):
+        cluster.pump()
+        cluster.quiet()
+    (record,) = [r for r in caplog.records if "skipped shard-topic message" in r.getMessage()]
+    assert "partition 0" in record.getMessage()
+    assert cluster.final() == _ref_final(reference)
 
 
 def test_a_handoff_its_shard_cannot_take_is_dead_lettered_not_dropped(mini, events):
