@@ -79,9 +79,11 @@ def main() -> None:
     twin.apply_all(events)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    print(f"peak memory : {peak / 2**20:.1f} MiB allocated by one replay (tracemalloc); "
-          f"process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB "
-          "(includes the generated scenario)")
+    print(
+        f"peak memory : {peak / 2**20:.1f} MiB allocated by one replay (tracemalloc); "
+        f"process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB "
+        "(includes the generated scenario)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Static checks run as tests: ruff on the whole tree, mypy (strict on the core, default on the edges)."""
+"""Static checks run as tests: ruff (lint, format) on the tree, mypy (strict on the core, default on the edges)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ def test_ruff_is_clean():
         text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ruff_format_leaves_the_tree_as_it_is():
+    done = subprocess.run([_tool("ruff"), "format", "--check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, "run `ruff format .`:\n" + done.stdout + done.stderr
 
 
 def test_mypy_strict_on_twin_and_checked_on_streams_and_scenarios():
