@@ -161,9 +161,10 @@ def lane_beliefs(
 def leg_paces(state: WorldState) -> dict[tuple[str, int], tuple[float, float]]:
     """The pace each vehicle on the road has shown so far on its current leg.
 
-    ``(trip, leg) -> (log travel-time ratio, fraction of the lane)`` observed from the
-    leg's departure to the vehicle's latest position (its lane sample), for legs on which
-    that span is long enough to tell (see ``LaneSample.ratio``).
+    ``(trip, leg) -> (log travel-time ratio, fraction of the lane)`` observed up to the
+    vehicle's latest position (its lane sample): from halfway once that span is long enough
+    to tell, else from the leg's departure (``LaneSample.recent``), so a slowdown that ended
+    during the leg does not keep the rest of it slow.
     """
     out: dict[tuple[str, int], tuple[float, float]] = {}
     net = state.network
@@ -178,9 +179,9 @@ def leg_paces(state: WorldState) -> dict[tuple[str, int], tuple[float, float]]:
         sample = state.lanes[v.lane_id].samples.get(vid)
         if dep is None or ts.arrivals[v.leg] is not None or sample is None or sample.first_time < dep:
             continue
-        r = sample.ratio(net.lanes[v.lane_id].travel_time)
+        r = sample.recent(net.lanes[v.lane_id].travel_time)
         if r is not None:
-            out[(v.trip_id, v.leg)] = (math.log(max(r, 1e-9)), sample.last_progress - sample.first_progress)
+            out[(v.trip_id, v.leg)] = (math.log(max(r[0], 1e-9)), r[1])
     return out
 
 

@@ -60,6 +60,21 @@ class LaneSample:
         """Observed travel-time multiplier, or None while the span is too short to tell."""
         return _span_ratio(travel_time, self.first_time, self.first_progress, self.last_time, self.last_progress)
 
+    def recent(self, travel_time: float) -> tuple[float, float] | None:
+        """The traversal's most recent pace: its ratio and the fraction of the lane it spans.
+
+        The second half (from the first observation at or past halfway to the last) when it
+        is long enough to tell, else the whole span (:meth:`ratio`), else None. A vehicle that
+        was on the lane when a slowdown ended reports the pace since halfway rather than its
+        average since departure, which the slowdown dominated.
+        """
+        if math.isfinite(self.mid_time):
+            r = _span_ratio(travel_time, self.mid_time, self.mid_progress, self.last_time, self.last_progress)
+            if r is not None:
+                return r, self.last_progress - self.mid_progress
+        r = self.ratio(travel_time)
+        return None if r is None else (r, self.last_progress - self.first_progress)
+
     def halves(self, travel_time: float) -> tuple[float, float, float, float] | None:
         """Log pace ratios before and after halfway, and the fractions of the lane they span.
 
@@ -132,6 +147,10 @@ class LaneState:
 
         Each traversal's ratio is the lane's slowdown times that vehicle's own chance
         variation (a lognormal with the lane's ``sigma``, which a later trip does not share).
+        The ratio is the traversal's most recent pace (:meth:`LaneSample.recent`: the second
+        half when it has one long enough), so a slowdown that ended while a vehicle was on the
+        lane stops counting once it has driven a while past halfway; as for a traversal seen
+        only in part, its noise is taken as the whole leg's ``sigma``.
         The estimate is the mean log ratio, shrunk toward what the twin believes without
         observations (the reported disruption factor, else 1) by the noise it carries:
         positive-part James-Stein with the known variance ``sigma**2 / n`` of a mean of
@@ -151,9 +170,9 @@ class LaneState:
         for s in self.samples.values():
             if s.last_time < horizon:
                 continue
-            r = s.ratio(travel_time)
+            r = s.recent(travel_time)
             if r is not None:
-                logs.append(math.log(max(r, 1e-9)))
+                logs.append(math.log(max(r[0], 1e-9)))
         if not logs:
             return None
         n = len(logs)

@@ -315,6 +315,47 @@ def test_a_traversal_remembers_its_first_observation_past_halfway_in_any_order()
     assert ls.samples["V1"].mid_time == math.inf and ls.samples["V1"].halves(3000.0) is None
 
 
+def test_a_lane_belief_takes_each_traversal_s_pace_since_halfway():
+    """A vehicle that crossed the end of a slowdown reports its pace since halfway.
+
+    Lane of 3600 s: V1 drives the first half at 2.2 times nominal (0 -> 3960 s, progress 0.5),
+    then the second at nominal speed (3960 -> 5760 s). Its whole-traversal average is
+    (5760 / 3600) / 1.0 = 1.6; its pace since halfway is (1800 / 3600) / 0.5 = 1.0.
+    """
+    ls = LaneState()
+    for t, p in [(0.0, 0.0), (3960.0, 0.5), (5760.0, 1.0)]:
+        ls.observe("V1", t, p)
+    s = ls.samples["V1"]
+    assert s.ratio(3600.0) == pytest.approx(1.6)
+    assert s.recent(3600.0) == pytest.approx((1.0, 0.5))
+    assert ls.belief(3600.0) == (pytest.approx(1.0), 0.0)  # sigma 0: believed as observed
+    # a second half too short to tell (60 s < MIN_SAMPLE_SECONDS): the whole span counts
+    ls.observe("V2", 0.0, 0.0)
+    ls.observe("V2", 3960.0, 0.5)
+    ls.observe("V2", 4020.0, 0.52)
+    assert ls.samples["V2"].recent(3600.0) == pytest.approx(((4020.0 / 3600.0) / 0.52, 0.52))
+    # both together, shrunk with sigma 0.12: the mean log ratio of 1.0 and 4020 / 1872
+    m = (math.log(1.0) + math.log(4020.0 / 1872.0)) / 2
+    keep = 1 - 0.12**2 / (2 * m * m)
+    factor, spread = ls.belief(3600.0, 0.12)
+    assert factor == pytest.approx(math.exp(m * keep))
+    assert spread == pytest.approx(math.sqrt(keep * 0.12**2 / 2))
+
+
+def test_the_pace_shown_on_a_leg_in_progress_is_its_pace_since_halfway(twin):
+    from twin.forecast import leg_paces
+
+    twin.apply(VehicleDeparted(id="d1", time=1000.0, vehicle_id="V1", trip_id="T1", leg=0, site_id="A"))
+    twin.apply(VehiclePosition(id="p1", time=2800.0, vehicle_id="V1", lane_id="A->B", progress=0.25))
+    # before halfway: the pace since departure, 1800 s for a quarter of 3600 s (ratio 2)
+    assert leg_paces(twin.state)[("T1", 0)] == pytest.approx((math.log(2.0), 0.25))
+    twin.apply(VehiclePosition(id="p2", time=3400.0, vehicle_id="V1", lane_id="A->B", progress=0.5))
+    twin.apply(VehiclePosition(id="p3", time=4300.0, vehicle_id="V1", lane_id="A->B", progress=0.75))
+    # since halfway: 900 s for a quarter (ratio 1), not the average since departure
+    # (3300 s for three quarters, ratio 1.22)
+    assert leg_paces(twin.state)[("T1", 0)] == pytest.approx((0.0, 0.25))
+
+
 def _split_traversals(rng, share: float, sigma: float, n: int, travel: float = 3600.0) -> list[tuple[Lane, LaneState]]:
     """Traversals whose pace on each half is the vehicle's own (variance ``share * sigma**2``)
     times independent variation along the road (``(1 - share) * sigma**2 / 0.5`` per half)."""
