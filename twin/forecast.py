@@ -158,13 +158,14 @@ def lane_beliefs(
     return factors, causes, spreads
 
 
-def leg_paces(state: WorldState) -> dict[tuple[str, int], tuple[float, float]]:
+def leg_paces(state: WorldState, persistence: float = 0.0) -> dict[tuple[str, int], tuple[float, float]]:
     """The pace each vehicle on the road has shown so far on its current leg.
 
-    ``(trip, leg) -> (log travel-time ratio, fraction of the lane)`` observed up to the
-    vehicle's latest position (its lane sample): from halfway once that span is long enough
-    to tell, else from the leg's departure (``LaneSample.recent``), so a slowdown that ended
-    during the leg does not keep the rest of it slow.
+    ``(trip, leg) -> (log travel-time ratio, fraction of the lane)`` observed from the leg's
+    departure to the vehicle's latest position (its lane sample), or from halfway when the
+    paces before and after halfway differ beyond the variation along the road (a slowdown
+    that ended during the leg must not keep the rest of it slow; ``LaneSample.recent``, with
+    the share of pace that persists, ``persistence``).
     """
     out: dict[tuple[str, int], tuple[float, float]] = {}
     net = state.network
@@ -179,7 +180,8 @@ def leg_paces(state: WorldState) -> dict[tuple[str, int], tuple[float, float]]:
         sample = state.lanes[v.lane_id].samples.get(vid)
         if dep is None or ts.arrivals[v.leg] is not None or sample is None or sample.first_time < dep:
             continue
-        r = sample.recent(net.lanes[v.lane_id].travel_time)
+        lane = net.lanes[v.lane_id]
+        r = sample.recent(lane.travel_time, lane.sigma, persistence)
         if r is not None:
             out[(v.trip_id, v.leg)] = (math.log(max(r[0], 1e-9)), r[1])
     return out
@@ -422,8 +424,8 @@ class Forecaster:
     def _setup(self, state: WorldState) -> _Setup:
         """What every replica of a forecast of the state starts from, computed once."""
         factors, causes, spreads = lane_beliefs(state)
-        paces = leg_paces(state)
         persistence = pace_persistence([(lane, state.lanes[lid]) for lid, lane in state.network.lanes.items()])
+        paces = leg_paces(state, persistence.share)
         placement = place(state, causes)
         # trips no freight can ride: computed, not simulated (during the run, or after it
         # for those after each vehicle's last trip that freight can ride)

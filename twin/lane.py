@@ -13,6 +13,9 @@ MIN_SAMPLE_SECONDS = 300.0
 MIN_SAMPLE_PROGRESS = 0.05
 #: Samples older than this (relative to the lane's newest) no longer describe the lane.
 SAMPLE_WINDOW_SECONDS = 3 * 3600.0
+#: Paces before and after halfway further apart than this many standard deviations of the
+#: variation along the road mean the pace changed during the traversal (``LaneSample.recent``).
+CHANGE_Z = 2.0
 #: A drop in progress larger than this starts a new traversal of the lane.
 PROGRESS_EPS = 1e-6
 #: A traversal's pace is compared before and after its first observation at or past this
@@ -60,20 +63,27 @@ class LaneSample:
         """Observed travel-time multiplier, or None while the span is too short to tell."""
         return _span_ratio(travel_time, self.first_time, self.first_progress, self.last_time, self.last_progress)
 
-    def recent(self, travel_time: float) -> tuple[float, float] | None:
-        """The traversal's most recent pace: its ratio and the fraction of the lane it spans.
+    def recent(self, travel_time: float, sigma: float, persistence: float) -> tuple[float, float] | None:
+        """The pace that speaks for the rest of the traversal: its ratio and the fraction of the lane it spans.
 
-        The second half (from the first observation at or past halfway to the last) when it
-        is long enough to tell, else the whole span (:meth:`ratio`), else None. A vehicle that
-        was on the lane when a slowdown ended reports the pace since halfway rather than its
-        average since departure, which the slowdown dominated.
+        The whole span (:meth:`ratio`), unless the paces before and after halfway differ by
+        more than ``CHANGE_Z`` standard deviations of the variation along the road (the
+        difference's variance is ``(1 - persistence) * sigma**2 * (1/p1 + 1/p2)``, see
+        :func:`pace_persistence`): then the pace changed during the traversal (a slowdown
+        that ended or began while the vehicle was on the lane) and the second half alone
+        speaks for the rest. A steady traversal keeps all it has shown; one that crossed the
+        end of a slowdown stops reporting it. None while the span is too short to tell.
         """
-        if math.isfinite(self.mid_time):
-            r = _span_ratio(travel_time, self.mid_time, self.mid_progress, self.last_time, self.last_progress)
-            if r is not None:
-                return r, self.last_progress - self.mid_progress
-        r = self.ratio(travel_time)
-        return None if r is None else (r, self.last_progress - self.first_progress)
+        whole = self.ratio(travel_time)
+        if whole is None:
+            return None
+        h = self.halves(travel_time) if sigma > 0 else None
+        if h is not None:
+            y1, y2, p1, p2 = h
+            var = max(0.0, 1.0 - persistence) * sigma * sigma * (1.0 / p1 + 1.0 / p2)
+            if (y2 - y1) ** 2 > CHANGE_Z * CHANGE_Z * var:
+                return math.exp(y2), p2
+        return whole, self.last_progress - self.first_progress
 
     def halves(self, travel_time: float) -> tuple[float, float, float, float] | None:
         """Log pace ratios before and after halfway, and the fractions of the lane they span.
@@ -147,10 +157,6 @@ class LaneState:
 
         Each traversal's ratio is the lane's slowdown times that vehicle's own chance
         variation (a lognormal with the lane's ``sigma``, which a later trip does not share).
-        The ratio is the traversal's most recent pace (:meth:`LaneSample.recent`: the second
-        half when it has one long enough), so a slowdown that ended while a vehicle was on the
-        lane stops counting once it has driven a while past halfway; as for a traversal seen
-        only in part, its noise is taken as the whole leg's ``sigma``.
         The estimate is the mean log ratio, shrunk toward what the twin believes without
         observations (the reported disruption factor, else 1) by the noise it carries:
         positive-part James-Stein with the known variance ``sigma**2 / n`` of a mean of
@@ -170,9 +176,9 @@ class LaneState:
         for s in self.samples.values():
             if s.last_time < horizon:
                 continue
-            r = s.recent(travel_time)
+            r = s.ratio(travel_time)
             if r is not None:
-                logs.append(math.log(max(r[0], 1e-9)))
+                logs.append(math.log(max(r, 1e-9)))
         if not logs:
             return None
         n = len(logs)

@@ -315,45 +315,52 @@ def test_a_traversal_remembers_its_first_observation_past_halfway_in_any_order()
     assert ls.samples["V1"].mid_time == math.inf and ls.samples["V1"].halves(3000.0) is None
 
 
-def test_a_lane_belief_takes_each_traversal_s_pace_since_halfway():
-    """A vehicle that crossed the end of a slowdown reports its pace since halfway.
-
-    Lane of 3600 s: V1 drives the first half at 2.2 times nominal (0 -> 3960 s, progress 0.5),
-    then the second at nominal speed (3960 -> 5760 s). Its whole-traversal average is
-    (5760 / 3600) / 1.0 = 1.6; its pace since halfway is (1800 / 3600) / 0.5 = 1.0.
-    """
+def test_a_traversal_whose_pace_changed_at_halfway_speaks_with_its_second_half():
+    """Lane of 3600 s, sigma 0.12: V1 drives the first half at 2.2 times nominal (0 -> 3960 s,
+    progress 0.5), then the second at nominal speed (3960 -> 5760 s). Whole-traversal average:
+    (5760 / 3600) / 1.0 = 1.6; second half: (1800 / 3600) / 0.5 = 1.0. The log paces differ by
+    log 2.2 = 0.79; along-road variation gives the difference a variance of
+    (1 - persistence) * 0.12**2 * (1/0.5 + 1/0.5)."""
     ls = LaneState()
     for t, p in [(0.0, 0.0), (3960.0, 0.5), (5760.0, 1.0)]:
         ls.observe("V1", t, p)
     s = ls.samples["V1"]
     assert s.ratio(3600.0) == pytest.approx(1.6)
-    assert s.recent(3600.0) == pytest.approx((1.0, 0.5))
-    assert ls.belief(3600.0) == (pytest.approx(1.0), 0.0)  # sigma 0: believed as observed
-    # a second half too short to tell (60 s < MIN_SAMPLE_SECONDS): the whole span counts
-    ls.observe("V2", 0.0, 0.0)
-    ls.observe("V2", 3960.0, 0.5)
-    ls.observe("V2", 4020.0, 0.52)
-    assert ls.samples["V2"].recent(3600.0) == pytest.approx(((4020.0 / 3600.0) / 0.52, 0.52))
-    # both together, shrunk with sigma 0.12: the mean log ratio of 1.0 and 4020 / 1872
-    m = (math.log(1.0) + math.log(4020.0 / 1872.0)) / 2
-    keep = 1 - 0.12**2 / (2 * m * m)
-    factor, spread = ls.belief(3600.0, 0.12)
-    assert factor == pytest.approx(math.exp(m * keep))
-    assert spread == pytest.approx(math.sqrt(keep * 0.12**2 / 2))
+    # persistence 0.9: sd 0.076, the change is 10 sd: the second half alone
+    assert s.recent(3600.0, 0.12, 0.9) == pytest.approx((1.0, 0.5))
+    # no persistence at all: sd 0.24, the change is 3.3 sd: still a change
+    assert s.recent(3600.0, 0.12, 0.0) == pytest.approx((1.0, 0.5))
+    # a lane with sigma 0.5: sd 1.0 at no persistence, 0.79 is within the road's variation
+    assert s.recent(3600.0, 0.5, 0.0) == pytest.approx((1.6, 1.0))
+    # sigma 0 (no model of variation): the whole span, as before
+    assert s.recent(3600.0, 0.0, 0.9) == pytest.approx((1.6, 1.0))
+    # a steady traversal (same pace on both halves, 1.1): the whole span
+    for t, p in [(0.0, 0.0), (1980.0, 0.5), (3960.0, 1.0)]:
+        ls.observe("V2", t, p)
+    assert ls.samples["V2"].recent(3600.0, 0.12, 0.9) == pytest.approx((1.1, 1.0))
+    # a second half too short to tell (60 s < MIN_SAMPLE_SECONDS): the whole span
+    for t, p in [(0.0, 0.0), (3960.0, 0.5), (4020.0, 0.52)]:
+        ls.observe("V3", t, p)
+    assert ls.samples["V3"].recent(3600.0, 0.12, 0.9) == pytest.approx(((4020.0 / 3600.0) / 0.52, 0.52))
+    # the lane's belief still averages whole traversals
+    assert ls.belief(3600.0)[0] == pytest.approx(math.exp((math.log(1.6) + math.log(1.1) + math.log(4020 / 1872)) / 3))
 
 
-def test_the_pace_shown_on_a_leg_in_progress_is_its_pace_since_halfway(twin):
+def test_the_pace_shown_on_a_leg_in_progress_follows_a_change_of_pace(twin):
     from twin.forecast import leg_paces
 
     twin.apply(VehicleDeparted(id="d1", time=1000.0, vehicle_id="V1", trip_id="T1", leg=0, site_id="A"))
     twin.apply(VehiclePosition(id="p1", time=2800.0, vehicle_id="V1", lane_id="A->B", progress=0.25))
     # before halfway: the pace since departure, 1800 s for a quarter of 3600 s (ratio 2)
-    assert leg_paces(twin.state)[("T1", 0)] == pytest.approx((math.log(2.0), 0.25))
+    assert leg_paces(twin.state, 0.9)[("T1", 0)] == pytest.approx((math.log(2.0), 0.25))
     twin.apply(VehiclePosition(id="p2", time=3400.0, vehicle_id="V1", lane_id="A->B", progress=0.5))
     twin.apply(VehiclePosition(id="p3", time=4300.0, vehicle_id="V1", lane_id="A->B", progress=0.75))
-    # since halfway: 900 s for a quarter (ratio 1), not the average since departure
-    # (3300 s for three quarters, ratio 1.22)
-    assert leg_paces(twin.state)[("T1", 0)] == pytest.approx((0.0, 0.25))
+    # halves: 2400 s for half (ratio 1.33), then 900 s for a quarter (ratio 1); the log paces
+    # differ by 0.29, against sd sqrt((1 - rho) * 0.1**2 * (1/0.5 + 1/0.25)):
+    # rho 0.9: sd 0.077, a change: the pace since halfway
+    assert leg_paces(twin.state, 0.9)[("T1", 0)] == pytest.approx((0.0, 0.25))
+    # rho 0: sd 0.24, within the road's variation: the average since departure (3300 s for 0.75)
+    assert leg_paces(twin.state, 0.0)[("T1", 0)] == pytest.approx((math.log(3300.0 / 3600.0 / 0.75), 0.75))
 
 
 def _split_traversals(rng, share: float, sigma: float, n: int, travel: float = 3600.0) -> list[tuple[Lane, LaneState]]:
