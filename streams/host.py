@@ -728,18 +728,10 @@ class ShardHost:
             self.metrics.events.labels(slot.name, "unknown", "dead-lettered").inc()
 
     def _letter(self, rec: WireRecord, reason: str, detail: str) -> DlqMessage:
-        letter = DeadLetter(
-            value=rec.value,
-            reason=reason,
-            detail=detail,
-            time=datetime.fromtimestamp(self.clock(), tz=UTC),
-            headers=tuple(rec.headers),
-            key=rec.key,
-            topic=rec.topic,
-            partition=rec.partition,
-            offset=rec.offset,
-        )
-        return to_message(letter, topic=self.settings.dlq_topic)
+        return self._dead_letter(
+            rec.value, reason, detail,
+            headers=tuple(rec.headers), key=rec.key, topic=rec.topic, partition=rec.partition, offset=rec.offset,
+        )  # fmt: skip
 
     def _handoff_letter(self, slot: _Slot, raw: bytes, reason: str, detail: str) -> DlqMessage:
         """A dead letter for a handoff the shard could not take.
@@ -750,14 +742,14 @@ class ShardHost:
         if self.metrics is not None:
             self.metrics.dlq.labels(reason).inc()
             self.metrics.handoffs.labels(slot.name, "rejected").inc()
+        return self._dead_letter(
+            raw, reason, detail, key=slot.name.encode(), topic=self.settings.shard_topic, partition=slot.partition
+        )
+
+    def _dead_letter(self, value: bytes, reason: str, detail: str, **where: Any) -> DlqMessage:
+        """The DLQ message of ``value``, dead-lettered now; ``where``: ``DeadLetter``'s headers, key, source."""
         letter = DeadLetter(
-            value=raw,
-            reason=reason,
-            detail=detail,
-            time=datetime.fromtimestamp(self.clock(), tz=UTC),
-            key=slot.name.encode(),
-            topic=self.settings.shard_topic,
-            partition=slot.partition,
+            value=value, reason=reason, detail=detail, time=datetime.fromtimestamp(self.clock(), tz=UTC), **where
         )
         return to_message(letter, topic=self.settings.dlq_topic)
 

@@ -213,14 +213,15 @@ class BatchBuilder:
         sent_at = now
         marks = []
         for (topic, part), (position, caught_up) in sorted(positions.items()):
-            found = sources.get((topic, part))
-            src = sources[(topic, part)] = _Source() if found is None else found
-            src.offset = max(src.offset, position - 1)
-            if src.last_message is None:
-                src.last_message = now
-            src.idle = caught_up and now - src.last_message >= self.idle_after
-            watermark = math.inf if src.idle else src.max_time
-            marks.append(SourceMark(topic, part, src.offset, src.max_time, watermark))
+            seen = sources.get((topic, part))
+            if seen is None:
+                seen = sources[(topic, part)] = _Source()
+            seen.offset = max(seen.offset, position - 1)
+            if seen.last_message is None:
+                seen.last_message = now
+            seen.idle = caught_up and now - seen.last_message >= self.idle_after
+            watermark = math.inf if seen.idle else seen.max_time
+            marks.append(SourceMark(topic, part, seen.offset, seen.max_time, watermark))
         self.last_events = evs_part
         self.batches += 1
         self.last_build = now
