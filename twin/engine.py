@@ -1,8 +1,9 @@
 """The SimPy machinery the network model runs on.
 
-A run loop without a method call per step (``run_until``), a timeout with a chosen
-same-time priority (``Wake``), one event that starts every process of a build (``Start``,
-``Started``), and resources whose releases schedule no event when no one waits
+A run loop without a method call per step (``run_until``), which also starts the
+processes created during a step as soon as the step ends instead of each with its own event
+(``Deferred``), a timeout with a chosen same-time priority (``Wake``), one event that starts
+every process of a build (``Start``, ``Started``), and resources whose releases schedule no event when no one waits
 (``Capacity``, one per site in ``Sites``). Each does what SimPy's own would, event for
 event; the model's tests compare them with SimPy's.
 """
@@ -15,7 +16,7 @@ from typing import Any, cast
 
 import simpy
 
-__all__ = ["Capacity", "Proc", "Sites", "Start", "Started", "Wake", "run_until", "unlink"]
+__all__ = ["Capacity", "Deferred", "Proc", "Sites", "Start", "Started", "Wake", "run_until", "unlink"]
 
 Proc = Generator[simpy.Event, Any, None]
 
@@ -26,14 +27,18 @@ def unlink(event: simpy.Event) -> None:
         event.callbacks.clear()
 
 
-def run_until(env: simpy.Environment, until: float) -> int:
+def run_until(env: simpy.Environment, until: float, deferred: list[Deferred] | None = None) -> int:
     """``env.run(until=until)``: the same events in the same order, without a method call per step.
 
     SimPy's ``run`` schedules a stop event at ``now + (until - now)`` with the highest
     priority and steps until it is processed: every event before that time, and none at
     it (no event at that time can have been scheduled with that priority before it), after
     which the clock stands at the stop time. This loop is ``Environment.step`` inlined.
-    Returns the number of events processed.
+
+    ``deferred``: processes created during a step without their own ``Initialize`` event
+    (``Deferred``), started here, in the order they were created, as soon as the step ends:
+    where their ``Initialize`` events would have been processed (see ``Deferred``). They are
+    not events, so they are not counted. Returns the number of events processed.
     """
     at = env.now + (until - env.now)
     queue = env._queue
@@ -50,8 +55,50 @@ def run_until(env: simpy.Environment, until: float) -> int:
             exc = type(event._value)(*event._value.args)
             exc.__cause__ = event._value
             raise exc
+        if deferred:
+            _start_deferred(deferred)
     env._now = at
     return n
+
+
+class _Go:
+    """What a deferred process is resumed with: an ``Initialize`` event's outcome (ok, no value)."""
+
+    _ok = True
+    _value = None
+
+
+_GO = cast(simpy.Event, _Go())
+
+
+def _start_deferred(deferred: list[Deferred]) -> None:
+    """Start the deferred processes in order (one started here may defer another: it goes last)."""
+    i = 0
+    while i < len(deferred):
+        deferred[i]._resume(_GO)
+        i += 1
+    deferred.clear()
+
+
+class Deferred(simpy.Process):
+    """A SimPy process started by ``run_until`` at the end of the step that created it.
+
+    SimPy starts a process with an ``Initialize`` event scheduled urgent at the current time.
+    The only urgent events are ``Initialize`` (and ``Start``) and interrupts (which the
+    model does not use), and any scheduled before the current step would have been
+    processed before it; so the ``Initialize`` events created during a step are the head of
+    the queue when the step ends, in the order they were created, and each of those steps
+    only resumes its process. Resuming the processes in that order at the end of the step
+    does the same work in the same order, without an event (a simulation step) for each.
+    Only for environments stepped by ``run_until`` with the list the process is put in.
+    """
+
+    def __init__(self, env: simpy.Environment, generator: Proc, deferred: list[Deferred]) -> None:
+        self.env = env
+        self.callbacks = []
+        self._generator = generator
+        self._target = None  # type: ignore[assignment]
+        deferred.append(self)
 
 
 class Wake(simpy.Event):

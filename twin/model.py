@@ -35,7 +35,7 @@ import simpy
 from simpy.events import NORMAL
 
 from twin.durations import Durations
-from twin.engine import Proc, Sites, Start, Started, Wake, run_until, unlink
+from twin.engine import Deferred, Proc, Sites, Start, Started, Wake, run_until, unlink
 from twin.placement import Placement, place
 from twin.provenance import Ledger, add_cause, carry_causes
 from twin.records import Lot, ModelResult, OrderInfo, TripRun
@@ -280,6 +280,9 @@ class Model:
         #: while building, processes are started by one shared event (``Start``)
         self._starting = False
         self._start_event: Start | None = None
+        #: while ``run`` steps the environment itself: processes started during a step, which
+        #: ``run_until`` starts when the step ends (``Deferred``); None: SimPy starts them
+        self._deferred: list[Deferred] | None = None
 
     # ------------------------------------------------------------------ build
     def build(self) -> Model:
@@ -470,7 +473,11 @@ class Model:
         self._until = until
         if until > self.env._now:
             if type(self.env) is simpy.Environment:
-                self.steps += run_until(self.env, until)
+                self._deferred = []
+                try:
+                    self.steps += run_until(self.env, until, self._deferred)
+                finally:
+                    self._deferred = None
             else:
                 self.env.run(until=until)  # e.g. a RealtimeEnvironment: it paces its own steps
             # the clock now stands where SimPy stopped: events at or after it did not happen
@@ -799,7 +806,10 @@ class Model:
 
     def _start(self, proc: Proc) -> None:
         if not self._starting:
-            self._procs.append(self.env.process(proc))
+            deferred = self._deferred
+            # while ``run`` steps the environment: started when the step ends, without an
+            # ``Initialize`` event (``Deferred``: the same work in the same order)
+            self._procs.append(self.env.process(proc) if deferred is None else Deferred(self.env, proc, deferred))
             return
         # while building: one event starts them all (``Start``), scheduled where the first
         # process's own would have been (the only event of a build)

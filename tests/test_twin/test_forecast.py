@@ -426,11 +426,17 @@ def test_the_inlined_event_loop_runs_as_simpy_does(request, monkeypatch, scenari
     fast = [run(r, mine) for r in range(2)]
     assert all(m.steps > 0 and m.env.now == until for m in mine)
 
-    def simpy_run(env, stop):
+    def simpy_run(env, stop, deferred):
         env.run(until=stop)
+        assert not deferred
         return 0
 
+    def own_event(self, proc):
+        self._procs.append(self.env.process(proc))
+
+    # SimPy's own loop, and every process started with its own ``Initialize`` event
     monkeypatch.setattr(twin.model, "run_until", simpy_run)
+    monkeypatch.setattr(twin.model.Model, "_start", own_event)
     theirs: list = []
     assert [run(r, theirs) for r in range(2)] == fast
     assert [m.env.now for m in theirs] == [m.env.now for m in mine]
@@ -454,7 +460,7 @@ def test_processes_started_by_one_event_run_as_with_their_own(request, monkeypat
     until = state.clock + 12 * 3600
     traces: list = []
 
-    def traced(env, stop):
+    def traced(env, stop, deferred):
         # ``run_until``, recording every event but the starts
         queue, trace, n = env._queue, [], 0
         assert [type(e).__name__ for *_, e in queue] in (["Start"], ["Initialize"] * len(queue))
@@ -466,6 +472,8 @@ def test_processes_started_by_one_event_run_as_with_their_own(request, monkeypat
             callbacks, event.callbacks = event.callbacks, None
             for callback in callbacks:
                 callback(event)
+            if deferred:
+                twin.engine._start_deferred(deferred)
         env._now = stop
         traces.append(trace)
         return n
@@ -486,19 +494,101 @@ def test_processes_started_by_one_event_run_as_with_their_own(request, monkeypat
     shared_traces = traces[:]
 
     def own_event(self, proc):
+        if not self._starting:
+            return original(self, proc)  # started during the run: as before
         self._procs.append(self.env.process(proc))
+        return None
 
+    original = twin.model.Model._start
     monkeypatch.setattr(twin.model.Model, "_start", own_event)
     theirs: list = []
     traces.clear()
     assert [run(r, theirs, c) for r in range(2) for c in coasts] == shared
     assert traces == shared_traces
-    assert all(type(p) is simpy.Process for m in theirs for p in m._procs)
+    assert all(type(p) in (simpy.Process, twin.engine.Deferred) for m in theirs for p in m._procs)
     # one step for the start instead of one per process started while building
     for m, t in zip(mine, theirs, strict=True):
         started = sum(1 for p in m._procs if type(p) is twin.engine.Started)
         assert started > 10
         assert m.steps == t.steps - started + 1
+
+
+@pytest.mark.parametrize(
+    ("scenario", "at_hours"), [("default_scenario", 9), ("default_scenario", 13), ("mini_scenario", 3)]
+)
+def test_processes_started_at_the_end_of_their_step_run_as_with_their_own_event(
+    request, monkeypatch, scenario, at_hours
+):
+    """Sorts started during the run when their step ends (``Deferred``): the same events and records."""
+    import heapq
+
+    import simpy
+
+    import twin.engine
+    import twin.model
+    import twin.placement
+
+    gen, twin_ = _twin_at(request, scenario, at_hours)
+    state = twin_.state
+    until = state.clock + 12 * 3600
+    traces: list = []
+    real = twin.engine.run_until
+
+    def traced(env, stop, deferred):
+        # ``run_until``, recording every event but the starts, and where deferred processes start
+        queue, trace, n = env._queue, [], 0
+        while queue and queue[0][0] < stop:
+            env._now, prio, _, event = heapq.heappop(queue)
+            n += 1
+            if type(event) is simpy.events.Initialize:
+                trace.append((env._now, "start", event.callbacks[0].__self__._generator.__name__))
+            elif type(event) is not twin.engine.Start:
+                trace.append((env._now, prio, type(event).__name__))
+            callbacks, event.callbacks = event.callbacks, None
+            for callback in callbacks:
+                callback(event)
+            for proc in deferred:
+                trace.append((env._now, "start", proc._generator.__name__))
+            if deferred:
+                twin.engine._start_deferred(deferred)
+        env._now = stop
+        traces.append(trace)
+        return n
+
+    def run(r, models, coast, loop):
+        monkeypatch.setattr(twin.model, "run_until", loop)
+        return _records(
+            _replica(
+                state, gen.network, r, until, lambda p: frozenset(), vehicles_last=True, coast=coast, models=models
+            )
+        )
+
+    coasts = [None, lambda p: twin.placement.freight_free(state, p)]
+    mine: list = []
+    deferred = [run(r, mine, c, real) for r in range(2) for c in coasts]
+    assert [run(r, [], c, traced) for r in range(2) for c in coasts] == deferred
+    deferred_traces = traces[:]
+    n_deferred = [sum(1 for p in m._procs if type(p) is twin.engine.Deferred) for m in mine]
+    assert all(n > 10 for n in n_deferred)
+
+    def own_event(self, proc):
+        if self._starting:
+            return original(self, proc)
+        self._procs.append(self.env.process(proc))
+        return None
+
+    original = twin.model.Model._start
+    monkeypatch.setattr(twin.model.Model, "_start", own_event)
+    theirs: list = []
+    assert [run(r, theirs, c, real) for r in range(2) for c in coasts] == deferred
+    traces.clear()
+    assert [run(r, [], c, traced) for r in range(2) for c in coasts] == deferred
+    # the same events in the same order, each process started at the same point
+    assert traces == deferred_traces
+    assert not any(type(p) is twin.engine.Deferred for m in theirs for p in m._procs)
+    # one simulation step less per process started during the run
+    for m, t, n in zip(mine, theirs, n_deferred, strict=True):
+        assert m.steps == t.steps - n
 
 
 def test_detachable_trips_carry_no_freight(default_scenario):
