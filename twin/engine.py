@@ -104,11 +104,14 @@ class Deferred(simpy.Process):
 class Wake(simpy.Event):
     """A timeout with a chosen priority: it is processed after same-time events of lower priority."""
 
+    # a timeout's outcome (ok, no value), the same for every wake: class attributes rather
+    # than two stores per wake
+    _ok = True
+    _value = None
+
     def __init__(self, env: simpy.Environment, delay: float, priority: int) -> None:
         self.env = env
         self.callbacks = []
-        self._value = None
-        self._ok = True
         # ``env.schedule(self, priority, delay)``, inlined (one call less per wake-up)
         heapq.heappush(env._queue, (env._now + delay, priority, next(env._eid), self))  # type: ignore[misc]
 
@@ -186,11 +189,12 @@ class Capacity(simpy.Resource):
         event is processed; only for a caller that no other event can come before (see
         ``Model._unload``).
         """
-        if self.put_queue or len(self.users) >= self.capacity:
+        users = self.users
+        if self.put_queue or len(users) >= self._capacity:
             return None
-        token = cast(simpy.resources.resource.Request, object())
-        self.users.append(token)
-        return token
+        token: Any = object()  # a token, not a request: nothing waits on it
+        users.append(token)
+        return token  # type: ignore[no-any-return]
 
 
 class Sites(dict[str, Capacity]):

@@ -761,7 +761,8 @@ class _Tally:
 
     Per order (``_Keys.order_ids``) the delivery time (inf: not delivered) and the index in
     ``ledgers`` of its provenance (-1: none, or on time); per open trip the final arrival and
-    its provenance index; and the dock wait of every arrival, by site.
+    its provenance index; and the dock wait of every arrival, by site (in no particular
+    order).
     """
 
     delivered: npt.NDArray[np.float64]
@@ -858,8 +859,9 @@ def _tally_model(model: Model, keys: _Keys) -> _Tally:
         if led:
             trip_ledger[k] = len(ledgers)
             ledgers.append(led)
-    waits = _dock_waits(trips, keys.network)
-    return _Tally(delivered, order_ledger, arrivals, trip_ledger, ledgers, waits)
+    # the dock waits as the model recorded them (in the order they happened, not by trip:
+    # aggregation sorts them and takes maxima, so the order does not matter)
+    return _Tally(delivered, order_ledger, arrivals, trip_ledger, ledgers, model.dock_waits)
 
 
 def _dock_waits(trips: Mapping[str, TripRun], network: Network) -> list[tuple[str, float]]:

@@ -90,7 +90,8 @@ def _copy_run(run: TripRun) -> TripRun:
     """A trip record that can change without changing ``run`` (ledgers: see ``Ledger``).
 
     Built slot by slot (a model copies a few hundred per replica; about a third cheaper
-    than through ``TripRun.__init__``); a test checks that every field is copied.
+    than through ``TripRun.__init__``); a test checks that every field is copied. Its dock
+    waits are replaced, never changed in place, so they are shared.
     """
     c = _new(TripRun)
     c.departures = run.departures.copy()
@@ -99,11 +100,11 @@ def _copy_run(run: TripRun) -> TripRun:
     c.held_for = run.held_for
     c.hold_seconds = run.hold_seconds
     c.waited_for_vehicle = run.waited_for_vehicle
-    c.dock_waits = run.dock_waits.copy()
+    c.dock_waits = run.dock_waits  # replaced, never changed in place (``_unload``): shared
     c.ledger = ledger = run.ledger.copy()
     c.arrival_ledgers = run.arrival_ledgers.copy()
     c.release_ledger = ledger if run.release_ledger is run.ledger else run.release_ledger
-    c.dock_wait_at = run.dock_wait_at.copy()
+    c.dock_wait_at = run.dock_wait_at  # as ``dock_waits``
     return c
 
 
@@ -248,6 +249,10 @@ class Model:
         #: orders booked for (trip, boarding site), ready or not
         self.booked: dict[tuple[str, str], dict[int, Lot]] = {}
         self.onboard: dict[str, list[Lot]] = {}
+        #: (site, seconds) of every wait for a dock in this run, as they happen (the same
+        #: waits as the trip records' ``dock_wait_at``, kept here so a tally need not look
+        #: through every trip)
+        self.dock_waits: list[tuple[str, float]] = []
         self._waiters: dict[tuple[str, str], simpy.Event] = {}
         self._last_ready: dict[tuple[str, str], str | None] = {}
         self._deadlines: dict[tuple[str, str], float] = {}
@@ -950,13 +955,18 @@ class Model:
         onboard = self.onboard.setdefault(trip_id, [])
         if not booked:
             return
-        room = self.net.vehicles[trip.vehicle_id].capacity - sum(len(lot.ids) for lot in onboard)
+        room = self.net.vehicles[trip.vehicle_id].capacity
+        for lot in onboard:
+            room -= len(lot.ids)
         # in order of their first order id, sorted as (first id, lot) pairs (no key function
         # called per lot; an order is in one lot, so no two first ids are equal)
-        order: Iterable[Lot] = booked.values()
+        order: Iterable[tuple[str, Lot]]
         if len(booked) > 1:
-            order = [p[1] for p in sorted([(lot.ids[0], lot) for lot in order])]
-        for lot in order:
+            order = sorted([(lot.ids[0], lot) for lot in booked.values()])
+        else:
+            order = [("", lot) for lot in booked.values()]
+        index = self.booked
+        for _, lot in order:
             if lot.ready and room > 0:
                 if len(lot.ids) > room:
                     rest = lot
@@ -968,7 +978,14 @@ class Model:
                 lot.site = None
                 lot.trip = trip_id
                 onboard.append(lot)
-                self._book(lot)
+                # ``self._book(lot)``, inlined (the lot is on a trip: its next hop)
+                h = lot.hop + 1
+                if h < len(lot.path):
+                    key = (lot.path[h], lot.boards[h])
+                    b = index.get(key)
+                    if b is None:
+                        b = index[key] = {}
+                    b[lot.serial] = lot
                 if self._observing:
                     for oid in lot.ids:
                         self.observer.scanned(env._now, oid, site, "loaded", trip_id)
@@ -1071,8 +1088,11 @@ class Model:
             yield slot
         wait = env._now - queued
         run = self.trips[trip_id]
-        run.dock_waits.append(wait)
-        run.dock_wait_at[leg_index] = wait
+        # new containers, not changed in place: template copies share the template's
+        # (``_copy_run``), and most trips never wait at a dock
+        run.dock_waits = [*run.dock_waits, wait]
+        run.dock_wait_at = {**run.dock_wait_at, leg_index: wait}
+        self.dock_waits.append((site, wait))
         add_cause(run.ledger, "dock_queue", site, wait, queued)
         if self._observing:
             self.observer.docks(env._now, site, docks.count, int(docks.capacity))
