@@ -722,7 +722,7 @@ class Model:
                 or tid not in coast
                 or run.released is not None
                 or run.arrivals[-1] is not None
-                or any(d is not None for d in run.departures)
+                or run.departures.count(None) != len(run.departures)  # it has left (no generator)
             ):
                 break
             if st.trips[tid].cancelled:
