@@ -1,9 +1,9 @@
 """The SimPy machinery the network model runs on.
 
-A run loop without a method call per step (``run_until``), which also starts the
-processes created during a step as soon as the step ends instead of each with its own event
-(``Deferred``), a timeout with a chosen same-time priority (``Wake``), one event that starts
-every process of a build (``Start``, ``Started``), and resources whose releases schedule no event when no one waits
+A run loop without a method call per step (``run_until``), which also starts what a step
+started as soon as the step ends instead of each with its own event; a timeout with a chosen
+same-time priority (``Wake``); one event that starts every process of a build (``Start``,
+``Started``); and resources whose releases schedule no event when no one waits
 (``Capacity``, one per site in ``Sites``). Each does what SimPy's own would, event for
 event; the model's tests compare them with SimPy's.
 """
@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Generator
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import simpy
 
-__all__ = ["Capacity", "Deferred", "Proc", "Sites", "Start", "Started", "Wake", "run_until", "unlink"]
+__all__ = ["Capacity", "Proc", "Sites", "Start", "Startable", "Started", "Wake", "run_until", "unlink"]
 
 Proc = Generator[simpy.Event, Any, None]
+
+
+class Startable(Protocol):
+    """What an ``Initialize`` event starts: a process, or anything resumed the same way."""
+
+    def _resume(self, event: simpy.Event) -> None: ...
 
 
 def unlink(event: simpy.Event) -> None:
@@ -27,7 +33,7 @@ def unlink(event: simpy.Event) -> None:
         event.callbacks.clear()
 
 
-def run_until(env: simpy.Environment, until: float, deferred: list[Deferred] | None = None) -> int:
+def run_until(env: simpy.Environment, until: float, deferred: list[Startable] | None = None) -> int:
     """``env.run(until=until)``: the same events in the same order, without a method call per step.
 
     SimPy's ``run`` schedules a stop event at ``now + (until - now)`` with the highest
@@ -35,10 +41,16 @@ def run_until(env: simpy.Environment, until: float, deferred: list[Deferred] | N
     it (no event at that time can have been scheduled with that priority before it), after
     which the clock stands at the stop time. This loop is ``Environment.step`` inlined.
 
-    ``deferred``: processes created during a step without their own ``Initialize`` event
-    (``Deferred``), started here, in the order they were created, as soon as the step ends:
-    where their ``Initialize`` events would have been processed (see ``Deferred``). They are
-    not events, so they are not counted. Returns the number of events processed.
+    ``deferred``: what a step started without an ``Initialize`` event each (a process, or a
+    sort: ``twin.model._Sorting``), started here, in order, as soon as the step ends. SimPy
+    starts a process with an ``Initialize`` event scheduled urgent at the current time. The
+    only urgent events are ``Initialize`` (and ``Start``) and interrupts (which the model does
+    not use), and any scheduled before the current step would have been processed before it;
+    so the ``Initialize`` events created during a step are the head of the queue when the
+    step ends, in the order they were created, and each of those steps only resumes what it
+    starts. Starting them in that order at the end of the step does the same work in the
+    same order, without an event (a simulation step) for each; they are not counted.
+    Returns the number of events processed.
     """
     at = env.now + (until - env.now)
     queue = env._queue
@@ -71,34 +83,13 @@ class _Go:
 _GO = cast(simpy.Event, _Go())
 
 
-def _start_deferred(deferred: list[Deferred]) -> None:
-    """Start the deferred processes in order (one started here may defer another: it goes last)."""
+def _start_deferred(deferred: list[Startable]) -> None:
+    """Start what was deferred, in order (one started here may defer another: it goes last)."""
     i = 0
     while i < len(deferred):
         deferred[i]._resume(_GO)
         i += 1
     deferred.clear()
-
-
-class Deferred(simpy.Process):
-    """A SimPy process started by ``run_until`` at the end of the step that created it.
-
-    SimPy starts a process with an ``Initialize`` event scheduled urgent at the current time.
-    The only urgent events are ``Initialize`` (and ``Start``) and interrupts (which the
-    model does not use), and any scheduled before the current step would have been
-    processed before it; so the ``Initialize`` events created during a step are the head of
-    the queue when the step ends, in the order they were created, and each of those steps
-    only resumes its process. Resuming the processes in that order at the end of the step
-    does the same work in the same order, without an event (a simulation step) for each.
-    Only for environments stepped by ``run_until`` with the list the process is put in.
-    """
-
-    def __init__(self, env: simpy.Environment, generator: Proc, deferred: list[Deferred]) -> None:
-        self.env = env
-        self.callbacks = []
-        self._generator = generator
-        self._target = None  # type: ignore[assignment]
-        deferred.append(self)
 
 
 class Wake(simpy.Event):
@@ -134,8 +125,8 @@ class Start(simpy.Event):
         self.callbacks = [self._start_all]
         self._value = None
         self._ok = True
-        #: the processes to start, in order
-        self.procs: list[simpy.Process] = []
+        #: the processes to start, in order (or anything started the same way: ``Startable``)
+        self.procs: list[Startable] = []
         #: how many of them are still to start after the one running
         self.waiting = 0
         env.schedule(self, simpy.events.URGENT)

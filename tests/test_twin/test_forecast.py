@@ -410,6 +410,38 @@ def test_a_tally_from_the_model_equals_the_tally_of_its_records(request, scenari
         assert split > 0  # lots split in these replicas: their orders are looked up again
 
 
+def _own_events(monkeypatch, *, building=True, running=True):
+    """Start processes and sorts each with its own ``Initialize`` event, as SimPy starts a process.
+
+    ``building``: those a build starts (else by one ``Start``); ``running``: those a run
+    starts (else when their step ends).
+    """
+    import simpy
+
+    import twin.model
+
+    start, start_sorting = twin.model.Model._start, twin.model.Model._start_sorting
+
+    def own(self):
+        return building if self._starting else running
+
+    def _start(self, proc):
+        if not own(self):
+            return start(self, proc)
+        self._procs.append(self.env.process(proc))
+        return None
+
+    def _start_sorting(self, sorting):
+        if not own(self):
+            return start_sorting(self, sorting)
+        self._sortings.append(sorting)
+        sorting.waiting = simpy.events.Initialize(self.env, sorting)
+        return None
+
+    monkeypatch.setattr(twin.model.Model, "_start", _start)
+    monkeypatch.setattr(twin.model.Model, "_start_sorting", _start_sorting)
+
+
 @pytest.mark.parametrize(("scenario", "at_hours"), [("default_scenario", 9), ("mini_scenario", 3)])
 def test_the_inlined_event_loop_runs_as_simpy_does(request, monkeypatch, scenario, at_hours):
     """``Model.run`` steps a plain environment itself: the same records as ``env.run(until)``."""
@@ -434,12 +466,9 @@ def test_the_inlined_event_loop_runs_as_simpy_does(request, monkeypatch, scenari
         assert not deferred
         return 0
 
-    def own_event(self, proc):
-        self._procs.append(self.env.process(proc))
-
-    # SimPy's own loop, and every process started with its own ``Initialize`` event
+    # SimPy's own loop, and every process and sort started with its own ``Initialize`` event
     monkeypatch.setattr(twin.model, "run_until", simpy_run)
-    monkeypatch.setattr(twin.model.Model, "_start", own_event)
+    _own_events(monkeypatch)
     theirs: list = []
     assert [run(r, theirs) for r in range(2)] == fast
     assert [m.env.now for m in theirs] == [m.env.now for m in mine]
@@ -496,33 +525,75 @@ def test_processes_started_by_one_event_run_as_with_their_own(request, monkeypat
     assert all(type(p) is twin.engine.Started for m in mine for p in m._procs[:2])
     shared_traces = traces[:]
 
-    def own_event(self, proc):
-        if not self._starting:
-            return original(self, proc)  # started during the run: as before
-        self._procs.append(self.env.process(proc))
-        return None
-
-    original = twin.model.Model._start
-    monkeypatch.setattr(twin.model.Model, "_start", own_event)
+    _own_events(monkeypatch, running=False)  # those started during the run: as before
     theirs: list = []
     traces.clear()
     assert [run(r, theirs, c) for r in range(2) for c in coasts] == shared
     assert traces == shared_traces
-    assert all(type(p) in (simpy.Process, twin.engine.Deferred) for m in theirs for p in m._procs)
-    # one step for the start instead of one per process started while building
+    assert all(type(p) is simpy.Process for m in theirs for p in m._procs)
+    # one step for the start instead of one per process (or sort) started while building
     for m, t in zip(mine, theirs, strict=True):
-        started = sum(1 for p in m._procs if type(p) is twin.engine.Started)
+        sorts = sum(1 for x in m._sortings if x.key.startswith("init/"))
+        started = sum(1 for p in m._procs if type(p) is twin.engine.Started) + sorts
         assert started > 10
         assert m.steps == t.steps - started + 1
+
+
+def _sort_process(model, site, batch, key, credit):
+    """The SimPy process ``_Sorting`` replaced (``Model._sort`` before it), kept as the reference."""
+    import math
+
+    from simpy.events import NORMAL
+
+    from twin.engine import Wake
+    from twin.provenance import add_cause, carry_causes
+
+    env = model.env
+    for o in batch:
+        model._book(o)
+    queued = env._now
+    sorter = model.sorters[site]
+    start = model._start_event
+    due = env._queue[0][0] if env._queue else math.inf
+    slot = sorter.take() if due > env._now and (start is None or not start.waiting) else None
+    if slot is None:
+        slot = sorter.request()
+        yield slot
+    waited = env._now - queued
+    count = 0
+    for o in batch:
+        o.sort_wait = waited
+        count += len(o.ids)
+    s = model.net.sites[site]
+    yield Wake(env, max(1.0, model.durations.sort(s, count, model.rates[site], key) - credit), NORMAL)
+    sorter.release(slot)
+    for o in batch:
+        if o.site == o.destination:
+            o.stage = "delivered"
+            o.delivered_at = env._now
+            o.ready = True
+            continue
+        o.stage = "sorted"
+        if o.miss_carry > 0:
+            upstream = model.order_ledger(o, misses=False)
+            ledger = {}
+            carry_causes(ledger, upstream, o.miss_carry)
+            for k, (secs, at) in (o.miss_ledger or {}).items():
+                add_cause(ledger, k[0], k[1], secs, at)
+            o.miss_ledger, o.miss_carry = ledger, 0.0
+        model._make_ready(o)
+    yield model._park()
 
 
 @pytest.mark.parametrize(
     ("scenario", "at_hours"), [("default_scenario", 9), ("default_scenario", 13), ("mini_scenario", 3)]
 )
-def test_processes_started_at_the_end_of_their_step_run_as_with_their_own_event(
-    request, monkeypatch, scenario, at_hours
-):
-    """Sorts started during the run when their step ends (``Deferred``): the same events and records."""
+def test_sorts_run_as_the_simpy_processes_they_replace(request, monkeypatch, scenario, at_hours):
+    """``_Sorting`` (callbacks, started when its step ends) does what a SimPy process with its own start did.
+
+    The same events in the same order (each sort started at the same point) and the same
+    records; one simulation step less per sort started during the run.
+    """
     import heapq
 
     import simpy
@@ -535,23 +606,21 @@ def test_processes_started_at_the_end_of_their_step_run_as_with_their_own_event(
     state = twin_.state
     until = state.clock + 12 * 3600
     traces: list = []
-    real = twin.engine.run_until
 
     def traced(env, stop, deferred):
-        # ``run_until``, recording every event but the starts, and where deferred processes start
+        # ``run_until``, recording every event but the starts, and where sorts start
         queue, trace, n = env._queue, [], 0
         while queue and queue[0][0] < stop:
             env._now, prio, _, event = heapq.heappop(queue)
             n += 1
             if type(event) is simpy.events.Initialize:
-                trace.append((env._now, "start", event.callbacks[0].__self__._generator.__name__))
+                trace.append((env._now, "start"))
             elif type(event) is not twin.engine.Start:
                 trace.append((env._now, prio, type(event).__name__))
             callbacks, event.callbacks = event.callbacks, None
             for callback in callbacks:
                 callback(event)
-            for proc in deferred:
-                trace.append((env._now, "start", proc._generator.__name__))
+            trace.extend((env._now, "start") for _ in deferred)
             if deferred:
                 twin.engine._start_deferred(deferred)
         env._now = stop
@@ -567,30 +636,25 @@ def test_processes_started_at_the_end_of_their_step_run_as_with_their_own_event(
         )
 
     coasts = [None, lambda p: twin.placement.freight_free(state, p)]
+    real = twin.engine.run_until
     mine: list = []
-    deferred = [run(r, mine, c, real) for r in range(2) for c in coasts]
-    assert [run(r, [], c, traced) for r in range(2) for c in coasts] == deferred
-    deferred_traces = traces[:]
-    n_deferred = [sum(1 for p in m._procs if type(p) is twin.engine.Deferred) for m in mine]
-    assert all(n > 10 for n in n_deferred)
+    sorted_ = [run(r, mine, c, real) for r in range(2) for c in coasts]
+    assert [run(r, [], c, traced) for r in range(2) for c in coasts] == sorted_
+    my_traces = traces[:]
+    during = [sum(1 for x in m._sortings if not x.key.startswith("init/")) for m in mine]
+    assert all(n > 10 for n in during)
 
-    def own_event(self, proc):
-        if self._starting:
-            return original(self, proc)
-        self._procs.append(self.env.process(proc))
-        return None
+    def as_process(self, sorting):
+        # the process, started as SimPy starts one (by the build's ``Start`` while building)
+        self._start(_sort_process(self, sorting.site, sorting.batch, sorting.key, sorting.credit))
 
-    original = twin.model.Model._start
-    monkeypatch.setattr(twin.model.Model, "_start", own_event)
+    monkeypatch.setattr(twin.model.Model, "_start_sorting", as_process)
     theirs: list = []
-    assert [run(r, theirs, c, real) for r in range(2) for c in coasts] == deferred
+    assert [run(r, theirs, c, real) for r in range(2) for c in coasts] == sorted_
     traces.clear()
-    assert [run(r, [], c, traced) for r in range(2) for c in coasts] == deferred
-    # the same events in the same order, each process started at the same point
-    assert traces == deferred_traces
-    assert not any(type(p) is twin.engine.Deferred for m in theirs for p in m._procs)
-    # one simulation step less per process started during the run
-    for m, t, n in zip(mine, theirs, n_deferred, strict=True):
+    assert [run(r, [], c, traced) for r in range(2) for c in coasts] == sorted_
+    assert traces == my_traces
+    for m, t, n in zip(mine, theirs, during, strict=True):
         assert m.steps == t.steps - n
 
 
