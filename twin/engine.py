@@ -117,7 +117,7 @@ class Start(simpy.Event):
     that resumes the processes in the order they were started does the same work in the
     same order, in one simulation step instead of one per process. While it runs,
     ``waiting`` counts the processes still to start: they are what the ``Initialize``
-    events left in the queue were (``Model._sort`` looks at the queue).
+    events left in the queue were (a sort, ``twin.model._Sorting``, looks at the queue).
     """
 
     def __init__(self, env: simpy.Environment) -> None:
