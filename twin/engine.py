@@ -1,8 +1,9 @@
 """The SimPy machinery the network model runs on.
 
-A run loop without a method call per step (``run_until``), a timeout with a chosen
-same-time priority (``Wake``), one event that starts every process of a build (``Start``,
-``Started``), and resources whose releases schedule no event when no one waits
+A run loop without a method call per step (``run_until``), which also starts what a step
+started as soon as the step ends instead of each with its own event; a timeout with a chosen
+same-time priority (``Wake``); one event that starts every process of a build (``Start``,
+``Started``); and resources whose releases schedule no event when no one waits
 (``Capacity``, one per site in ``Sites``). Each does what SimPy's own would, event for
 event; the model's tests compare them with SimPy's.
 """
@@ -11,13 +12,19 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Generator
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import simpy
 
-__all__ = ["Capacity", "Proc", "Sites", "Start", "Started", "Wake", "run_until", "unlink"]
+__all__ = ["Capacity", "Proc", "Sites", "Start", "Startable", "Started", "Wake", "run_until", "unlink"]
 
 Proc = Generator[simpy.Event, Any, None]
+
+
+class Startable(Protocol):
+    """What an ``Initialize`` event starts: a process, or anything resumed the same way."""
+
+    def _resume(self, event: simpy.Event) -> None: ...
 
 
 def unlink(event: simpy.Event) -> None:
@@ -26,13 +33,23 @@ def unlink(event: simpy.Event) -> None:
         event.callbacks.clear()
 
 
-def run_until(env: simpy.Environment, until: float) -> int:
+def run_until(env: simpy.Environment, until: float, deferred: list[Startable] | None = None) -> int:
     """``env.run(until=until)``: the same events in the same order, without a method call per step.
 
     SimPy's ``run`` schedules a stop event at ``now + (until - now)`` with the highest
     priority and steps until it is processed: every event before that time, and none at
     it (no event at that time can have been scheduled with that priority before it), after
     which the clock stands at the stop time. This loop is ``Environment.step`` inlined.
+
+    ``deferred``: what a step started without an ``Initialize`` event each (a process, or a
+    sort: ``twin.model._Sorting``), started here, in order, as soon as the step ends. SimPy
+    starts a process with an ``Initialize`` event scheduled urgent at the current time. The
+    only urgent events are ``Initialize`` (and ``Start``) and interrupts (which the model does
+    not use), and any scheduled before the current step would have been processed before it;
+    so the ``Initialize`` events created during a step are the head of the queue when the
+    step ends, in the order they were created, and each of those steps only resumes what it
+    starts. Starting them in that order at the end of the step does the same work in the
+    same order, without an event (a simulation step) for each; they are not counted.
     Returns the number of events processed.
     """
     at = env.now + (until - env.now)
@@ -50,18 +67,42 @@ def run_until(env: simpy.Environment, until: float) -> int:
             exc = type(event._value)(*event._value.args)
             exc.__cause__ = event._value
             raise exc
+        if deferred:
+            _start_deferred(deferred)
     env._now = at
     return n
+
+
+class _Go:
+    """What a deferred process is resumed with: an ``Initialize`` event's outcome (ok, no value)."""
+
+    _ok = True
+    _value = None
+
+
+_GO = cast(simpy.Event, _Go())
+
+
+def _start_deferred(deferred: list[Startable]) -> None:
+    """Start what was deferred, in order (one started here may defer another: it goes last)."""
+    i = 0
+    while i < len(deferred):
+        deferred[i]._resume(_GO)
+        i += 1
+    deferred.clear()
 
 
 class Wake(simpy.Event):
     """A timeout with a chosen priority: it is processed after same-time events of lower priority."""
 
+    # a timeout's outcome (ok, no value), the same for every wake: class attributes rather
+    # than two stores per wake
+    _ok = True
+    _value = None
+
     def __init__(self, env: simpy.Environment, delay: float, priority: int) -> None:
         self.env = env
         self.callbacks = []
-        self._value = None
-        self._ok = True
         # ``env.schedule(self, priority, delay)``, inlined (one call less per wake-up)
         heapq.heappush(env._queue, (env._now + delay, priority, next(env._eid), self))  # type: ignore[misc]
 
@@ -76,7 +117,7 @@ class Start(simpy.Event):
     that resumes the processes in the order they were started does the same work in the
     same order, in one simulation step instead of one per process. While it runs,
     ``waiting`` counts the processes still to start: they are what the ``Initialize``
-    events left in the queue were (``Model._sort`` looks at the queue).
+    events left in the queue were (a sort, ``twin.model._Sorting``, looks at the queue).
     """
 
     def __init__(self, env: simpy.Environment) -> None:
@@ -84,8 +125,8 @@ class Start(simpy.Event):
         self.callbacks = [self._start_all]
         self._value = None
         self._ok = True
-        #: the processes to start, in order
-        self.procs: list[simpy.Process] = []
+        #: the processes to start, in order (or anything started the same way: ``Startable``)
+        self.procs: list[Startable] = []
         #: how many of them are still to start after the one running
         self.waiting = 0
         env.schedule(self, simpy.events.URGENT)
@@ -139,11 +180,12 @@ class Capacity(simpy.Resource):
         event is processed; only for a caller that no other event can come before (see
         ``Model._unload``).
         """
-        if self.put_queue or len(self.users) >= self.capacity:
+        users = self.users
+        if self.put_queue or len(users) >= self._capacity:
             return None
-        token = cast(simpy.resources.resource.Request, object())
-        self.users.append(token)
-        return token
+        token: Any = object()  # a token, not a request: nothing waits on it
+        users.append(token)
+        return token  # type: ignore[no-any-return]
 
 
 class Sites(dict[str, Capacity]):

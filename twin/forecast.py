@@ -526,7 +526,7 @@ class Forecaster:
         out: list[PredictedState] = []
         if n == 0:
             return out
-        info, order_ids, trip_ids = keys.info, keys.order_ids, keys.trip_ids
+        order_ids, trip_ids = keys.order_ids, keys.trip_ids
         # which recorded ledger explains each (replica, entity): an index into ``found``, or -1
         found: list[Ledger] = []
         order_which, trip_which = [], []
@@ -535,23 +535,25 @@ class Forecaster:
             found.extend(t.ledgers)
             order_which.append(np.where(t.order_ledger >= 0, t.order_ledger + off, -1))
             trip_which.append(np.where(t.trip_ledger >= 0, t.trip_ledger + off, -1))
-        promised = np.array([info[oid].promised_at for oid in order_ids], dtype=float)
+        promised = keys.promised
         delivered = np.array([t.delivered for t in tallies], dtype=float).reshape(n, len(order_ids))
         which = np.array(order_which, dtype=np.intp).reshape(n, len(order_ids))
-        order_preds = self._time_predictions(
+        order_preds, order_late = self._time_predictions(
             "order", order_ids, delivered, promised, as_of, end, 0.0, which, found
         )  # fmt: skip
         out.extend(order_preds)
-        planned = np.array([self.network.trips[t].planned_arrival for t in trip_ids], dtype=float)
+        planned = keys.trip_planned
         arrivals = np.array([t.arrivals for t in tallies], dtype=float).reshape(n, len(trip_ids))
         which = np.array(trip_which, dtype=np.intp).reshape(n, len(trip_ids))
         out.extend(
-            self._time_predictions("trip", trip_ids, arrivals, planned, as_of, end, SCHEDULE_GRACE, which, found)
+            self._time_predictions("trip", trip_ids, arrivals, planned, as_of, end, SCHEDULE_GRACE, which, found)[0]
         )
-        late_by_order = {p.id: p.p_late for p in order_preds}
+        # orders likely late (in half the replicas or more) waiting at a site, counted per site
         risk: dict[str, int] = {}
-        for oid, o in state.orders.items():
-            if o.site_id is not None and o.trip_id is None and late_by_order.get(oid, 0.0) >= 0.5:
+        orders = state.orders
+        for k in np.flatnonzero(order_late >= 0.5).tolist():
+            o = orders.get(order_ids[k])
+            if o is not None and o.site_id is not None and o.trip_id is None:
                 risk[o.site_id] = risk.get(o.site_id, 0) + 1
         waits: dict[str, list[float]] = {sid: [] for sid in self.network.sites}
         worst: dict[str, list[float]] = {sid: [] for sid in self.network.sites}
@@ -588,15 +590,17 @@ class Forecaster:
         grace: float,
         which: npt.NDArray[np.intp],
         found: list[Ledger],
-    ) -> list[PredictedState]:
+    ) -> tuple[list[PredictedState], npt.NDArray[np.float64]]:
         """Quantiles, lateness probability, expected delay and causes from a replicas x entities matrix.
+
+        Returns the predictions and the lateness probabilities (``p_late``) as an array.
 
         ``which[r, k]`` is the index in ``found`` of the ledger replica ``r`` recorded for
         entity ``k`` (-1: none); the chain averages those of the replicas where it was late.
         """
         n = times.shape[0]
         if not ids:
-            return []
+            return [], np.zeros(0)
         ordered = np.sort(times, axis=0)
         qs = {q: _column_quantile(ordered, q) for q in (0.1, 0.5, 0.9)}
         effective = np.where(np.isinf(times), end, times)
@@ -616,9 +620,10 @@ class Forecaster:
                 known = memo[key] = _chain([found[i] for i in col.tolist() if i >= 0], n)
             chains[k] = known
         # Python floats (the same values): numpy scalars are slow to convert
-        return _new_predictions(
+        preds = _new_predictions(
             kind, ids, as_of, qs[0.1], qs[0.5], qs[0.9], p_late.tolist(), delay.tolist(), chains, due.tolist()
         )
+        return preds, p_late
 
 
 @contextmanager
@@ -727,6 +732,8 @@ class _Keys:
         self.order_ids = sorted(info)
         self.trip_ids = sorted(t for t, ts in state.trips.items() if ts.status not in ("completed", "cancelled"))
         self.lots = _LotIndex(info, self.order_ids)
+        #: per order (``order_ids``), its promise
+        self.promised = np.array([info[oid].promised_at for oid in self.order_ids], dtype=float)
         # The lots every replica starts from (copies of the template's, which share its order
         # lists until a split gives a lot a new one): their orders' positions and earliest
         # promise, and the lot of every order, computed once; a replica's tally then looks up
@@ -743,15 +750,17 @@ class _Keys:
             self.base_ids = [lot.ids for lot in lots]
             pos = self.lots.position
             flat = [oid for ids in self.base_ids for oid in ids]
-            self.base_owner[np.array([pos[oid] for oid in flat], dtype=np.intp)] = np.repeat(np.arange(len(lots)), lens)
+            where = np.array([pos[oid] for oid in flat], dtype=np.intp)
+            self.base_owner[where] = np.repeat(np.arange(len(lots)), lens)
             # each lot's earliest promise, over its stretch of the flat list
-            promised = np.array([info[oid].promised_at for oid in flat], dtype=float)
+            promised = self.promised[where]
             starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
             self.base_first = np.minimum.reduceat(promised, starts).tolist()
         self.network = state.network
         trips = state.network.trips
-        #: per trip: the arrival beyond which it is late, and its last leg
-        self.trip_due = np.array([trips[t].planned_arrival + SCHEDULE_GRACE for t in self.trip_ids], dtype=float)
+        #: per trip: its planned arrival, the arrival beyond which it is late, and its last leg
+        self.trip_planned = np.array([trips[t].planned_arrival for t in self.trip_ids], dtype=float)
+        self.trip_due = self.trip_planned + SCHEDULE_GRACE
         self.trip_last = [len(trips[t].legs) - 1 for t in self.trip_ids]
 
 
@@ -761,7 +770,8 @@ class _Tally:
 
     Per order (``_Keys.order_ids``) the delivery time (inf: not delivered) and the index in
     ``ledgers`` of its provenance (-1: none, or on time); per open trip the final arrival and
-    its provenance index; and the dock wait of every arrival, by site.
+    its provenance index; and the dock wait of every arrival, by site (in no particular
+    order).
     """
 
     delivered: npt.NDArray[np.float64]
@@ -858,8 +868,9 @@ def _tally_model(model: Model, keys: _Keys) -> _Tally:
         if led:
             trip_ledger[k] = len(ledgers)
             ledgers.append(led)
-    waits = _dock_waits(trips, keys.network)
-    return _Tally(delivered, order_ledger, arrivals, trip_ledger, ledgers, waits)
+    # the dock waits as the model recorded them (in the order they happened, not by trip:
+    # aggregation sorts them and takes maxima, so the order does not matter)
+    return _Tally(delivered, order_ledger, arrivals, trip_ledger, ledgers, model.dock_waits)
 
 
 def _dock_waits(trips: Mapping[str, TripRun], network: Network) -> list[tuple[str, float]]:

@@ -35,7 +35,7 @@ import simpy
 from simpy.events import NORMAL
 
 from twin.durations import Durations
-from twin.engine import Proc, Sites, Start, Started, Wake, run_until, unlink
+from twin.engine import Proc, Sites, Start, Startable, Started, Wake, run_until, unlink
 from twin.placement import Placement, place
 from twin.provenance import Ledger, add_cause, carry_causes
 from twin.records import Lot, ModelResult, OrderInfo, TripRun
@@ -90,7 +90,8 @@ def _copy_run(run: TripRun) -> TripRun:
     """A trip record that can change without changing ``run`` (ledgers: see ``Ledger``).
 
     Built slot by slot (a model copies a few hundred per replica; about a third cheaper
-    than through ``TripRun.__init__``); a test checks that every field is copied.
+    than through ``TripRun.__init__``); a test checks that every field is copied. Its dock
+    waits are replaced, never changed in place, so they are shared.
     """
     c = _new(TripRun)
     c.departures = run.departures.copy()
@@ -99,11 +100,11 @@ def _copy_run(run: TripRun) -> TripRun:
     c.held_for = run.held_for
     c.hold_seconds = run.hold_seconds
     c.waited_for_vehicle = run.waited_for_vehicle
-    c.dock_waits = run.dock_waits.copy()
+    c.dock_waits = run.dock_waits  # replaced, never changed in place (``_unload``): shared
     c.ledger = ledger = run.ledger.copy()
     c.arrival_ledgers = run.arrival_ledgers.copy()
     c.release_ledger = ledger if run.release_ledger is run.ledger else run.release_ledger
-    c.dock_wait_at = run.dock_wait_at.copy()
+    c.dock_wait_at = run.dock_wait_at  # as ``dock_waits``
     return c
 
 
@@ -248,6 +249,10 @@ class Model:
         #: orders booked for (trip, boarding site), ready or not
         self.booked: dict[tuple[str, str], dict[int, Lot]] = {}
         self.onboard: dict[str, list[Lot]] = {}
+        #: (site, seconds) of every wait for a dock in this run, as they happen (the same
+        #: waits as the trip records' ``dock_wait_at``, kept here so a tally need not look
+        #: through every trip)
+        self.dock_waits: list[tuple[str, float]] = []
         self._waiters: dict[tuple[str, str], simpy.Event] = {}
         self._last_ready: dict[tuple[str, str], str | None] = {}
         self._deadlines: dict[tuple[str, str], float] = {}
@@ -280,6 +285,11 @@ class Model:
         #: while building, processes are started by one shared event (``Start``)
         self._starting = False
         self._start_event: Start | None = None
+        #: while ``run`` steps the environment itself: the sorts started during a step, which
+        #: ``run_until`` starts when the step ends; None: each with an ``Initialize`` event
+        self._deferred: list[Startable] | None = None
+        #: the sorts started, to stop them in ``close``
+        self._sortings: list[_Sorting] = []
 
     # ------------------------------------------------------------------ build
     def build(self) -> Model:
@@ -310,7 +320,7 @@ class Model:
         else:
             batches = self._place_freight()
         for sid, lots, key, credit in batches:
-            self._start(self._sort(sid, lots, key, credit))
+            self._start_sorting(_Sorting(self, sid, lots, key, credit))
         for vid in sorted(net.vehicles):
             if self.template is not None:
                 operates = vid in self.template.operating
@@ -470,7 +480,11 @@ class Model:
         self._until = until
         if until > self.env._now:
             if type(self.env) is simpy.Environment:
-                self.steps += run_until(self.env, until)
+                self._deferred = []
+                try:
+                    self.steps += run_until(self.env, until, self._deferred)
+                finally:
+                    self._deferred = None
             else:
                 self.env.run(until=until)  # e.g. a RealtimeEnvironment: it paces its own steps
             # the clock now stands where SimPy stopped: events at or after it did not happen
@@ -710,7 +724,7 @@ class Model:
                 or tid not in coast
                 or run.released is not None
                 or run.arrivals[-1] is not None
-                or any(d is not None for d in run.departures)
+                or run.departures.count(None) != len(run.departures)  # it has left (no generator)
             ):
                 break
             if st.trips[tid].cancelled:
@@ -833,6 +847,10 @@ class Model:
             if target is not None:
                 unlink(target)
         self._procs.clear()
+        for sorting in self._sortings:
+            if sorting.waiting is not None:
+                unlink(sorting.waiting)
+        self._sortings.clear()
         if self._start_event is not None:
             self._start_event.procs.clear()
         unlink(self._never)
@@ -940,13 +958,18 @@ class Model:
         onboard = self.onboard.setdefault(trip_id, [])
         if not booked:
             return
-        room = self.net.vehicles[trip.vehicle_id].capacity - sum(len(lot.ids) for lot in onboard)
+        room = self.net.vehicles[trip.vehicle_id].capacity
+        for lot in onboard:
+            room -= len(lot.ids)
         # in order of their first order id, sorted as (first id, lot) pairs (no key function
         # called per lot; an order is in one lot, so no two first ids are equal)
-        order: Iterable[Lot] = booked.values()
+        order: Iterable[tuple[str, Lot]]
         if len(booked) > 1:
-            order = [p[1] for p in sorted([(lot.ids[0], lot) for lot in order])]
-        for lot in order:
+            order = sorted([(lot.ids[0], lot) for lot in booked.values()])
+        else:
+            order = [("", lot) for lot in booked.values()]
+        index = self.booked
+        for _, lot in order:
             if lot.ready and room > 0:
                 if len(lot.ids) > room:
                     rest = lot
@@ -958,7 +981,14 @@ class Model:
                 lot.site = None
                 lot.trip = trip_id
                 onboard.append(lot)
-                self._book(lot)
+                # ``self._book(lot)``, inlined (the lot is on a trip: its next hop)
+                h = lot.hop + 1
+                if h < len(lot.path):
+                    key = (lot.path[h], lot.boards[h])
+                    b = index.get(key)
+                    if b is None:
+                        b = index[key] = {}
+                    b[lot.serial] = lot
                 if self._observing:
                     for oid in lot.ids:
                         self.observer.scanned(env._now, oid, site, "loaded", trip_id)
@@ -1061,8 +1091,11 @@ class Model:
             yield slot
         wait = env._now - queued
         run = self.trips[trip_id]
-        run.dock_waits.append(wait)
-        run.dock_wait_at[leg_index] = wait
+        # new containers, not changed in place: template copies share the template's
+        # (``_copy_run``), and most trips never wait at a dock
+        run.dock_waits = [*run.dock_waits, wait]
+        run.dock_wait_at = {**run.dock_wait_at, leg_index: wait}
+        self.dock_waits.append((site, wait))
         add_cause(run.ledger, "dock_queue", site, wait, queued)
         if self._observing:
             self.observer.docks(env._now, site, docks.count, int(docks.capacity))
@@ -1086,17 +1119,56 @@ class Model:
         docks.release(slot)
         if self._observing:
             self.observer.docks(env._now, site, docks.count, int(docks.capacity))
-        self._start(self._sort(site, alighting, key))
+        self._start_sorting(_Sorting(self, site, alighting, key, 0.0))
 
-    def _sort(self, site: str, batch: list[Lot], key: str, credit: float = 0.0) -> Proc:
-        """Sort a batch at the site's handling capacity (first come, first served).
+    def _start_sorting(self, sorting: _Sorting) -> None:
+        """Start a sort where SimPy would start it as a process (see ``_Sorting``)."""
+        self._sortings.append(sorting)
+        if self._starting:
+            # while building: by the shared start event, in order with the processes
+            if self._start_event is None:
+                self._start_event = Start(self.env)
+            self._start_event.procs.append(sorting)
+        elif self._deferred is not None:
+            self._deferred.append(sorting)  # when the step ends (``run_until``)
+        else:
+            # as SimPy starts a process: an urgent event at the current time
+            sorting.waiting = simpy.events.Initialize(self.env, sorting)  # type: ignore[arg-type]
 
-        ``credit`` is sorting already done on the batch before the model started.
-        """
-        env = self.env
-        booked = self.booked
-        for o in batch:
-            # ``self._book(o)``, inlined
+
+class _Sorting:
+    """A batch of freight sorted at a site's sorter, first come, first served.
+
+    What a SimPy process would do, in the same steps at the same points of the event order,
+    as three callbacks instead of a generator (nothing to create, resume, park and close):
+    it is started as a process is (``_resume``: by the build's ``Start``, at the end of the
+    step that unloaded the batch, or by an ``Initialize`` event) and books the batch on its
+    next hops; it takes the sorter or waits for it (``_sorting``), sorts for the drawn time,
+    then frees the sorter and makes the freight ready (``_sorted``). ``credit`` is sorting
+    already done on the batch before the model started. A test runs replicas both ways
+    (this and the process it replaced) and compares every event and record.
+    """
+
+    __slots__ = ("batch", "credit", "key", "model", "queued", "site", "slot", "waiting")
+
+    def __init__(self, model: Model, site: str, batch: list[Lot], key: str, credit: float) -> None:
+        self.model = model
+        self.site = site
+        self.batch = batch
+        self.key = key
+        self.credit = credit
+        self.queued = 0.0
+        self.slot: simpy.resources.resource.Request | None = None
+        #: the event it waits on (None: none; unlinked by ``Model.close``)
+        self.waiting: simpy.Event | None = None
+
+    def _resume(self, event: simpy.Event) -> None:
+        """Start: book the batch on its next hops and take the sorter or ask for it."""
+        m = self.model
+        env = m.env
+        booked = m.booked
+        for o in self.batch:
+            # ``m._book(o)``, inlined
             h = o.hop + 1 if o.trip is not None else o.hop
             if h < len(o.path):
                 key_h = (o.path[h], o.boards[h])
@@ -1104,45 +1176,64 @@ class Model:
                 if b is None:
                     b = booked[key_h] = {}
                 b[o.serial] = o
-        queued = env._now
-        sorter = self.sorters[site]
-        # with nothing else due in this instant (no event in the queue, no process of the
+        self.queued = env._now
+        sorter = m.sorters[self.site]
+        # with nothing else due in this instant (no event in the queue, nothing of the
         # build still to start), a request for a free sorter would be the next event
-        # processed and would only resume this process: take it at once
-        start = self._start_event
+        # processed and would only resume this sort: take it at once
+        start = m._start_event
         queue = env._queue  # ``env.peek()``: the time of the next event
         due = queue[0][0] if queue else math.inf
         slot = sorter.take() if due > env._now and (start is None or not start.waiting) else None
         if slot is None:
-            slot = sorter.request()
-            yield slot
-        waited = env._now - queued
+            self.slot = self.waiting = slot = sorter.request()
+            slot.callbacks.append(self._sorting)
+            return
+        self.slot = slot
+        self._sorting(slot)
+
+    def _sorting(self, event: simpy.Event) -> None:
+        """The sorter is this batch's: sort it for the drawn time."""
+        m = self.model
+        env = m.env
+        waited = env._now - self.queued
         count = 0
-        for o in batch:
+        for o in self.batch:
             o.sort_wait = waited
             count += len(o.ids)
-        s = self.net.sites[site]
-        yield Wake(env, max(1.0, self.durations.sort(s, count, self.rates[site], key) - credit), NORMAL)
-        sorter.release(slot)
-        for o in batch:
+        site = self.site
+        s = m.net.sites[site]
+        # ``env.timeout``: the same event, scheduled the same way, for less
+        wake = Wake(env, max(1.0, m.durations.sort(s, count, m.rates[site], self.key) - self.credit), NORMAL)
+        wake.callbacks.append(self._sorted)
+        self.waiting = wake
+
+    def _sorted(self, event: simpy.Event) -> None:
+        """Sorted: free the sorter, and the freight is delivered or waits for its next trip."""
+        self.waiting = None
+        m = self.model
+        env = m.env
+        site = self.site
+        m.sorters[site].release(self.slot)  # type: ignore[arg-type]
+        observing = m._observing
+        for o in self.batch:
             if o.site == o.destination:
                 o.stage = "delivered"
                 o.delivered_at = env._now
                 o.ready = True
-                if self._observing:
+                if observing:
                     for oid in o.ids:
-                        self.observer.delivered(env._now, oid, site)
+                        m.observer.delivered(env._now, oid, site)
                 continue
             o.stage = "sorted"
-            if self._observing:
+            if observing:
                 for oid in o.ids:
-                    self.observer.scanned(env._now, oid, site, "sorted", None)
+                    m.observer.scanned(env._now, oid, site, "sorted", None)
             if o.miss_carry > 0:
-                upstream = self.order_ledger(o, misses=False)
+                upstream = m.order_ledger(o, misses=False)
                 ledger: Ledger = {}
                 carry_causes(ledger, upstream, o.miss_carry)
                 for k, (secs, at) in (o.miss_ledger or {}).items():
                     add_cause(ledger, k[0], k[1], secs, at)
                 o.miss_ledger, o.miss_carry = ledger, 0.0
-            self._make_ready(o)
-        yield self._park()
+            m._make_ready(o)

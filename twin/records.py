@@ -22,11 +22,14 @@ class TripRun:
     held_for: str | None = None
     hold_seconds: float = 0.0
     waited_for_vehicle: float = 0.0
+    #: the dock waits (seconds); like ``dock_wait_at``, replaced, never changed in place (a
+    #: model's copies of a template's records share them)
     dock_waits: list[float] = field(default_factory=list)
     #: running provenance of the trip's delay; per leg as it arrived; when the vehicle was freed
     ledger: Ledger = field(default_factory=dict)
     arrival_ledgers: dict[int, Ledger] = field(default_factory=dict)
     release_ledger: Ledger = field(default_factory=dict)
+    #: the dock wait per leg (replaced, never changed in place)
     dock_wait_at: dict[int, float] = field(default_factory=dict)
 
 

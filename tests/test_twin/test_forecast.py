@@ -382,7 +382,7 @@ def test_a_tally_from_the_model_equals_the_tally_of_its_records(request, scenari
     gen, twin = _twin_at(request, scenario, at_hours)
     state = twin.state
     fc = Forecaster(gen.network, horizon=12 * 3600, replicas=4, seed=11)
-    late = split = 0
+    late = split = waited = 0
     for placement, model in fc._replicas(state, range(4)):
         keys = _Keys(state, placement.info)
         # with the template's lots known, only lots whose order list changed are looked up
@@ -399,12 +399,47 @@ def test_a_tally_from_the_model_equals_the_tally_of_its_records(request, scenari
             for name in ("delivered", "order_ledger", "arrivals", "trip_ledger"):
                 assert np.array_equal(getattr(tally, name), getattr(slow, name)), name
             assert tally.ledgers == slow.ledgers
-            assert tally.waits == slow.waits
+            # the same waits; the model's in the order they happened, the records' by trip
+            assert sorted(tally.waits) == sorted(slow.waits)
         late += int((fast.order_ledger >= 0).sum())
         split += len(model.lots) > len(model.template.lots)
+        waited += len(fast.waits)
     assert late > 0
+    assert waited > 0
     if (scenario, at_hours) == ("default_scenario", 9):
         assert split > 0  # lots split in these replicas: their orders are looked up again
+
+
+def _own_events(monkeypatch, *, building=True, running=True):
+    """Start processes and sorts each with its own ``Initialize`` event, as SimPy starts a process.
+
+    ``building``: those a build starts (else by one ``Start``); ``running``: those a run
+    starts (else when their step ends).
+    """
+    import simpy
+
+    import twin.model
+
+    start, start_sorting = twin.model.Model._start, twin.model.Model._start_sorting
+
+    def own(self):
+        return building if self._starting else running
+
+    def _start(self, proc):
+        if not own(self):
+            return start(self, proc)
+        self._procs.append(self.env.process(proc))
+        return None
+
+    def _start_sorting(self, sorting):
+        if not own(self):
+            return start_sorting(self, sorting)
+        self._sortings.append(sorting)
+        sorting.waiting = simpy.events.Initialize(self.env, sorting)
+        return None
+
+    monkeypatch.setattr(twin.model.Model, "_start", _start)
+    monkeypatch.setattr(twin.model.Model, "_start_sorting", _start_sorting)
 
 
 @pytest.mark.parametrize(("scenario", "at_hours"), [("default_scenario", 9), ("mini_scenario", 3)])
@@ -426,11 +461,14 @@ def test_the_inlined_event_loop_runs_as_simpy_does(request, monkeypatch, scenari
     fast = [run(r, mine) for r in range(2)]
     assert all(m.steps > 0 and m.env.now == until for m in mine)
 
-    def simpy_run(env, stop):
+    def simpy_run(env, stop, deferred):
         env.run(until=stop)
+        assert not deferred
         return 0
 
+    # SimPy's own loop, and every process and sort started with its own ``Initialize`` event
     monkeypatch.setattr(twin.model, "run_until", simpy_run)
+    _own_events(monkeypatch)
     theirs: list = []
     assert [run(r, theirs) for r in range(2)] == fast
     assert [m.env.now for m in theirs] == [m.env.now for m in mine]
@@ -454,7 +492,7 @@ def test_processes_started_by_one_event_run_as_with_their_own(request, monkeypat
     until = state.clock + 12 * 3600
     traces: list = []
 
-    def traced(env, stop):
+    def traced(env, stop, deferred):
         # ``run_until``, recording every event but the starts
         queue, trace, n = env._queue, [], 0
         assert [type(e).__name__ for *_, e in queue] in (["Start"], ["Initialize"] * len(queue))
@@ -466,6 +504,8 @@ def test_processes_started_by_one_event_run_as_with_their_own(request, monkeypat
             callbacks, event.callbacks = event.callbacks, None
             for callback in callbacks:
                 callback(event)
+            if deferred:
+                twin.engine._start_deferred(deferred)
         env._now = stop
         traces.append(trace)
         return n
@@ -485,20 +525,137 @@ def test_processes_started_by_one_event_run_as_with_their_own(request, monkeypat
     assert all(type(p) is twin.engine.Started for m in mine for p in m._procs[:2])
     shared_traces = traces[:]
 
-    def own_event(self, proc):
-        self._procs.append(self.env.process(proc))
-
-    monkeypatch.setattr(twin.model.Model, "_start", own_event)
+    _own_events(monkeypatch, running=False)  # those started during the run: as before
     theirs: list = []
     traces.clear()
     assert [run(r, theirs, c) for r in range(2) for c in coasts] == shared
     assert traces == shared_traces
     assert all(type(p) is simpy.Process for m in theirs for p in m._procs)
-    # one step for the start instead of one per process started while building
+    # one step for the start instead of one per process (or sort) started while building
     for m, t in zip(mine, theirs, strict=True):
-        started = sum(1 for p in m._procs if type(p) is twin.engine.Started)
+        sorts = sum(1 for x in m._sortings if x.key.startswith("init/"))
+        started = sum(1 for p in m._procs if type(p) is twin.engine.Started) + sorts
         assert started > 10
         assert m.steps == t.steps - started + 1
+
+
+def _sort_process(model, site, batch, key, credit):
+    """The SimPy process ``_Sorting`` replaced (``Model._sort`` before it), kept as the reference."""
+    import math
+
+    from simpy.events import NORMAL
+
+    from twin.engine import Wake
+    from twin.provenance import add_cause, carry_causes
+
+    env = model.env
+    for o in batch:
+        model._book(o)
+    queued = env._now
+    sorter = model.sorters[site]
+    start = model._start_event
+    due = env._queue[0][0] if env._queue else math.inf
+    slot = sorter.take() if due > env._now and (start is None or not start.waiting) else None
+    if slot is None:
+        slot = sorter.request()
+        yield slot
+    waited = env._now - queued
+    count = 0
+    for o in batch:
+        o.sort_wait = waited
+        count += len(o.ids)
+    s = model.net.sites[site]
+    yield Wake(env, max(1.0, model.durations.sort(s, count, model.rates[site], key) - credit), NORMAL)
+    sorter.release(slot)
+    for o in batch:
+        if o.site == o.destination:
+            o.stage = "delivered"
+            o.delivered_at = env._now
+            o.ready = True
+            continue
+        o.stage = "sorted"
+        if o.miss_carry > 0:
+            upstream = model.order_ledger(o, misses=False)
+            ledger = {}
+            carry_causes(ledger, upstream, o.miss_carry)
+            for k, (secs, at) in (o.miss_ledger or {}).items():
+                add_cause(ledger, k[0], k[1], secs, at)
+            o.miss_ledger, o.miss_carry = ledger, 0.0
+        model._make_ready(o)
+    yield model._park()
+
+
+@pytest.mark.parametrize(
+    ("scenario", "at_hours"), [("default_scenario", 9), ("default_scenario", 13), ("mini_scenario", 3)]
+)
+def test_sorts_run_as_the_simpy_processes_they_replace(request, monkeypatch, scenario, at_hours):
+    """``_Sorting`` (callbacks, started when its step ends) does what a SimPy process with its own start did.
+
+    The same events in the same order (each sort started at the same point) and the same
+    records; one simulation step less per sort started during the run.
+    """
+    import heapq
+
+    import simpy
+
+    import twin.engine
+    import twin.model
+    import twin.placement
+
+    gen, twin_ = _twin_at(request, scenario, at_hours)
+    state = twin_.state
+    until = state.clock + 12 * 3600
+    traces: list = []
+
+    def traced(env, stop, deferred):
+        # ``run_until``, recording every event but the starts, and where sorts start
+        queue, trace, n = env._queue, [], 0
+        while queue and queue[0][0] < stop:
+            env._now, prio, _, event = heapq.heappop(queue)
+            n += 1
+            if type(event) is simpy.events.Initialize:
+                trace.append((env._now, "start"))
+            elif type(event) is not twin.engine.Start:
+                trace.append((env._now, prio, type(event).__name__))
+            callbacks, event.callbacks = event.callbacks, None
+            for callback in callbacks:
+                callback(event)
+            trace.extend((env._now, "start") for _ in deferred)
+            if deferred:
+                twin.engine._start_deferred(deferred)
+        env._now = stop
+        traces.append(trace)
+        return n
+
+    def run(r, models, coast, loop):
+        monkeypatch.setattr(twin.model, "run_until", loop)
+        return _records(
+            _replica(
+                state, gen.network, r, until, lambda p: frozenset(), vehicles_last=True, coast=coast, models=models
+            )
+        )
+
+    coasts = [None, lambda p: twin.placement.freight_free(state, p)]
+    real = twin.engine.run_until
+    mine: list = []
+    sorted_ = [run(r, mine, c, real) for r in range(2) for c in coasts]
+    assert [run(r, [], c, traced) for r in range(2) for c in coasts] == sorted_
+    my_traces = traces[:]
+    during = [sum(1 for x in m._sortings if not x.key.startswith("init/")) for m in mine]
+    assert all(n > 10 for n in during)
+
+    def as_process(self, sorting):
+        # the process, started as SimPy starts one (by the build's ``Start`` while building)
+        self._start(_sort_process(self, sorting.site, sorting.batch, sorting.key, sorting.credit))
+
+    monkeypatch.setattr(twin.model.Model, "_start_sorting", as_process)
+    theirs: list = []
+    assert [run(r, theirs, c, real) for r in range(2) for c in coasts] == sorted_
+    traces.clear()
+    assert [run(r, [], c, traced) for r in range(2) for c in coasts] == sorted_
+    assert traces == my_traces
+    for m, t, n in zip(mine, theirs, during, strict=True):
+        assert m.steps == t.steps - n
 
 
 def test_detachable_trips_carry_no_freight(default_scenario):

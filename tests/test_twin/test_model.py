@@ -360,8 +360,8 @@ def test_a_wake_with_normal_priority_is_ordered_as_simpy_timeout():
 def test_template_copies_have_every_field_and_share_nothing_that_changes():
     """``_copy_run`` and ``_copy_lot`` build records slot by slot: every field is copied (a
     field added to ``TripRun`` or ``Lot`` and not copied fails here), and every container a
-    run changes in place is a new one (a lot's ``ids`` and ``boards`` are replaced, never
-    changed, so they are shared)."""
+    run changes in place is a new one (a lot's ``ids`` and ``boards``, a trip's dock waits
+    are replaced, never changed, so they are shared)."""
     import dataclasses
 
     from twin.model import _copy_lot, _copy_run
@@ -375,7 +375,10 @@ def test_template_copies_have_every_field_and_share_nothing_that_changes():
         ["O1", "O2"], "S9", ["T1", "T2"], ["S1", "S2"], 1, "sorted", "S2", "T2", True, 7.0, "T1", 1, 2, 8.0,
         {("missed_connection", "T0"): [9.0, 1.0]}, 12, 10.0, 11.0,
     )  # fmt: skip
-    for original, copy, shared in ((run, _copy_run(run), ()), (lot, _copy_lot(lot), ("ids", "boards"))):
+    for original, copy, shared in (
+        (run, _copy_run(run), ("dock_waits", "dock_wait_at")),
+        (lot, _copy_lot(lot), ("ids", "boards")),
+    ):
         for f in dataclasses.fields(original):
             a, b = getattr(original, f.name), getattr(copy, f.name)
             assert a == b, f.name
