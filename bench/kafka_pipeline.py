@@ -47,6 +47,14 @@ pairs (this script's ``throughput_run``, alternating): at load 1.9-4 medians 43,
 50,614 after, 15.2 and 12.7 us of main-thread CPU per event; at load 7-8.6 32,971 and 27,184,
 15.7 and 14.8 us. Less CPU per event, not a reliable 50,000 (docs/kafka.md, "Speed").
 
+Figures of 2026-11-25, 09:45-10:02 UTC (load average 2.3-6.1; ``--broker``, same procedure, six
+rounds alternating): before (eca2449) 44,082, 51,348, 43,708, 42,391, 25,851 and 45,226; after
+(f7d3898: ``/metrics`` answered on the worker's event loop, no thread per scrape) 36,483, 89,699
+(a short window after a long start-up transient), 44,502, 41,957, 46,020 and 45,306; medians of
+the rounds 43,895 and 44,904. Worker-only pairs (ten, alternating): 37,200 and 41,636 events/s,
+16.1 and 14.9 us of the process's CPU per event (the main thread's 14.5 and 14.7). Not met
+(docs/kafka.md, "Speed").
+
 Latency, 2026-11-25 05:21-05:24 UTC (defaults: 8 replicas, refresh every 0.1 s, hourly ticks, one
 forecast process, background ticks; load 0.1-3.1, before and after alternating, a fresh broker
 per run): 8e7cce4 p50 2,052 / 2,198 ms, p99 4,160 / 5,267 ms; 7e082a5 p50 1,400 / 1,791 ms, p99
@@ -224,8 +232,9 @@ class Worker:
         """The sum of a metric's series (those whose line contains ``match``); None if unreachable."""
         try:
             # Only the one metric: rendering the whole registry (Faust's sensors included) every
-            # 20 ms was about 4% of the worker's CPU samples (py-spy); now under 1%. The HTTP
-            # server's own cost per scrape (a thread per request, socket writes) remains.
+            # 20 ms was about 4% of the worker's CPU samples (py-spy); now under 1%. Since
+            # 2026-11-25 the worker answers on its event loop (no thread per request): about 1 %
+            # of its main thread's samples.
             family = name.removesuffix("_count").removesuffix("_sum")
             url = f"http://127.0.0.1:{self.port}/metrics?name[]={family}&name[]={name}"
             with urllib.request.urlopen(url, timeout=2) as resp:
