@@ -372,8 +372,10 @@ class WorldState:
                 return _invalid("a 'loaded' scan needs the trip_id the order is loaded on")
             if ev.trip_id not in self.trips:
                 return _unknown("trip", ev.trip_id)
-        if ev.kind == "unloaded" and (o.unloaded_at is None or ev.time > o.unloaded_at):
-            o.unloaded_at = ev.time
+        if ev.kind == "unloaded":
+            self.sites[ev.site_id].unloaded(ev.time)
+            if o.unloaded_at is None or ev.time > o.unloaded_at:
+                o.unloaded_at = ev.time
         elif ev.kind == "sorted" and (o.sorted_at is None or ev.time > o.sorted_at):
             o.sorted_at = ev.time
         if not o.newer(ev.kind, ev.time, ev.id):
@@ -565,7 +567,7 @@ class WorldState:
     def from_snapshot(cls, network: Network, snap: dict[str, Any]) -> WorldState:
         """Rebuild a state from :meth:`snapshot` output and the same network."""
         state = cls(network, snap["clock"])
-        state.sites = {k: SiteState(**v) for k, v in snap["sites"].items()}
+        state.sites = {k: SiteState(**{**v, "unloads": list(v.get("unloads", ()))}) for k, v in snap["sites"].items()}
         state.lanes = {
             k: LaneState(
                 samples={vid: LaneSample(**s) for vid, s in v["samples"].items()},
