@@ -390,7 +390,8 @@ class Model:
             self.onboard.setdefault(lot.trip or "", []).append(lot)
             self._book(lot)
         # freight unloaded before the snapshot and not sorted yet: one batch per unloading, in
-        # the order they were unloaded; the sorter has been at the first one since it arrived
+        # the order they were unloaded; the sorter has been at the first one since it arrived,
+        # or since the batch before it was done if that was later (``SiteState.sorting_since``)
         batches: dict[tuple[str, float], list[Lot]] = {}
         for t in sorted(placement.unsorted, key=lambda x: (x.since, x.ids[0])):
             lot = self._new_lot(t)
@@ -399,7 +400,9 @@ class Model:
         out: list[tuple[str, list[Lot], str, float]] = []
         started: set[str] = set()
         for sid, since in sorted(batches, key=lambda k: (k[1], k[0])):
-            credit = 0.0 if sid in started else max(0.0, env._now - since)
+            site = st.sites.get(sid)
+            began = site.sorting_since(since, env._now) if site is not None else since
+            credit = 0.0 if sid in started else max(0.0, env._now - began)
             started.add(sid)
             out.append((sid, batches[(sid, since)], f"init/{sid}/{since!r}", credit))
         for t in placement.ready:

@@ -75,6 +75,26 @@ class SiteState:
         need = ahead + len(ended) - max(1, docks) + 1
         return arrived if need <= 0 else ended[need - 1]
 
+    #: the distinct times a sorting batch ended here (sorted scans; deliveries at a zone), in
+    #: order: when the sorter was freed
+    sorts: list[float] = field(default_factory=list)
+
+    def sort_ended(self, time: float) -> None:
+        """Record a sorted (or delivered) scan here; a set of times, whatever the order of the scans."""
+        i = bisect_right(self.sorts, time)
+        if i == 0 or self.sorts[i - 1] != time:
+            insort(self.sorts, time, lo=i)
+
+    def sorting_since(self, unloaded: float, clock: float) -> float:
+        """When the sorter took up freight unloaded at ``unloaded`` and still unsorted at ``clock``.
+
+        The sorter takes one batch at a time, first come, first served: freight that is next
+        in line has been sorted since it was unloaded, or since the batch before it ended if
+        that was later (the latest sorting that ended by ``clock``).
+        """
+        i = bisect_right(self.sorts, clock)
+        return max(unloaded, self.sorts[i - 1]) if i else unloaded
+
     def degraded(self, time: float) -> None:
         """Record a reading below nominal capacity (kept as an interval: order does not matter)."""
         self.degraded_from = time if self.degraded_from is None else min(self.degraded_from, time)

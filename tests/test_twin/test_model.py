@@ -509,3 +509,37 @@ def test_vehicles_holding_freight_at_the_snapshot_take_the_docks_in_the_order_th
     again.run(10000)
     later = {e.order_id: e.time for e in rec2.events if getattr(e, "kind", None) == "unloaded"}
     assert later == unloaded
+
+
+@pytest.mark.parametrize("cut", [2000.0, 2400.0])
+def test_freight_waiting_for_the_sorter_at_the_snapshot_is_sorted_when_it_was(cut):
+    """A model rebuilt while freight waits for the sorter delivers it when the first run did.
+
+    Worked by hand: B sorts 360 orders an hour (10 s each) and has two docks. V0 brings 60
+    orders, arrives at 1000, unloads 600 + 2 * 60 = 720 s to 1720 and sorts them 600 s to 2320;
+    V1 brings 10, arrives at 1200, unloads to 1820, waits for the sorter until 2320 and sorts them
+    100 s, to 2420. Rebuilt at 2400, the sorter has been at V1's batch for 80 s (since V0's
+    batch was done), not since it was unloaded (580 s, more than it takes: it ended at once).
+    """
+    from twin.events import DockStatus
+
+    sites = [_site("A"), _site("B", docks=2, rate=360.0)]
+    net = Network(sites, [_lane("A", "B", 1000)], [Vehicle("V0", 100, "A"), Vehicle("V1", 100, "A")],
+                  [_trip("T0", "V0", "A", "B", 0, 1000), _trip("T1", "V1", "A", "B", 200, 1000)])  # fmt: skip
+    orders = [(f"O0{i:02d}", "T0") for i in range(60)] + [(f"O1{i:02d}", "T1") for i in range(10)]
+    world = Model(WorldState(net, 0.0), NominalDurations(), observer=(rec := _Events())).build()
+    for oid, tid in orders:
+        world.add_order(oid, "A", "B", 99999.0, [tid], ["A"])
+    world.run(10000)
+    delivered = {e.order_id: e.time for e in rec.events if type(e).__name__ == "OrderDelivered"}
+    assert (delivered["O000"], delivered["O100"]) == (2320.0, 2420.0)
+
+    live = LiveTwin(net)
+    assert not live.apply_all([*_created(orders), *(e for e in rec.events if e.time <= cut)])
+    assert not live.apply(DockStatus(id="d1", time=cut, site_id="B", occupied=0, in_service=2))
+    assert live.state.clock == cut
+    again = Model(live.state, NominalDurations()).build()
+    again.run(10000)
+    later = {oid: d for lot in again.collect().lots for oid in lot.ids if (d := lot.delivered_at) is not None}
+    for oid, _ in orders:
+        assert later.get(oid, delivered[oid]) == delivered[oid], oid

@@ -415,3 +415,20 @@ def test_when_a_vehicle_still_unloading_took_its_dock():
     assert s.unloading_since(1100.0, 2, 3, 1800.0) == 1620.0
     # what ended after the clock is not known yet
     assert s.unloading_since(2000.0, 0, 1, 2400.0) == 2000.0
+
+
+def test_when_the_sorter_took_up_the_freight_next_in_line():
+    """``SiteState.sorting_since``, worked by hand (one sorter, first come, first served)."""
+    from twin.site import SiteState
+
+    s = SiteState(docks_in_service=1)
+    for t in (900.0, 2400.0, 2400.0, 4000.0):
+        s.sort_ended(t)
+    assert s.sorts == [900.0, 2400.0, 4000.0]
+    # unloaded at 1000 while the sorter was busy until 2400: sorted since 2400, not 1000
+    assert s.sorting_since(1000.0, 3000.0) == 2400.0
+    # unloaded at 2500, after the sorter was free: since it was unloaded
+    assert s.sorting_since(2500.0, 3000.0) == 2500.0
+    # sortings that ended after the clock are not known yet
+    assert s.sorting_since(1000.0, 2000.0) == 1000.0
+    assert SiteState(docks_in_service=1).sorting_since(1000.0, 3000.0) == 1000.0
