@@ -34,6 +34,7 @@ __all__ = [
 _MASK: Final = (1 << 64) - 1
 _KEY_HASHES: dict[str, int] = {}
 _INV_CDF: Final = NormalDist().inv_cdf
+_CDF: Final = NormalDist().cdf
 
 
 def whole(seconds: float) -> float:
@@ -207,6 +208,10 @@ class Durations(Protocol):
         """Seconds a vehicle occupies a dock to unload ``orders`` orders."""
         ...
 
+    def unload_rest(self, site: Site, orders: int, key: str, done: float) -> float:
+        """Seconds left of an unloading that has gone on for ``done`` seconds and is not over."""
+        ...
+
     def sort(self, site: Site, orders: int, rate: float, key: str) -> float:
         """Seconds the site needs to sort a batch of ``orders`` at ``rate`` per hour."""
         ...
@@ -241,6 +246,10 @@ class NominalDurations:
     def unload(self, site: Site, orders: int, key: str) -> float:
         """Fixed dock time plus a time per order."""
         return whole(site.dock_seconds + site.seconds_per_order * orders)
+
+    def unload_rest(self, site: Site, orders: int, key: str, done: float) -> float:
+        """The nominal dock time less what is done (at least a second)."""
+        return whole(max(1.0, site.dock_seconds + site.seconds_per_order * orders - done))
 
     def sort(self, site: Site, orders: int, rate: float, key: str) -> float:
         """Batch size over the handling rate."""
@@ -323,6 +332,24 @@ class StochasticDurations(NominalDurations):
         """Nominal dock time times a lognormal draw for this unloading."""
         noise = self._handling_noise("unload", self._unloads, key)
         return whole((site.dock_seconds + site.seconds_per_order * orders) * noise)
+
+    def unload_rest(self, site: Site, orders: int, key: str, done: float) -> float:
+        """The rest of an unloading known to have gone on for ``done`` seconds without ending.
+
+        Its whole duration is drawn from the lognormal of :meth:`unload` given that it is
+        longer than ``done``: the activity's keyed uniform ``u`` is mapped into the upper part
+        of the distribution, ``F(done) + u * (1 - F(done))``, so the draw stays keyed (common
+        random numbers) and equals :meth:`unload`'s when ``done`` is 0.
+        """
+        nominal = site.dock_seconds + site.seconds_per_order * orders
+        sigma = self.handling_sigma
+        if sigma <= 0 or done <= 0:
+            return whole(max(1.0, self.unload(site, orders, key) - max(0.0, done)))
+        noise = self._handling_noise("unload", self._unloads, key)
+        u = _CDF(math.log(noise) / sigma)
+        f0 = _CDF(math.log(done / nominal) / sigma)
+        total = nominal * math.exp(sigma * _INV_CDF(min(f0 + u * (1.0 - f0), 1.0 - 1e-12)))
+        return whole(max(1.0, total - done))
 
     def sort(self, site: Site, orders: int, rate: float, key: str) -> float:
         """Nominal sorting time times a lognormal draw for this batch."""

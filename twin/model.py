@@ -264,6 +264,8 @@ class Model:
         self.detached = detached
         #: when each vehicle reached its detached trips during the run
         self._free_at: dict[str, float] = {}
+        #: vehicles unloading at the snapshot: trip -> (its dock, seconds of unloading done)
+        self._docked: dict[str, tuple[simpy.resources.resource.Request, float]] = {}
         #: same-second rule: a vehicle's own wake-ups (its departure time has come, a drive
         #: ends) come after everything else in that second, vehicles in id order (see ``_wait``)
         self.vehicles_last = vehicles_last
@@ -321,6 +323,7 @@ class Model:
             batches = self._place_freight()
         for sid, lots, key, credit in batches:
             self._start_sorting(_Sorting(self, sid, lots, key, credit))
+        self._docked = self._at_docks()
         for vid in sorted(net.vehicles):
             if self.template is not None:
                 operates = vid in self.template.operating
@@ -331,6 +334,38 @@ class Model:
             else:
                 v = st.vehicles[vid]
                 self.vehicle_site[vid] = v.site_id if v.status == "at_site" else None
+
+    def _at_docks(self) -> dict[str, tuple[simpy.resources.resource.Request, float]]:
+        """Vehicles unloading at the snapshot keep their dock, credited with the time done.
+
+        A vehicle that arrived before the snapshot with freight still aboard is at a dock
+        (or queued for one) in the world, and has been unloading since it took the dock
+        (``SiteState.unloading_since``: docks first come, first served). Those at a dock take
+        it here, in the order they arrived, and their unloading ends that much sooner; the
+        rest queue in their processes as before. Returns trip -> (dock, seconds done).
+        """
+        st, net = self.state, self.net
+        holding: dict[str, list[tuple[float, str]]] = {}
+        for tid, lots in self.onboard.items():
+            if not lots:
+                continue
+            arrived = self.trips[tid].arrivals[-1]
+            if arrived is not None and arrived <= st.clock:
+                holding.setdefault(net.trips[tid].destination, []).append((arrived, tid))
+        out: dict[str, tuple[simpy.resources.resource.Request, float]] = {}
+        for sid in sorted(holding):
+            s = st.sites[sid]
+            docks = min(self.docks.capacity[sid], max(1, s.docks_in_service))
+            for ahead, (arrived, tid) in enumerate(sorted(holding[sid])):
+                since = s.unloading_since(arrived, ahead, docks, st.clock)
+                if since is None:
+                    break
+                # at once (the docks are free: no vehicle has requested one yet), or as SimPy
+                # would, with a request granted at the clock
+                docks_here = self.docks[sid]
+                slot = docks_here.take() or docks_here.request()
+                out[tid] = (slot, float(max(0, round(st.clock - since))))
+        return out
 
     def _place_freight(self) -> list[tuple[str, list[Lot], str, float]]:
         """Trip records and lots from the state, the rolls before it replayed (see ``_catch_up``).
@@ -355,7 +390,8 @@ class Model:
             self.onboard.setdefault(lot.trip or "", []).append(lot)
             self._book(lot)
         # freight unloaded before the snapshot and not sorted yet: one batch per unloading, in
-        # the order they were unloaded; the sorter has been at the first one since it arrived
+        # the order they were unloaded; the sorter has been at the first one since it arrived,
+        # or since the batch before it was done if that was later (``SiteState.sorting_since``)
         batches: dict[tuple[str, float], list[Lot]] = {}
         for t in sorted(placement.unsorted, key=lambda x: (x.since, x.ids[0])):
             lot = self._new_lot(t)
@@ -364,7 +400,9 @@ class Model:
         out: list[tuple[str, list[Lot], str, float]] = []
         started: set[str] = set()
         for sid, since in sorted(batches, key=lambda k: (k[1], k[0])):
-            credit = 0.0 if sid in started else max(0.0, env._now - since)
+            site = st.sites.get(sid)
+            began = site.sorting_since(since, env._now) if site is not None else since
+            credit = 0.0 if sid in started else max(0.0, env._now - began)
             started.add(sid)
             out.append((sid, batches[(sid, since)], f"init/{sid}/{since!r}", credit))
         for t in placement.ready:
@@ -1082,12 +1120,17 @@ class Model:
         self.onboard[trip_id] = staying
         docks = self.docks[site]
         queued = env._now
+        # a vehicle unloading at the snapshot has its dock already (``_at_docks``)
+        slot, done = self._docked.pop(trip_id, (None, 0.0)) if self._docked else (None, 0.0)
         # Under ``vehicles_last`` a vehicle arrives in its own wake-up, after every other
         # event of its second: a request for a free dock would be the next event processed
         # and would only resume this process, so the dock is taken at once instead.
-        slot = docks.take() if woken and self.vehicles_last else None
+        if slot is None and woken and self.vehicles_last:
+            slot = docks.take()
         if slot is None:
             slot = docks.request()
+            yield slot
+        elif isinstance(slot, simpy.Event) and not slot.processed:
             yield slot
         wait = env._now - queued
         run = self.trips[trip_id]
@@ -1105,7 +1148,9 @@ class Model:
             count += len(o.ids)
         key = f"{trip_id}/{leg_index}"
         # ``env.timeout``: the same event, scheduled the same way, for less
-        yield Wake(env, self.durations.unload(s, count, key), NORMAL)
+        durations = self.durations
+        took = durations.unload_rest(s, count, key, done) if done else durations.unload(s, count, key)
+        yield Wake(env, took, NORMAL)
         for o in alighting:
             o.stage = "unloaded"
             o.site = site

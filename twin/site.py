@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bisect import bisect_right, insort
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 __all__ = ["SITE_KINDS", "Site", "SiteState"]
@@ -43,6 +44,56 @@ class SiteState:
     #: first and last time a reading showed the site below its nominal docks or handling rate
     degraded_from: float | None = None
     degraded_to: float | None = None
+    #: the distinct times freight was seen unloaded here (a vehicle's unloading ends with
+    #: the scans of what it brought), in order: when docks were freed
+    unloads: list[float] = field(default_factory=list)
+
+    def unloaded(self, time: float) -> None:
+        """Record an unloaded scan here (a set of times: the order of the scans does not matter)."""
+        i = bisect_right(self.unloads, time)
+        if i == 0 or self.unloads[i - 1] != time:
+            insort(self.unloads, time, lo=i)
+
+    def unloading_since(self, arrived: float, ahead: int, docks: int, clock: float) -> float | None:
+        """When a vehicle still unloading here at ``clock`` took its dock (None: it is still queued).
+
+        The vehicle arrived at ``arrived``; ``ahead`` vehicles that arrived before it still
+        hold freight here; ``docks`` are in service. Docks are taken first come, first served,
+        and a dock is freed when a vehicle's unloading ends (``unloads``). The ``ahead``
+        vehicles hold a dock or wait before it, so with ``ahead >= docks`` it is still queued.
+        Otherwise, of the ``k`` unloadings that ended since it arrived, as many as
+        ``ahead + k - docks + 1`` had to end before a dock was free for it, if every one of
+        them was at a dock when it arrived (the most that can have been): it took its dock
+        when the last of those ended, or on arrival if none had to. That is exact with one
+        dock in service (the vehicle took the dock when the one before it was done) and when
+        nothing ended since it arrived; with more docks it can only be later than the truth.
+        """
+        if ahead >= max(1, docks):
+            return None
+        i = bisect_right(self.unloads, arrived)
+        ended = self.unloads[i : bisect_right(self.unloads, clock)]
+        need = ahead + len(ended) - max(1, docks) + 1
+        return arrived if need <= 0 else ended[need - 1]
+
+    #: the distinct times a sorting batch ended here (sorted scans; deliveries at a zone), in
+    #: order: when the sorter was freed
+    sorts: list[float] = field(default_factory=list)
+
+    def sort_ended(self, time: float) -> None:
+        """Record a sorted (or delivered) scan here; a set of times, whatever the order of the scans."""
+        i = bisect_right(self.sorts, time)
+        if i == 0 or self.sorts[i - 1] != time:
+            insort(self.sorts, time, lo=i)
+
+    def sorting_since(self, unloaded: float, clock: float) -> float:
+        """When the sorter took up freight unloaded at ``unloaded`` and still unsorted at ``clock``.
+
+        The sorter takes one batch at a time, first come, first served: freight that is next
+        in line has been sorted since it was unloaded, or since the batch before it ended if
+        that was later (the latest sorting that ended by ``clock``).
+        """
+        i = bisect_right(self.sorts, clock)
+        return max(unloaded, self.sorts[i - 1]) if i else unloaded
 
     def degraded(self, time: float) -> None:
         """Record a reading below nominal capacity (kept as an interval: order does not matter)."""

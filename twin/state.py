@@ -372,10 +372,14 @@ class WorldState:
                 return _invalid("a 'loaded' scan needs the trip_id the order is loaded on")
             if ev.trip_id not in self.trips:
                 return _unknown("trip", ev.trip_id)
-        if ev.kind == "unloaded" and (o.unloaded_at is None or ev.time > o.unloaded_at):
-            o.unloaded_at = ev.time
-        elif ev.kind == "sorted" and (o.sorted_at is None or ev.time > o.sorted_at):
-            o.sorted_at = ev.time
+        if ev.kind == "unloaded":
+            self.sites[ev.site_id].unloaded(ev.time)
+            if o.unloaded_at is None or ev.time > o.unloaded_at:
+                o.unloaded_at = ev.time
+        elif ev.kind == "sorted":
+            self.sites[ev.site_id].sort_ended(ev.time)
+            if o.sorted_at is None or ev.time > o.sorted_at:
+                o.sorted_at = ev.time
         if not o.newer(ev.kind, ev.time, ev.id):
             return None
         o.stage = ev.kind
@@ -405,6 +409,8 @@ class WorldState:
             return PARK(ev.order_id)
         if ev.site_id not in self.sites:
             return _unknown("site", ev.site_id)
+        # a delivery is the end of the destination's sorting of its batch
+        self.sites[ev.site_id].sort_ended(ev.time)
         if o.delivered_at is None or ev.time < o.delivered_at:
             o.delivered_at = ev.time
         if o.newer("delivered", ev.time, ev.id):
@@ -565,7 +571,10 @@ class WorldState:
     def from_snapshot(cls, network: Network, snap: dict[str, Any]) -> WorldState:
         """Rebuild a state from :meth:`snapshot` output and the same network."""
         state = cls(network, snap["clock"])
-        state.sites = {k: SiteState(**v) for k, v in snap["sites"].items()}
+        state.sites = {
+            k: SiteState(**{**v, "unloads": list(v.get("unloads", ())), "sorts": list(v.get("sorts", ()))})
+            for k, v in snap["sites"].items()
+        }
         state.lanes = {
             k: LaneState(
                 samples={vid: LaneSample(**s) for vid, s in v["samples"].items()},

@@ -82,3 +82,29 @@ def test_handling_draws_from_the_table_by_key_equal_the_keyed_ones():
     assert table.handling_noises("unload", 0.1)["T2/1"] == []  # not in the table: drawn one by one
     assert len(table.handling_noises("sort", 0.3)["T1/0"]) == 4
     assert StochasticDurations(5, 0, handling_sigma=0.0, draws=table).unload(site, 40, "T1/0") == 720.0
+
+
+def test_the_rest_of_an_unloading_is_drawn_given_that_it_has_not_ended():
+    """``unload_rest``: the unloading's lognormal conditioned on lasting longer than what is done.
+
+    Worked: nominal 600 + 2 * 200 = 1000 s, sigma 0.1. With 900 s done, F(900) = Phi(ln 0.9 /
+    0.1) = Phi(-1.0536) = 0.1460, so the conditional median is the quantile 0.1460 + 0.5 *
+    0.8540 = 0.5730 of the lognormal: 1000 * exp(0.1 * 0.1840) = 1018.6 s, 118.6 s to go.
+    """
+    import statistics
+
+    from twin.durations import NominalDurations, StochasticDurations
+    from twin.site import Site
+
+    site = Site("Z", "zone", "r", 3, 900.0)
+    one = StochasticDurations(7, 3)
+    assert one.unload_rest(site, 200, "T/0", 0.0) == one.unload(site, 200, "T/0")
+    # keyed: the same draw every time (common random numbers)
+    assert one.unload_rest(site, 200, "T/0", 900.0) == StochasticDurations(7, 3).unload_rest(site, 200, "T/0", 900.0)
+    rests = [StochasticDurations(7, r).unload_rest(site, 200, "T/0", 900.0) for r in range(4000)]
+    assert abs(statistics.median(rests) - 118.6) <= 3.0
+    assert min(rests) >= 1.0
+    # long past anything the lognormal allows: at most a few seconds, never negative
+    assert StochasticDurations(7, 3).unload_rest(site, 200, "T/0", 5000.0) == 1.0
+    assert NominalDurations().unload_rest(site, 200, "T/0", 900.0) == 100.0
+    assert NominalDurations().unload_rest(site, 200, "T/0", 1900.0) == 1.0

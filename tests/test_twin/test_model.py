@@ -9,6 +9,7 @@ import pytest
 
 from twin.durations import NominalDurations, whole
 from twin.lane import Lane, lane_id
+from twin.live import LiveTwin
 from twin.model import Model
 from twin.network import Network
 from twin.site import Site
@@ -388,3 +389,157 @@ def test_template_copies_have_every_field_and_share_nothing_that_changes():
     assert copied.release_ledger is copied.ledger  # released: its release ledger is its ledger
     other = _copy_run(TripRun([None], [None], release_ledger={("x", "y"): [1.0, 0.0]}))
     assert other.release_ledger is not other.ledger
+
+
+class _Events:
+    """Observer that writes what a model does as the twin's events (as the generator does)."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def _id(self) -> str:
+        return f"e{len(self.events) + 1:05d}"
+
+    def departed(self, t, trip_id, leg, vehicle_id, site_id):
+        from twin.events import VehicleDeparted
+
+        self.events.append(
+            VehicleDeparted(id=self._id(), time=t, vehicle_id=vehicle_id, trip_id=trip_id, leg=leg, site_id=site_id)
+        )
+
+    def arrived(self, t, trip_id, leg, vehicle_id, site_id):
+        from twin.events import VehicleArrived
+
+        self.events.append(
+            VehicleArrived(id=self._id(), time=t, vehicle_id=vehicle_id, trip_id=trip_id, leg=leg, site_id=site_id)
+        )
+
+    def scanned(self, t, order_id, site_id, kind, trip_id):
+        from twin.events import OrderScanned
+
+        self.events.append(
+            OrderScanned(id=self._id(), time=t, order_id=order_id, site_id=site_id, kind=kind, trip_id=trip_id)
+        )
+
+    def delivered(self, t, order_id, site_id):
+        from twin.events import OrderDelivered
+
+        self.events.append(OrderDelivered(id=self._id(), time=t, order_id=order_id, site_id=site_id))
+
+    def docks(self, t, site_id, occupied, in_service):
+        pass
+
+    def rolled(self, t, order_id, from_trip, to_trip):
+        pass
+
+
+def _created(orders):
+    from twin.events import OrderCreated
+
+    return [
+        OrderCreated(
+            id=f"c{k:03d}", time=0.0, order_id=oid, origin="A", destination="B", promised_at=99999.0, path=(tid,)
+        )
+        for k, (oid, tid) in enumerate(orders)
+    ]
+
+
+@pytest.mark.parametrize("cut", [1500.0, 1800.0, 2000.0])
+def test_a_vehicle_unloading_at_the_snapshot_goes_on_where_it_was(cut):
+    """A model rebuilt from the state mid-unloading ends each unloading when the first run did.
+
+    Worked by hand: B has one dock; V0 (10 orders) arrives at 1000 and unloads 600 + 2 * 10 =
+    620 s, to 1620; V1 (10 orders) arrives at 1100, waits for the dock until 1620 and unloads
+    to 2240. Rebuilt at 1500, V0 has done 500 s and V1 is queued; at 1800 and 2000, V1 has done
+    180 and 380 s (it took the dock when V0's freight was scanned unloaded, at 1620). Before,
+    every unloading restarted at the snapshot (V1 ended at 2420, 2620).
+    """
+    from twin.events import DockStatus
+
+    sites = [_site("A"), _site("B", docks=1)]
+    net = Network(sites, [_lane("A", "B", 1000)], [Vehicle("V0", 50, "A"), Vehicle("V1", 50, "A")],
+                  [_trip("T0", "V0", "A", "B", 0, 1000), _trip("T1", "V1", "A", "B", 100, 1000)])  # fmt: skip
+    orders = [(f"O{v}{i}", f"T{v}") for v in range(2) for i in range(10)]
+    world = Model(WorldState(net, 0.0), NominalDurations(), observer=(rec := _Events())).build()
+    created = _created(orders)
+    for oid, tid in orders:
+        world.add_order(oid, "A", "B", 99999.0, [tid], ["A"])
+    world.run(10000)
+    unloaded = {e.order_id: e.time for e in rec.events if getattr(e, "kind", None) == "unloaded"}
+    assert (unloaded["O00"], unloaded["O10"]) == (1620.0, 2240.0)
+
+    live = LiveTwin(net)
+    assert not live.apply_all([*created, *(e for e in rec.events if e.time <= cut)])
+    assert not live.apply(DockStatus(id="d1", time=cut, site_id="B", occupied=1, in_service=1))
+    state = live.state
+    assert state.clock == cut
+    again = Model(state, NominalDurations(), observer=(rec2 := _Events())).build()
+    again.run(10000)
+    later = {e.order_id: e.time for e in rec2.events if getattr(e, "kind", None) == "unloaded"}
+    for oid, _ in orders:
+        assert later.get(oid, unloaded[oid]) == unloaded[oid], oid
+
+
+def test_vehicles_holding_freight_at_the_snapshot_take_the_docks_in_the_order_they_arrived():
+    """Two vehicles hold freight at a one-dock site: the one that arrived first has the dock.
+
+    V1 arrived at 1000 and V0 (first in vehicle-id order) at 1100; at the snapshot (1200) V1
+    has been unloading for 200 s and V0 waits. Both unload when they did in the first run
+    (V1 to 1620, V0 from 1620 to 2240); before, V0 took the dock first, unloading 1200-1820.
+    """
+    from twin.events import DockStatus
+
+    sites = [_site("A"), _site("B", docks=1)]
+    net = Network(sites, [_lane("A", "B", 1000)], [Vehicle("V0", 50, "A"), Vehicle("V1", 50, "A")],
+                  [_trip("T0", "V0", "A", "B", 100, 1000), _trip("T1", "V1", "A", "B", 0, 1000)])  # fmt: skip
+    orders = [(f"O{v}{i}", f"T{v}") for v in range(2) for i in range(10)]
+    world = Model(WorldState(net, 0.0), NominalDurations(), observer=(rec := _Events())).build()
+    for oid, tid in orders:
+        world.add_order(oid, "A", "B", 99999.0, [tid], ["A"])
+    world.run(10000)
+    unloaded = {e.order_id: e.time for e in rec.events if getattr(e, "kind", None) == "unloaded"}
+    # T1 first: 1000 + 620; then T0: 1620 + 620
+    assert (unloaded["O10"], unloaded["O00"]) == (1620.0, 2240.0)
+    created = _created(orders)
+    live = LiveTwin(net)
+    assert not live.apply_all([*created, *(e for e in rec.events if e.time <= 1200.0)])
+    assert not live.apply(DockStatus(id="d1", time=1200.0, site_id="B", occupied=1, in_service=1))
+    state = live.state
+    again = Model(state, NominalDurations(), observer=(rec2 := _Events())).build()
+    again.run(10000)
+    later = {e.order_id: e.time for e in rec2.events if getattr(e, "kind", None) == "unloaded"}
+    assert later == unloaded
+
+
+@pytest.mark.parametrize("cut", [2000.0, 2400.0])
+def test_freight_waiting_for_the_sorter_at_the_snapshot_is_sorted_when_it_was(cut):
+    """A model rebuilt while freight waits for the sorter delivers it when the first run did.
+
+    Worked by hand: B sorts 360 orders an hour (10 s each) and has two docks. V0 brings 60
+    orders, arrives at 1000, unloads 600 + 2 * 60 = 720 s to 1720 and sorts them 600 s to 2320;
+    V1 brings 10, arrives at 1200, unloads to 1820, waits for the sorter until 2320 and sorts them
+    100 s, to 2420. Rebuilt at 2400, the sorter has been at V1's batch for 80 s (since V0's
+    batch was done), not since it was unloaded (580 s, more than it takes: it ended at once).
+    """
+    from twin.events import DockStatus
+
+    sites = [_site("A"), _site("B", docks=2, rate=360.0)]
+    net = Network(sites, [_lane("A", "B", 1000)], [Vehicle("V0", 100, "A"), Vehicle("V1", 100, "A")],
+                  [_trip("T0", "V0", "A", "B", 0, 1000), _trip("T1", "V1", "A", "B", 200, 1000)])  # fmt: skip
+    orders = [(f"O0{i:02d}", "T0") for i in range(60)] + [(f"O1{i:02d}", "T1") for i in range(10)]
+    world = Model(WorldState(net, 0.0), NominalDurations(), observer=(rec := _Events())).build()
+    for oid, tid in orders:
+        world.add_order(oid, "A", "B", 99999.0, [tid], ["A"])
+    world.run(10000)
+    delivered = {e.order_id: e.time for e in rec.events if type(e).__name__ == "OrderDelivered"}
+    assert (delivered["O000"], delivered["O100"]) == (2320.0, 2420.0)
+
+    live = LiveTwin(net)
+    assert not live.apply_all([*_created(orders), *(e for e in rec.events if e.time <= cut)])
+    assert not live.apply(DockStatus(id="d1", time=cut, site_id="B", occupied=0, in_service=2))
+    assert live.state.clock == cut
+    again = Model(live.state, NominalDurations()).build()
+    again.run(10000)
+    later = {oid: d for lot in again.collect().lots for oid in lot.ids if (d := lot.delivered_at) is not None}
+    for oid, _ in orders:
+        assert later.get(oid, delivered[oid]) == delivered[oid], oid

@@ -393,3 +393,42 @@ def test_pace_persistence_recovers_the_share_that_generated_the_traversals():
     few = pace_persistence(_split_traversals(rng, 1.0, 0.12, 2))
     assert few.share == pytest.approx(1 - PERSISTENCE_PRIOR_TRAVERSALS / (2 + PERSISTENCE_PRIOR_TRAVERSALS), abs=0.01)
     assert pace_persistence([]).share == 0.0
+
+
+def test_when_a_vehicle_still_unloading_took_its_dock():
+    """``SiteState.unloading_since``, worked by hand (docks first come, first served)."""
+    from twin.site import SiteState
+
+    s = SiteState(docks_in_service=1)
+    for t in (300.0, 1620.0, 1620.0, 2500.0):
+        s.unloaded(t)
+    assert s.unloads == [300.0, 1620.0, 2500.0]  # distinct times, in order
+    # one dock: it took the dock when the unloading before it ended (1620), or on arrival
+    assert s.unloading_since(1100.0, 0, 1, 1800.0) == 1620.0
+    assert s.unloading_since(1700.0, 0, 1, 1800.0) == 1700.0
+    # a vehicle that arrived earlier still holds the only dock: queued
+    assert s.unloading_since(1100.0, 1, 1, 1800.0) is None
+    # three docks, nothing ahead: one unloading ended since it arrived (1620), which may have
+    # been a vehicle unloading beside it: it had a dock on arrival
+    assert s.unloading_since(1100.0, 0, 3, 1800.0) == 1100.0
+    # three docks, two still ahead of it and one ended since: at worst it waited for that one
+    assert s.unloading_since(1100.0, 2, 3, 1800.0) == 1620.0
+    # what ended after the clock is not known yet
+    assert s.unloading_since(2000.0, 0, 1, 2400.0) == 2000.0
+
+
+def test_when_the_sorter_took_up_the_freight_next_in_line():
+    """``SiteState.sorting_since``, worked by hand (one sorter, first come, first served)."""
+    from twin.site import SiteState
+
+    s = SiteState(docks_in_service=1)
+    for t in (900.0, 2400.0, 2400.0, 4000.0):
+        s.sort_ended(t)
+    assert s.sorts == [900.0, 2400.0, 4000.0]
+    # unloaded at 1000 while the sorter was busy until 2400: sorted since 2400, not 1000
+    assert s.sorting_since(1000.0, 3000.0) == 2400.0
+    # unloaded at 2500, after the sorter was free: since it was unloaded
+    assert s.sorting_since(2500.0, 3000.0) == 2500.0
+    # sortings that ended after the clock are not known yet
+    assert s.sorting_since(1000.0, 2000.0) == 1000.0
+    assert SiteState(docks_in_service=1).sorting_since(1000.0, 3000.0) == 1000.0
