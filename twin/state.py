@@ -32,7 +32,7 @@ from twin.events import (
     VehicleDeparted,
     VehiclePosition,
 )
-from twin.lane import LaneSample, LaneState
+from twin.lane import LaneSample, LaneState, SplitTotals
 from twin.network import Network
 from twin.order import OrderState
 from twin.site import SiteState
@@ -554,6 +554,8 @@ class WorldState:
                     "latest_time": v.latest_time,
                     "disruption_factor": v.disruption_factor,
                     "closed": v.closed,
+                    "previous": {vid: _slots(s) for vid, s in v.previous.items()},
+                    "finished": {vid: _slots(t) for vid, t in v.finished.items()},
                 }
                 for k, v in self.lanes.items()
             },
@@ -574,6 +576,8 @@ class WorldState:
                 latest_time=v["latest_time"],
                 disruption_factor=v["disruption_factor"],
                 closed=v["closed"],
+                previous={vid: LaneSample(**s) for vid, s in v["previous"].items()},
+                finished={vid: SplitTotals(**t) for vid, t in v["finished"].items()},
             )
             for k, v in snap["lanes"].items()
         }
