@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 _ACCOUNTABILITY: Final = (False, True, None)
 #: How far (event-time seconds) a shard may run ahead of the slowest other shard.
 DEFAULT_SKEW: Final = 300.0
-SNAPSHOT_VERSION: Final = 1
+SNAPSHOT_VERSION: Final = 2
 #: How long (event-time seconds) received handoff ids are remembered, to drop repeats.
 HANDOFF_MEMORY: Final = 2 * 86400.0
 _NEG_INF: Final = -math.inf

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["Lane", "LaneSample", "LaneState", "PacePersistence", "lane_id", "pace_persistence"]
+__all__ = ["Lane", "LaneSample", "LaneState", "PacePersistence", "SplitTotals", "lane_id", "pace_persistence"]
 
 #: Observations need at least this much elapsed time and progress before they count as a
 #: speed estimate (shorter spans are dominated by rounding and dwell).
@@ -103,6 +103,21 @@ class LaneSample:
             self.last_progress - self.mid_progress,
         )
 
+    def unexplained(self) -> float | None:
+        """The traversal's evidence on how much of its pace varies along the road.
+
+        ``d**2 / (1/p1 + 1/p2)`` for the difference ``d`` of the log paces before and after
+        halfway (:meth:`halves`) and the fractions of the lane they span; divided by the
+        lane's ``sigma**2`` it estimates ``1 - share`` (:func:`pace_persistence`). The lane's
+        nominal travel time cancels in ``d``, so the term can be kept without it. None
+        unless both halves are long enough to tell.
+        """
+        h = self.halves(1.0)
+        if h is None:
+            return None
+        y1, y2, p1, p2 = h
+        return (y1 - y2) ** 2 / (1.0 / p1 + 1.0 / p2)
+
     def _note_mid(self, time: float, progress: float) -> None:
         if progress >= HALFWAY and time < self.mid_time:
             self.mid_time, self.mid_progress = time, progress
@@ -117,40 +132,98 @@ def _span_ratio(travel_time: float, t0: float, p0: float, t1: float, p1: float) 
     return (dt / travel_time) / dp
 
 
+def _extend(s: LaneSample, time: float, progress: float) -> bool:
+    """Fold an observation into the traversal ``s``; False if it starts a later traversal.
+
+    Observations that fit neither end of the span nor within it are ignored.
+    """
+    if time >= s.last_time:
+        if progress < s.last_progress - PROGRESS_EPS:
+            return False
+        s.last_time, s.last_progress = time, progress
+    elif time <= s.first_time and progress <= s.first_progress + PROGRESS_EPS:
+        s.first_time, s.first_progress = time, progress
+    elif not s.first_progress - PROGRESS_EPS <= progress <= s.last_progress + PROGRESS_EPS:
+        return True
+    s._note_mid(time, progress)
+    return True
+
+
+@dataclass(slots=True)
+class SplitTotals:
+    """A vehicle's finished split traversals of a lane: how many, and the sum of their terms.
+
+    The terms are :meth:`LaneSample.unexplained`. Kept per vehicle, whose traversals of a
+    lane finish one after another in the same order whatever order the observations arrive
+    in, so the sum is the same to the last bit.
+    """
+
+    traversals: int = 0
+    unexplained: float = 0.0
+
+
 @dataclass(slots=True)
 class LaneState:
-    """Per-vehicle samples of the lane plus known disruption factors."""
+    """Per-vehicle samples of the lane plus known disruption factors.
+
+    ``samples`` holds each vehicle's newest traversal (what the lane's current slowdown is
+    judged by, :meth:`observed_belief`); ``previous`` the traversal before it, kept whole so
+    that a late observation of it still lands where it belongs; older traversals are only
+    counted, per vehicle in ``finished``, for :func:`pace_persistence`, which rests on every
+    split traversal of the lane, not only the newest per vehicle. A late observation is
+    lost only if the vehicle has begun two more traversals of the lane by the time it
+    arrives (two round trips at least: far beyond the twin's lateness window).
+    """
 
     samples: dict[str, LaneSample] = field(default_factory=dict)
     latest_time: float = float("-inf")
     #: travel-time factor from reported disruptions (1.0 when none), and closure flag
     disruption_factor: float = 1.0
     closed: bool = False
+    #: each vehicle's traversal before its newest one
+    previous: dict[str, LaneSample] = field(default_factory=dict)
+    #: per vehicle, its split traversals older than ``previous``
+    finished: dict[str, SplitTotals] = field(default_factory=dict)
 
     def observe(self, vehicle_id: str, time: float, progress: float) -> None:
         """Fold one position (time, progress) of a vehicle on this lane.
 
         The result does not depend on the order observations arrive in: each vehicle keeps
-        the earliest and latest observation of its newest traversal (progress only grows
-        within a traversal; a drop means a new one).
+        the earliest and latest observation of its newest traversal and of the one before
+        it (progress only grows within a traversal; a drop means a new one). An observation
+        older than the newest traversal's first belongs to the one before; when a new
+        traversal starts, the one before the newest is folded into the lane's counts.
         """
         if time > self.latest_time:
             self.latest_time = time
         s = self.samples.get(vehicle_id)
         if s is None:
             s = self.samples[vehicle_id] = LaneSample(time, progress, time, progress)
-        elif time >= s.last_time:
-            if progress >= s.last_progress - PROGRESS_EPS:
-                s.last_time, s.last_progress = time, progress
-            else:
-                s.first_time = s.last_time = time
-                s.first_progress = s.last_progress = progress
-                s.mid_time, s.mid_progress = math.inf, 1.0
-        elif time <= s.first_time and progress <= s.first_progress + PROGRESS_EPS:
-            s.first_time, s.first_progress = time, progress
-        elif not s.first_progress - PROGRESS_EPS <= progress <= s.last_progress + PROGRESS_EPS:
+            s._note_mid(time, progress)
             return
-        s._note_mid(time, progress)
+        if time < s.first_time:
+            prev = self.previous.get(vehicle_id)
+            if prev is not None and (time <= prev.last_time or progress >= prev.last_progress - PROGRESS_EPS):
+                _extend(prev, time, progress)
+            elif progress <= s.first_progress + PROGRESS_EPS:
+                _extend(s, time, progress)
+            elif prev is None:
+                prev = self.previous[vehicle_id] = LaneSample(time, progress, time, progress)
+                prev._note_mid(time, progress)
+            return
+        if not _extend(s, time, progress):
+            done = self.previous.get(vehicle_id)
+            if done is not None:
+                u = done.unexplained()
+                if u is not None:
+                    totals = self.finished.get(vehicle_id)
+                    if totals is None:
+                        totals = self.finished[vehicle_id] = SplitTotals()
+                    totals.traversals += 1
+                    totals.unexplained += u
+            self.previous[vehicle_id] = s
+            s = self.samples[vehicle_id] = LaneSample(time, progress, time, progress)
+            s._note_mid(time, progress)
 
     def observed_belief(self, travel_time: float, sigma: float = 0.0) -> tuple[float, float] | None:
         """Observed travel-time multiplier of the lane over recent traversals, None if no evidence.
@@ -234,18 +307,27 @@ def pace_persistence(lanes: list[tuple[Lane, LaneState]]) -> PacePersistence:
     over traversals of every lane is the estimate (with ``PERSISTENCE_PRIOR_TRAVERSALS`` at
     share 0, so a handful of traversals cannot claim full persistence on their own).
     A slowdown that starts or ends during a traversal shows as variation along the road.
+
+    Every split traversal of the day counts: each vehicle's newest and the one before it
+    (``LaneState.samples`` and ``previous``) and the older ones' running totals
+    (``LaneState.finished``), with no time window: how much of a pace persists along a leg is
+    a property of the roads, not of the current slowdown (which the lane belief judges by
+    recent traversals only), so evidence accumulates over the day and overrules the prior.
     """
     total = PERSISTENCE_PRIOR_TRAVERSALS
     n = 0
     for lane, state in lanes:
         if lane.sigma <= 0:
             continue
-        for s in state.samples.values():
-            h = s.halves(lane.travel_time)
-            if h is None:
-                continue
-            y1, y2, p1, p2 = h
-            total += min((y1 - y2) ** 2 / (lane.sigma**2 * (1.0 / p1 + 1.0 / p2)), 1e6)
-            n += 1
+        var = lane.sigma**2
+        for samples in (state.samples, state.previous):
+            for s in samples.values():
+                u = s.unexplained()
+                if u is not None:
+                    total += min(u / var, 1e6)
+                    n += 1
+        for done in state.finished.values():
+            total += min(done.unexplained / var, 1e6 * done.traversals)
+            n += done.traversals
     unexplained = total / (n + PERSISTENCE_PRIOR_TRAVERSALS)
     return PacePersistence(max(0.0, 1.0 - unexplained), n)

@@ -32,7 +32,7 @@ from twin.events import (
     VehicleDeparted,
     VehiclePosition,
 )
-from twin.lane import LaneSample, LaneState
+from twin.lane import LaneSample, LaneState, SplitTotals
 from twin.network import Network
 from twin.order import OrderState
 from twin.site import SiteState
@@ -558,6 +558,8 @@ class WorldState:
                     "latest_time": v.latest_time,
                     "disruption_factor": v.disruption_factor,
                     "closed": v.closed,
+                    "previous": {vid: _slots(s) for vid, s in v.previous.items()},
+                    "finished": {vid: _slots(t) for vid, t in v.finished.items()},
                 }
                 for k, v in self.lanes.items()
             },
@@ -581,6 +583,8 @@ class WorldState:
                 latest_time=v["latest_time"],
                 disruption_factor=v["disruption_factor"],
                 closed=v["closed"],
+                previous={vid: LaneSample(**s) for vid, s in v["previous"].items()},
+                finished={vid: SplitTotals(**t) for vid, t in v["finished"].items()},
             )
             for k, v in snap["lanes"].items()
         }

@@ -24,6 +24,7 @@ from twin.lane import Lane, LaneState
 from twin.live import LiveTwin
 from twin.network import Network
 from twin.site import Site
+from twin.state import WorldState
 from twin.trip import Leg, Trip
 from twin.vehicle import Vehicle
 
@@ -393,6 +394,73 @@ def test_pace_persistence_recovers_the_share_that_generated_the_traversals():
     few = pace_persistence(_split_traversals(rng, 1.0, 0.12, 2))
     assert few.share == pytest.approx(1 - PERSISTENCE_PRIOR_TRAVERSALS / (2 + PERSISTENCE_PRIOR_TRAVERSALS), abs=0.01)
     assert pace_persistence([]).share == 0.0
+
+
+#: one vehicle's three traversals of a lane of 3600 s, each observed at 0, halfway and its end
+#: (the third at 0.75): paces per half 1.0 / 1.2, 1.0 / 0.8, 1.0 / 1.0
+_A = [(0.0, 0.0), (1800.0, 0.5), (3960.0, 1.0)]
+_B = [(10000.0, 0.0), (11800.0, 0.5), (13240.0, 1.0)]
+_C = [(20000.0, 0.0), (21800.0, 0.5), (22700.0, 0.75)]
+
+
+def test_pace_persistence_counts_every_traversal_of_a_vehicle_not_only_its_newest():
+    """Worked by hand, sigma 0.1: a traversal's term is d**2 / (sigma**2 * (1/p1 + 1/p2)) for the
+    difference d of its log paces before and after halfway, here 25 * d**2. A: 25 * log(1.2)**2
+    = 0.8310; B: 25 * log(0.8)**2 = 1.2448; C: 0. With the prior's 2 pseudo-traversals at share 0,
+    unexplained = (2 + 0.8310 + 1.2448 + 0) / (3 + 2) = 0.8152, share 0.1848. (Counting only the
+    vehicle's newest traversal, C, gave 1 - 2 / 3 = 0.3333 from one traversal.)"""
+    from twin.lane import PERSISTENCE_PRIOR_TRAVERSALS, pace_persistence
+
+    lane = Lane("A->B", "A", "B", 3600.0, sigma=0.1)
+    ls = LaneState()
+    for t, p in _A + _B + _C:
+        ls.observe("V1", t, p)
+    # the newest traversal is the lane's sample, the one before is kept whole, the oldest counted
+    assert (ls.samples["V1"].first_time, ls.previous["V1"].first_time) == (20000.0, 10000.0)
+    assert ls.finished["V1"].traversals == 1
+    assert ls.finished["V1"].unexplained == pytest.approx(math.log(1.2) ** 2 / 4)
+    terms = [25 * math.log(1.2) ** 2, 25 * math.log(0.8) ** 2, 0.0]
+    assert terms == pytest.approx([0.83103, 1.24483, 0.0], abs=1e-5)
+    est = pace_persistence([(lane, ls)])
+    assert est.traversals == 3
+    assert est.share == pytest.approx(1 - (PERSISTENCE_PRIOR_TRAVERSALS + sum(terms)) / (3 + 2))
+    assert est.share == pytest.approx(0.18483, abs=1e-5)
+    # the lane's belief still rests on each vehicle's newest traversal only (C: pace 1.0)
+    assert ls.belief(3600.0)[0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        _A + _B + _C,
+        # the end of a traversal reported after the next one began
+        _A[:2] + _B[:2] + _A[2:] + _B[2:] + _C,
+        _A[:2] + _B[:1] + _A[2:] + _B[1:] + _C,
+        # a departure reported after the next position on the lane
+        _A + _B[1:2] + _B[:1] + _B[2:] + _C[1:2] + _C[:1] + _C[2:],
+        # the previous traversal's end reported after the newest began
+        _A + _B[:2] + _C[:1] + _B[2:] + _C[1:],
+    ],
+)
+def test_every_traversal_is_counted_whatever_order_its_observations_arrive_in(order):
+    """Out of order by less than a traversal: the same samples, previous traversals and counts."""
+    ls = LaneState()
+    for t, p in order:
+        ls.observe("V1", t, p)
+    ref = LaneState()
+    for t, p in _A + _B + _C:
+        ref.observe("V1", t, p)
+    assert ls == ref
+    assert ls.finished["V1"].traversals == 1
+
+
+def test_lane_history_survives_a_snapshot(twin):
+    for i, (t, p) in enumerate(_A + _B + _C):
+        twin.apply(VehiclePosition(id=f"p{i}", time=t, vehicle_id="V1", lane_id="A->B", progress=p))
+    state = twin.state
+    back = WorldState.from_snapshot(state.network, state.snapshot())
+    assert back.lanes["A->B"] == state.lanes["A->B"]
+    assert back.lanes["A->B"].finished["V1"].traversals == 1 and "V1" in back.lanes["A->B"].previous
 
 
 def test_when_a_vehicle_still_unloading_took_its_dock():
