@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import polars as pl
 
+from scenarios.code import code_digest, code_revision
 from scenarios.generate import GeneratedScenario, generate
 from scenarios.predictions import ForecastRecorder, predictions_frame
 from scenarios.replay import replay
@@ -242,6 +243,13 @@ def cascade_metrics(scored: pl.DataFrame, targets: Sequence[str]) -> dict[str, A
 
 
 # ---------------------------------------------------------------------- the backtest
+def _code(config: dict[str, Any]) -> str:
+    """The code a result came from, as printed: version, and the commit when it is known."""
+    rev = config.get("code_revision")
+    version = config.get("code_version", "?")
+    return f"{version} at {rev[:12]}{'+dirty' if rev.endswith('+dirty') else ''}" if rev else str(version)
+
+
 @dataclass(slots=True)
 class BacktestResult:
     """Per-lead accuracy, cascade detection, the scored rows, and the config that produced them."""
@@ -282,7 +290,7 @@ class BacktestResult:
         seeds = c.get("seeds")
         seed = f"seeds {', '.join(str(x) for x in seeds)}, pooled" if seeds else f"seed {c.get('seed', '?')}"
         lines = [
-            f"backtest of {c.get('scenario', '?')} ({seed}, code {c.get('code_version', '?')}): "
+            f"backtest of {c.get('scenario', '?')} ({seed}, code {_code(c)}): "
             f"{s.get('replicas', '?')} replicas, forecast every {s.get('cadence_s', 0):g} s, "
             f"horizon {s.get('horizon_s', 0) / 3600:g} h",
             "",
@@ -489,6 +497,8 @@ def run_backtest(
         "scenario_file": spec.source,
         "seed": spec.seed,
         "code_version": __version__,
+        "code_digest": code_digest(),
+        "code_revision": code_revision(),
         "python": platform.python_version(),
         "disruption_targets": list(targets),
         "forecasts_by": label,

@@ -51,7 +51,8 @@ def _markdown(result: BacktestResult, table: str, plots: list[str]) -> str:
         f"# Backtest: {c.get('scenario', '?')}",
         "",
         f"Scenario `{c.get('scenario', '?')}` (seed {c.get('seed', '?')}), code version "
-        f"{c.get('code_version', '?')}; {s.get('replicas', '?')} replicas per forecast, a forecast every "
+        f"{c.get('code_version', '?')} (commit {c.get('code_revision') or 'unknown'}, source digest "
+        f"{c.get('code_digest', '?')}); {s.get('replicas', '?')} replicas per forecast, a forecast every "
         f"{s.get('cadence_s', 0):g} s of event time, horizon {s.get('horizon_s', 0) / 3600:g} h. "
         "The full config is in `config.json`.",
         "",

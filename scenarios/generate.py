@@ -25,6 +25,7 @@ import polars as pl
 import simpy
 
 from scenarios.build import PlannedOrder, build_network, draw_orders
+from scenarios.code import code_digest, code_revision
 from scenarios.eventlog import write_events
 from scenarios.spec import ScenarioSpec
 from scenarios.truth import TrueWorldDurations, Windows
@@ -69,9 +70,14 @@ class GeneratedScenario:
 
 
 def scenario_digest(spec: ScenarioSpec) -> str:
-    """A short digest of the scenario file and the code version (names cache folders)."""
+    """A short digest of the scenario file and the code that generates it (names cache folders).
+
+    The code is its source (``code_digest``), not the package version, which stays the same
+    from one commit to the next: a scenario cached by other code is generated again.
+    """
     h = hashlib.sha256(Path(spec.source).read_bytes() if Path(spec.source).exists() else spec.name.encode())
     h.update(__version__.encode())
+    h.update(code_digest().encode())
     return h.hexdigest()[:12]
 
 
@@ -313,6 +319,8 @@ def generate(spec: ScenarioSpec, folder: Path | None = None, progress: Progress 
         "epoch": spec.epoch.isoformat().replace("+00:00", "Z"),
         "duration_s": spec.duration,
         "code_version": __version__,
+        "code_digest": code_digest(),
+        "code_revision": code_revision(),
         "sites": len(network.sites),
         "vehicles": len(network.vehicles),
         "trips": len(network.trips),

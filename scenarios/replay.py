@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from scenarios.build import build_network
+from scenarios.code import code_digest, code_revision
 from scenarios.eventlog import read_events
 from scenarios.generate import generate, scenario_digest
 from scenarios.spec import ScenarioSpec
@@ -158,6 +159,8 @@ def write_config(folder: Path, prepared: Prepared, settings: dict[str, Any]) -> 
         "seed": prepared.spec.seed,
         "epoch": prepared.spec.epoch.isoformat().replace("+00:00", "Z"),
         "code_version": __version__,
+        "code_digest": code_digest(),
+        "code_revision": code_revision(),
         "python": platform.python_version(),
         "generated_data": str(prepared.folder),
         "generated_manifest": prepared.manifest.get("files", {}),

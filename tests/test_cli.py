@@ -8,6 +8,8 @@ import sys
 
 import polars as pl
 
+from scenarios.code import code_digest
+
 
 def _twin(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -40,6 +42,8 @@ def test_run_generates_then_loads_and_writes_a_run_folder(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     config = json.loads((out / "config.json").read_text())
     assert config["scenario"] == "two-region-mini" and config["seed"] == 7 and config["code_version"]
+    # which code: the source digest of twin/ and scenarios/, and the commit of this checkout
+    assert config["code_digest"] == code_digest() and "code_revision" in config
     assert summary["applied"] == summary["events"] > 5000 and summary["rejected"] == 0
     orders = pl.read_parquet(out / "orders.parquet")
     assert orders.height == 400
