@@ -118,6 +118,13 @@ class LaneSample:
         y1, y2, p1, p2 = h
         return (y1 - y2) ** 2 / (1.0 / p1 + 1.0 / p2)
 
+    @classmethod
+    def starting(cls, time: float, progress: float) -> LaneSample:
+        """A traversal seen once, at ``time`` and ``progress``."""
+        s = cls(time, progress, time, progress)
+        s._note_mid(time, progress)
+        return s
+
     def _note_mid(self, time: float, progress: float) -> None:
         if progress >= HALFWAY and time < self.mid_time:
             self.mid_time, self.mid_progress = time, progress
@@ -198,8 +205,7 @@ class LaneState:
             self.latest_time = time
         s = self.samples.get(vehicle_id)
         if s is None:
-            s = self.samples[vehicle_id] = LaneSample(time, progress, time, progress)
-            s._note_mid(time, progress)
+            self.samples[vehicle_id] = LaneSample.starting(time, progress)
             return
         if time < s.first_time:
             prev = self.previous.get(vehicle_id)
@@ -208,8 +214,7 @@ class LaneState:
             elif progress <= s.first_progress + PROGRESS_EPS:
                 _extend(s, time, progress)
             elif prev is None:
-                prev = self.previous[vehicle_id] = LaneSample(time, progress, time, progress)
-                prev._note_mid(time, progress)
+                self.previous[vehicle_id] = LaneSample.starting(time, progress)
             return
         if not _extend(s, time, progress):
             done = self.previous.get(vehicle_id)
@@ -222,8 +227,7 @@ class LaneState:
                     totals.traversals += 1
                     totals.unexplained += u
             self.previous[vehicle_id] = s
-            s = self.samples[vehicle_id] = LaneSample(time, progress, time, progress)
-            s._note_mid(time, progress)
+            self.samples[vehicle_id] = LaneSample.starting(time, progress)
 
     def observed_belief(self, travel_time: float, sigma: float = 0.0) -> tuple[float, float] | None:
         """Observed travel-time multiplier of the lane over recent traversals, None if no evidence.

@@ -50,9 +50,7 @@ class SiteState:
 
     def unloaded(self, time: float) -> None:
         """Record an unloaded scan here (a set of times: the order of the scans does not matter)."""
-        i = bisect_right(self.unloads, time)
-        if i == 0 or self.unloads[i - 1] != time:
-            insort(self.unloads, time, lo=i)
+        _add_time(self.unloads, time)
 
     def unloading_since(self, arrived: float, ahead: int, docks: int, clock: float) -> float | None:
         """When a vehicle still unloading here at ``clock`` took its dock (None: it is still queued).
@@ -81,9 +79,7 @@ class SiteState:
 
     def sort_ended(self, time: float) -> None:
         """Record a sorted (or delivered) scan here; a set of times, whatever the order of the scans."""
-        i = bisect_right(self.sorts, time)
-        if i == 0 or self.sorts[i - 1] != time:
-            insort(self.sorts, time, lo=i)
+        _add_time(self.sorts, time)
 
     def sorting_since(self, unloaded: float, clock: float) -> float:
         """When the sorter took up freight unloaded at ``unloaded`` and still unsorted at ``clock``.
@@ -99,3 +95,10 @@ class SiteState:
         """Record a reading below nominal capacity (kept as an interval: order does not matter)."""
         self.degraded_from = time if self.degraded_from is None else min(self.degraded_from, time)
         self.degraded_to = time if self.degraded_to is None else max(self.degraded_to, time)
+
+
+def _add_time(times: list[float], time: float) -> None:
+    """Add ``time`` to the sorted list of distinct ``times`` (nothing if it is there already)."""
+    i = bisect_right(times, time)
+    if i == 0 or times[i - 1] != time:
+        insort(times, time, lo=i)
