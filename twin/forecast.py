@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from twin.durations import DrawTable, StochasticDurations, whole
 from twin.lane import MIN_SAMPLE_PROGRESS, Lane, pace_persistence
-from twin.model import Model, ModelTemplate
+from twin.model import Model, ModelTemplate, Trace
 from twin.network import Network
 from twin.placement import Placement, detachable, freight_free, place
 from twin.provenance import ROOT_CAUSES, Ledger
@@ -33,6 +33,7 @@ from twin.site import Site
 from twin.state import WorldState
 
 __all__ = [
+    "Beliefs",
     "Cause",
     "ForecastDurations",
     "Forecaster",
@@ -130,17 +131,69 @@ def lane_beliefs(
     """
     factors: dict[str, float] = {}
     spreads: dict[str, float] = {}
-    causes: dict[str, tuple[str, str]] = {}
     for lid, lane in state.network.lanes.items():
         f, spread = state.lanes[lid].belief(lane.travel_time, lane.sigma)
         if f != 1.0:
             factors[lid] = f
             if spread > 0.0:
                 spreads[lid] = spread
+    return factors, lane_causes(state), spreads
+
+
+def lane_causes(state: WorldState) -> dict[str, tuple[str, str]]:
+    """The lanes a reported disruption explains: lane -> ("disruption", its id)."""
+    causes: dict[str, tuple[str, str]] = {}
     for did, d in state.disruptions.items():
         if d.cleared_at is None and d.kind in ("lane_slowdown", "lane_closure") and d.target_id in state.lanes:
             causes[d.target_id] = ("disruption", did)
-    return factors, causes, spreads
+    return causes
+
+
+@dataclass(frozen=True, slots=True)
+class Beliefs:
+    """What the twin has learned from the observations, as a forecast reads it.
+
+    Each lane's slowdown and how sure the twin is of it (``lane_beliefs``), the slowdown the
+    vehicles on each lane are dead-reckoned at (``LaneState.factor``), and the share of a
+    leg's pace that persists along it (``pace_persistence``). A forecast computes them from
+    the state (``Beliefs.of``) unless it is given them. An incremental forecast
+    (``twin.incremental``) keeps those of its last full refresh until the next one: a
+    vehicle's position then changes what that vehicle has shown, not what every lane and
+    every leg under way has taught (see docs/forecasting.md, "Incremental updates").
+    """
+
+    #: lane -> believed slowdown (lanes at 1 are left out)
+    factors: Mapping[str, float]
+    #: lane -> standard deviation of the log of an observed slowdown
+    spreads: Mapping[str, float]
+    #: lane -> slowdown its vehicles are dead-reckoned at (lanes with a vehicle on the road)
+    reckoning: Mapping[str, float]
+    #: share of a leg's travel-time variance that persists along the leg
+    persistence: float
+
+    @classmethod
+    def of(cls, state: WorldState) -> Beliefs:
+        """What the state's observations teach now."""
+        factors, _causes, spreads = lane_beliefs(state)
+        net = state.network
+        persistence = pace_persistence([(lane, state.lanes[lid]) for lid, lane in net.lanes.items()])
+        reckoning: dict[str, float] = {}
+        for v in state.vehicles.values():
+            lid = v.lane_id
+            if v.status == "en_route" and lid is not None and lid not in reckoning:
+                reckoning[lid] = state.lanes[lid].factor(net.lanes[lid].travel_time)
+        return cls(factors, spreads, reckoning, persistence.share)
+
+    def progress(self, state: WorldState) -> dict[str, float] | None:
+        """Dead-reckoned progress of every vehicle on the road (None: a lane it does not know)."""
+        out: dict[str, float] = {}
+        for vid, v in state.vehicles.items():
+            if v.status == "en_route" and v.lane_id is not None:
+                f = self.reckoning.get(v.lane_id)
+                if f is None:
+                    return None
+                out[vid] = state.vehicle_progress(vid, factor=f)
+        return out
 
 
 def leg_paces(state: WorldState, persistence: float = 0.0) -> dict[tuple[str, int], tuple[float, float]]:
@@ -406,54 +459,65 @@ class Forecaster:
                 out.append(result)
         return out
 
-    def _setup(self, state: WorldState) -> _Setup:
-        """What every replica of a forecast of the state starts from, computed once."""
-        factors, causes, spreads = lane_beliefs(state)
-        persistence = pace_persistence([(lane, state.lanes[lid]) for lid, lane in state.network.lanes.items()])
-        paces = leg_paces(state, persistence.share)
+    def _setup(self, state: WorldState, beliefs: Beliefs | None = None) -> _Setup:
+        """What every replica of a forecast of the state starts from, computed once.
+
+        ``beliefs``: what the twin has learned (default: ``Beliefs.of(state)``).
+        """
+        b = Beliefs.of(state) if beliefs is None else beliefs
+        progress = b.progress(state)
+        if progress is None:
+            msg = "beliefs= do not know the lane of a vehicle on the road: take Beliefs.of(state) again"
+            raise ValueError(msg)
+        causes = lane_causes(state)
+        paces = leg_paces(state, b.persistence)
         placement = place(state, causes)
         # trips no freight can ride: computed, not simulated (during the run, or after it
         # for those after each vehicle's last trip that freight can ride)
         free = freight_free(state, placement)
         return _Setup(
-            state.clock + self.horizon, factors, causes, spreads, lane_ends(state), paces, persistence.share,
-            placement, free, detachable(state, placement, free),
+            state.clock + self.horizon, dict(b.factors), causes, dict(b.spreads), lane_ends(state), paces,
+            b.persistence, progress, placement, free, detachable(state, placement, free),
             # the records and lots every replica starts from, copied per replica
             ModelTemplate.of(state, placement),
         )  # fmt: skip
 
     def _replicas(
-        self, state: WorldState, ids: Sequence[int], setup: _Setup | None = None
+        self,
+        state: WorldState,
+        ids: Sequence[int],
+        setup: _Setup | None = None,
+        draws: DrawTable | None = None,
+        *,
+        trace: bool = False,
     ) -> Iterator[tuple[Placement, Model]]:
         """Run the replicas one after the other; yield each one's model as it finishes.
 
-        The model is closed (``Model.close``) once the caller asks for the next one.
+        The model is closed (``Model.close``) once the caller asks for the next one; its
+        records stay. ``draws``: a table holding these replicas' draws (default: a new one);
+        ``trace``: each model records a ``Trace`` (for ``twin.incremental``).
         """
         s = self._setup(state) if setup is None else setup
-        draws = DrawTable(self.seed, ids, _draw_keys(state))
+        if draws is None:
+            draws = DrawTable(self.seed, ids, _draw_keys(state))
         for r in ids:
-            durations = ForecastDurations(
-                self.seed,
-                r,
-                state.clock,
-                s.factors,
-                s.causes,
-                self.slowdown_memory,
-                self.handling_sigma,
-                s.ends,
-                draws,
-                s.spreads,
-                s.paces,
-                s.persistence,
-            )
+            durations = self._durations(state, s, draws, r)
             model = Model(
-                state, durations, detached=s.detached, vehicles_last=True, coast=s.free, template=s.template
-            ).build()
+                state, durations, detached=s.detached, vehicles_last=True, coast=s.free, template=s.template,
+                progress=s.progress, trace=Trace() if trace else None,
+            ).build()  # fmt: skip
             model.run(s.until)
             try:
                 yield s.placement, model
             finally:
                 model.close()
+
+    def _durations(self, state: WorldState, s: _Setup, draws: DrawTable, replica: int) -> ForecastDurations:
+        """The durations of one replica of a forecast of the state."""
+        return ForecastDurations(
+            self.seed, replica, state.clock, s.factors, s.causes, self.slowdown_memory, self.handling_sigma,
+            s.ends, draws, s.spreads, s.paces, s.persistence,
+        )  # fmt: skip
 
     def _tally_here(
         self, state: WorldState, ids: Sequence[int], setup: _Setup | None = None
@@ -467,8 +531,11 @@ class Forecaster:
             out.append(_tally_model(model, keys))
         return keys, out
 
-    def forecast(self, state: WorldState) -> list[PredictedState]:
+    def forecast(self, state: WorldState, beliefs: Beliefs | None = None) -> list[PredictedState]:
         """Full forecast: every open order, every trip not yet completed, every site.
+
+        ``beliefs``: what the twin has learned from the observations (default: what the
+        state's observations teach now, ``Beliefs.of(state)``).
 
         With ``workers > 1`` this process runs one share of the replicas while the workers
         run the others and send back only their tallies.
@@ -476,12 +543,12 @@ class Forecaster:
         with _gc_paused():
             # the replicas' tallies are dropped when ``_forecast`` returns, before the
             # collector resumes: it then has only the predictions to scan
-            return self._forecast(state)
+            return self._forecast(state, beliefs)
 
-    def _forecast(self, state: WorldState) -> list[PredictedState]:
+    def _forecast(self, state: WorldState, beliefs: Beliefs | None = None) -> list[PredictedState]:
         ids = list(range(self.replicas))
         if self.workers == 1:
-            keys, tallies = self._tally_here(state, ids)
+            keys, tallies = self._tally_here(state, ids, self._setup(state, beliefs))
         else:
             pool = self._ensure_pool()
             k = self.workers
@@ -489,7 +556,7 @@ class Forecaster:
             # the workers get what the replicas start from, computed here once, rather than
             # the whole state to redo it from (its 5,000 orders took 0.1-0.2 s to send and
             # to place again before a worker could start)
-            setup = self._setup(state)
+            setup = self._setup(state, beliefs)
             # pickled here, once: the executor would pickle it in a thread of this process,
             # taking turns with the replicas below while the workers wait for it
             shipped = pickle.dumps(_ship(state, setup), protocol=pickle.HIGHEST_PROTOCOL)
@@ -548,6 +615,24 @@ class Forecaster:
         out.extend(
             self._time_predictions("trip", trip_ids, arrivals, planned, as_of, end, SCHEDULE_GRACE, which, found)[0]
         )
+        out.extend(self._site_predictions(state, tallies, order_ids, order_late))
+        return out
+
+    def _site_predictions(
+        self,
+        state: WorldState,
+        tallies: Sequence[_Tally],
+        order_ids: list[str],
+        order_late: npt.NDArray[np.float64],
+        sites: Sequence[str] | None = None,
+    ) -> list[PredictedState]:
+        """Per site (all, or ``sites`` in that order): dock waits of arriving vehicles, orders at risk.
+
+        ``order_late``: each order's probability of being late (in ``order_ids`` order).
+        """
+        n = len(tallies)
+        as_of = state.clock
+        out: list[PredictedState] = []
         # orders likely late (in half the replicas or more) waiting at a site, counted per site
         risk: dict[str, int] = {}
         orders = state.orders
@@ -564,7 +649,7 @@ class Forecaster:
                 per_site[sid] = max(per_site.get(sid, 0.0), w)
             for sid in self.network.sites:
                 worst[sid].append(per_site.get(sid, 0.0))
-        for sid in sorted(self.network.sites):
+        for sid in sorted(self.network.sites) if sites is None else sites:
             ws = sorted(waits[sid])
             bad = [w for w in worst[sid] if w > SCHEDULE_GRACE]
             chain = (
@@ -907,6 +992,8 @@ class _Setup:
     paces: dict[tuple[str, int], tuple[float, float]]
     #: the share of a leg's pace that persists along it (``pace_persistence``)
     persistence: float
+    #: vehicle -> dead-reckoned progress on its lane (``Beliefs.progress``)
+    progress: dict[str, float]
     placement: Placement
     free: frozenset[str]
     detached: frozenset[str]
@@ -926,14 +1013,16 @@ def _ship(state: WorldState, setup: _Setup) -> tuple[object, ...]:
     info = {oid: (i.origin, i.destination, i.promised_at) for oid, i in t.info.items()}
     return (
         shell.snapshot(), setup.until, setup.factors, setup.causes, setup.spreads, setup.ends, setup.paces,
-        setup.persistence, setup.free, setup.detached, info,
+        setup.persistence, setup.progress, setup.free, setup.detached, info,
         t.trips, t.lots, t.booked, t.onboard, t.batches, t.operating, t.frozen,
     )  # fmt: skip
 
 
 def _unship(network: Network, shipped: tuple[Any, ...]) -> tuple[WorldState, _Setup]:
     """The state (without orders) and the setup that ``_ship`` sent."""
-    snap, until, factors, causes, spreads, ends, paces, persistence, free, detached, promises, *parts = shipped
+    snap, until, factors, causes, spreads, ends, paces, persistence, progress, free, detached, promises, *parts = (
+        shipped
+    )
     trips, lots, booked, onboard, batches, operating, frozen = parts
     state = WorldState.from_snapshot(network, snap)
     info = {oid: OrderInfo(*p) for oid, p in promises.items()}
@@ -941,7 +1030,9 @@ def _unship(network: Network, shipped: tuple[Any, ...]) -> tuple[WorldState, _Se
     template = ModelTemplate(
         state, placement, trips, lots, info, booked, onboard, batches, operating, frozen
     )  # fmt: skip
-    setup = _Setup(until, factors, causes, spreads, ends, paces, persistence, placement, free, detached, template)
+    setup = _Setup(
+        until, factors, causes, spreads, ends, paces, persistence, progress, placement, free, detached, template
+    )  # fmt: skip
     return state, setup
 
 

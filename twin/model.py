@@ -27,7 +27,7 @@ Phases: ``build()`` -> ``run(until)`` -> ``collect()`` (-> ``close()``).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,6 +36,7 @@ from simpy.events import NORMAL
 
 from twin.durations import Durations
 from twin.engine import Proc, Sites, Start, Startable, Started, Wake, run_until, unlink
+from twin.network import Network
 from twin.placement import Placement, place
 from twin.provenance import Ledger, add_cause, carry_causes
 from twin.records import Lot, ModelResult, OrderInfo, TripRun
@@ -197,6 +198,59 @@ class ModelTemplate:
         )  # fmt: skip
 
 
+def lot_ledger(trips: dict[str, TripRun], net: Network, o: Lot, *, misses: bool = True) -> Ledger:
+    """Provenance of the delay of a lot's orders so far, from a run's trip records.
+
+    Missed connections (unless ``misses`` is False), then the trip that brought it to
+    where it is (or that it rides), the dock queue and the sorting backlog there.
+    """
+    out: Ledger = dict(o.miss_ledger) if o.miss_ledger and misses else {}
+    if o.trip is not None:
+        for k, (secs, at) in trips[o.trip].ledger.items():
+            add_cause(out, k[0], k[1], secs, at)
+        return out
+    if o.inbound_trip is None:
+        return out
+    run = trips[o.inbound_trip]
+    for k, (secs, at) in run.arrival_ledgers.get(o.inbound_leg, {}).items():
+        add_cause(out, k[0], k[1], secs, at)
+    site = net.trips[o.inbound_trip].legs[o.inbound_leg].destination
+    arrived = run.arrivals[o.inbound_leg] or 0.0
+    add_cause(out, "dock_queue", site, run.dock_wait_at.get(o.inbound_leg, 0.0), arrived)
+    add_cause(out, "handling_backlog", site, o.sort_wait, arrived)
+    return out
+
+
+class Trace:
+    """What one run did at the parts of the network that trips share, for incremental updates.
+
+    ``twin.incremental`` reads it to tell whether a change to one vehicle's drive could have
+    changed anything another trip saw in this run (see docs/forecasting.md, "Incremental
+    updates"). Recorded only when a model is given one (``Model(..., trace=Trace())``).
+    """
+
+    __slots__ = ("docks", "inbound", "rates", "reads", "sorts")
+
+    def __init__(self) -> None:
+        #: site -> every use of one of its docks: [holder, taken, released] (released: inf
+        #: while held); the holder of an unloading is its key ("<trip>/<leg>")
+        self.docks: dict[str, list[list[object]]] = {}
+        #: every sort: [site, key, queued, started, ended, lot serials, the trip each lot is
+        #: booked on from the site (None: none)] (inf: not yet)
+        self.sorts: list[list[object]] = []
+        #: (trip, site, time) of every look at the freight booked on a departure (holds)
+        self.inbound: list[tuple[str, str, float]] = []
+        #: trips whose ledger a link copied during the run (rotations, holds, misses)
+        self.reads: set[str] = set()
+        #: site -> when its sorting rate changed
+        self.rates: dict[str, list[float]] = {}
+
+    def took(self, site: str, holder: str, at: float) -> list[object]:
+        use: list[object] = [holder, at, math.inf]
+        self.docks.setdefault(site, []).append(use)
+        return use
+
+
 #: Priority of the first vehicle's wake-ups under ``vehicles_last`` (SimPy's own are 0 and 1).
 _VEHICLES = 2
 
@@ -216,6 +270,8 @@ class Model:
         vehicles_last: bool = False,
         coast: frozenset[str] | None = None,
         template: ModelTemplate | None = None,
+        progress: Mapping[str, float] | None = None,
+        trace: Trace | None = None,
     ) -> None:
         if coast is not None and not vehicles_last:
             msg = "coast= needs vehicles_last=True: computed stretches are exact only under that rule"
@@ -227,6 +283,12 @@ class Model:
             msg = "template= must come from ModelTemplate.of(state, ...) of this state, without an observer or env"
             raise ValueError(msg)
         self.state = state
+        #: dead-reckoned progress of the vehicles on the road (None: ``state.vehicle_progress``)
+        self.progress = progress
+        #: what the run does at shared parts (docks, sorters, holds, links), or None
+        self.trace = trace
+        #: trip -> its dock use in ``trace`` while it unloads
+        self._uses: dict[str, list[object]] = {}
         self.placement = placement if template is None else template.placement
         #: what building from this state does the same way every time, done once (or None)
         self.template = template
@@ -364,6 +426,9 @@ class Model:
                 # would, with a request granted at the clock
                 docks_here = self.docks[sid]
                 slot = docks_here.take() or docks_here.request()
+                if self.trace is not None:
+                    held = f"{tid}/{len(net.trips[tid].legs) - 1}"
+                    self._uses[held] = self.trace.took(sid, held, st.clock)
                 out[tid] = (slot, float(max(0, round(st.clock - since))))
         return out
 
@@ -572,26 +637,8 @@ class Model:
         return len(self.net.trips[trip_id].legs)
 
     def order_ledger(self, o: Lot, *, misses: bool = True) -> Ledger:
-        """Provenance of an order's delay so far.
-
-        Missed connections (unless ``misses`` is False), then the trip that brought it to
-        where it is (or that it rides), the dock queue and the sorting backlog there.
-        """
-        out: Ledger = dict(o.miss_ledger) if o.miss_ledger and misses else {}
-        if o.trip is not None:
-            for k, (secs, at) in self.trips[o.trip].ledger.items():
-                add_cause(out, k[0], k[1], secs, at)
-            return out
-        if o.inbound_trip is None:
-            return out
-        run = self.trips[o.inbound_trip]
-        for k, (secs, at) in run.arrival_ledgers.get(o.inbound_leg, {}).items():
-            add_cause(out, k[0], k[1], secs, at)
-        site = self.net.trips[o.inbound_trip].legs[o.inbound_leg].destination
-        arrived = run.arrivals[o.inbound_leg] or 0.0
-        add_cause(out, "dock_queue", site, run.dock_wait_at.get(o.inbound_leg, 0.0), arrived)
-        add_cause(out, "handling_backlog", site, o.sort_wait, arrived)
-        return out
+        """Provenance of an order's delay so far (``lot_ledger`` of this run's records)."""
+        return lot_ledger(self.trips, self.net, o, misses=misses)
 
     # ------------------------------------------------------------------ freight
     def _make_ready(self, o: Lot) -> None:
@@ -624,6 +671,8 @@ class Model:
         ends there before ``by``; freight further out is not waited for.
         """
         out: list[Lot] = []
+        if self.trace is not None:
+            self.trace.inbound.append((trip_id, site, self.env._now))
         booked = self.booked.get((trip_id, site))
         if not booked:
             return out
@@ -703,7 +752,12 @@ class Model:
                     yield from self._depart(tid, i)
                     remaining = 1.0
                 else:
-                    remaining = 1.0 - st.vehicle_progress(vehicle_id) if v.lane_id == leg.lane_id else 1.0
+                    if v.lane_id != leg.lane_id:
+                        remaining = 1.0
+                    elif self.progress is not None:
+                        remaining = 1.0 - self.progress[vehicle_id]
+                    else:
+                        remaining = 1.0 - st.vehicle_progress(vehicle_id)
                     self._observed_delay(tid, i, remaining)
                 if coast is not None and i == last and not self.onboard.get(tid):
                     # nothing aboard for the rest of the trip: the drive touches nothing else
@@ -820,6 +874,8 @@ class Model:
             prev = self.net.previous_trip(trip_id)
             if prev is not None:
                 carry_causes(run.ledger, self.trips[prev].release_ledger, late)
+                if self.trace is not None:
+                    self.trace.reads.add(prev)
                 add_cause(run.ledger, "vehicle_rotation", prev, late, now)
         if ts.hold_until is not None and now < ts.hold_until:
             start = now
@@ -922,14 +978,21 @@ class Model:
         site = self.net.sites[site_id]
         back = self.durations.recovery(site, self.env._now)
         requests = [self.docks[site_id].request() for _ in range(docks)]
-        for req in requests:
+        uses: list[list[object]] = []
+        for j, req in enumerate(requests):
             yield req
+            if self.trace is not None:
+                uses.append(self.trace.took(site_id, f"out-of-service/{j}", self.env._now))
         if back is not None:
             if back > self.env._now:
                 yield self.env.timeout(back - self.env._now)
             for req in requests:
                 self.docks[site_id].release(req)
+            for use in uses:
+                use[2] = self.env._now
             self.rates[site_id] = max(self.rates[site_id], site.handling_rate)
+            if self.trace is not None:
+                self.trace.rates.setdefault(site_id, []).append(self.env._now)
         yield self._park()
 
     def _observed_delay(self, trip_id: str, leg_index: int, remaining: float) -> None:
@@ -961,6 +1024,8 @@ class Model:
             prev = self.net.previous_trip(trip_id)
             if prev is not None:
                 carry_causes(run.ledger, self.trips[prev].release_ledger, late)
+                if self.trace is not None:
+                    self.trace.reads.add(prev)
                 add_cause(run.ledger, "vehicle_rotation", prev, late, env._now)
         if ts.hold_until is not None and env._now < ts.hold_until:
             start = env._now
@@ -983,6 +1048,8 @@ class Model:
                 run.held_for = culprit or None
                 if culprit:
                     carry_causes(run.ledger, self.trips[culprit].release_ledger, run.hold_seconds)
+                    if self.trace is not None:
+                        self.trace.reads.add(culprit)
                 add_cause(run.ledger, "held_departure", trip_id, run.hold_seconds, start)
         self._load(trip_id, leg_index, site)
         run.departures[leg_index] = env._now
@@ -1055,6 +1122,8 @@ class Model:
             o.miss_carry = gap
         elif o.miss_ledger is None and o.inbound_trip is not None:
             carry_causes(ledger, self.order_ledger(o), gap)
+            if self.trace is not None:
+                self.trace.reads.add(o.inbound_trip)
         add_cause(ledger, "missed_connection", missed, gap, self.env._now)
         o.miss_ledger = ledger
         if self._observing:
@@ -1134,6 +1203,10 @@ class Model:
             yield slot
         wait = env._now - queued
         run = self.trips[trip_id]
+        key = f"{trip_id}/{leg_index}"
+        use = None
+        if self.trace is not None:
+            use = self._uses.pop(key, None) or self.trace.took(site, key, env._now)
         # new containers, not changed in place: template copies share the template's
         # (``_copy_run``), and most trips never wait at a dock
         run.dock_waits = [*run.dock_waits, wait]
@@ -1146,7 +1219,6 @@ class Model:
         count = 0
         for o in alighting:
             count += len(o.ids)
-        key = f"{trip_id}/{leg_index}"
         # ``env.timeout``: the same event, scheduled the same way, for less
         durations = self.durations
         took = durations.unload_rest(s, count, key, done) if done else durations.unload(s, count, key)
@@ -1162,6 +1234,8 @@ class Model:
                 for oid in o.ids:
                     self.observer.scanned(env._now, oid, site, "unloaded", None)
         docks.release(slot)
+        if use is not None:
+            use[2] = env._now
         if self._observing:
             self.observer.docks(env._now, site, docks.count, int(docks.capacity))
         self._start_sorting(_Sorting(self, site, alighting, key, 0.0))
@@ -1169,6 +1243,10 @@ class Model:
     def _start_sorting(self, sorting: _Sorting) -> None:
         """Start a sort where SimPy would start it as a process (see ``_Sorting``)."""
         self._sortings.append(sorting)
+        if self.trace is not None:
+            inf = math.inf
+            sorting.record = [sorting.site, sorting.key, inf, inf, inf, [o.serial for o in sorting.batch]]
+            self.trace.sorts.append(sorting.record)
         if self._starting:
             # while building: by the shared start event, in order with the processes
             if self._start_event is None:
@@ -1194,7 +1272,7 @@ class _Sorting:
     (this and the process it replaced) and compares every event and record.
     """
 
-    __slots__ = ("batch", "credit", "key", "model", "queued", "site", "slot", "waiting")
+    __slots__ = ("batch", "credit", "key", "model", "queued", "record", "site", "slot", "waiting")
 
     def __init__(self, model: Model, site: str, batch: list[Lot], key: str, credit: float) -> None:
         self.model = model
@@ -1203,6 +1281,8 @@ class _Sorting:
         self.key = key
         self.credit = credit
         self.queued = 0.0
+        #: its entry in the model's ``Trace`` (None: not traced)
+        self.record: list[object] | None = None
         self.slot: simpy.resources.resource.Request | None = None
         #: the event it waits on (None: none; unlinked by ``Model.close``)
         self.waiting: simpy.Event | None = None
@@ -1222,6 +1302,14 @@ class _Sorting:
                     b = booked[key_h] = {}
                 b[o.serial] = o
         self.queued = env._now
+        if self.record is not None:
+            self.record[2] = env._now
+            # the trip each lot is booked on from here (None: none, it is home)
+            onward: list[str | None] = []
+            for o in self.batch:
+                h = o.hop + 1 if o.trip is not None else o.hop
+                onward.append(o.path[h] if h < len(o.path) else None)
+            self.record.append(onward)
         sorter = m.sorters[self.site]
         # with nothing else due in this instant (no event in the queue, nothing of the
         # build still to start), a request for a free sorter would be the next event
@@ -1242,6 +1330,8 @@ class _Sorting:
         m = self.model
         env = m.env
         waited = env._now - self.queued
+        if self.record is not None:
+            self.record[3] = env._now
         count = 0
         for o in self.batch:
             o.sort_wait = waited
@@ -1260,6 +1350,8 @@ class _Sorting:
         env = m.env
         site = self.site
         m.sorters[site].release(self.slot)  # type: ignore[arg-type]
+        if self.record is not None:
+            self.record[4] = env._now
         observing = m._observing
         for o in self.batch:
             if o.site == o.destination:
@@ -1276,6 +1368,8 @@ class _Sorting:
                     m.observer.scanned(env._now, oid, site, "sorted", None)
             if o.miss_carry > 0:
                 upstream = m.order_ledger(o, misses=False)
+                if m.trace is not None and o.inbound_trip is not None:
+                    m.trace.reads.add(o.inbound_trip)
                 ledger: Ledger = {}
                 carry_causes(ledger, upstream, o.miss_carry)
                 for k, (secs, at) in (o.miss_ledger or {}).items():

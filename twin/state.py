@@ -516,18 +516,19 @@ class WorldState:
         return self._on_departed(departed)
 
     # ------------------------------------------------------------------ reading
-    def vehicle_progress(self, vehicle_id: str, at: float | None = None) -> float:
+    def vehicle_progress(self, vehicle_id: str, at: float | None = None, factor: float | None = None) -> float:
         """Dead-reckoned progress of an en-route vehicle at ``at`` (default: the clock).
 
         From the last observation the vehicle is assumed to move at the lane's nominal speed
-        times the slowdown the twin currently believes in, and never past the end of the lane
-        until an arrival is observed.
+        times the slowdown the twin currently believes in (or ``factor``), and never past the
+        end of the lane until an arrival is observed.
         """
         v = self.vehicles[vehicle_id]
         if v.status != "en_route" or v.lane_id is None:
             return 1.0 if v.status == "at_site" else 0.0
         lane = self.network.lanes[v.lane_id]
-        factor = self.lanes[v.lane_id].factor(lane.travel_time)
+        if factor is None:
+            factor = self.lanes[v.lane_id].factor(lane.travel_time)
         t = self.clock if at is None else at
         moved = max(0.0, t - v.obs_time) / (lane.travel_time * factor)
         return min(1.0, v.progress + moved)
