@@ -11,6 +11,14 @@ sends back only their tallies), and prints peak memory and the number of simulat
 re-forecast after every event: its cost per event is the full forecast's, printed alongside
 (with the faster of one core and the pool, and both).
 
+Then the incremental forecast (``twin.incremental``): from a full refresh at ``--at-hours``,
+the event stream goes on and the forecast is updated after each of the next ``--positions``
+vehicle positions. A position at the clock of the forecast is an incremental update (timed:
+median, mean, 90th percentile, against the naive full re-forecast); one that moves the clock
+takes a full refresh (timed and counted apart). Every other kind of event also takes a
+refresh: the forecast is refreshed, untimed, before the next position is applied. With
+``--check`` each incremental update is compared with a full forecast of the new state.
+
 The machine is small and shared: the 1-core line also gives the CPU time this process spent
 (less sensitive to other work than wall time), and the load average before and after is
 printed so that a slow run can be told from a slow forecast.
@@ -30,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scenarios.generate import generate  # noqa: E402
 from scenarios.spec import load_scenario  # noqa: E402
+from twin.events import VehiclePosition  # noqa: E402
 from twin.forecast import Forecaster  # noqa: E402
+from twin.incremental import IncrementalForecaster  # noqa: E402
 from twin.live import LiveTwin  # noqa: E402
 
 
@@ -73,6 +83,8 @@ def main() -> None:
     ap.add_argument("--horizon-hours", type=float, default=12.0)
     ap.add_argument("--at-hours", type=float, default=9.0)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--positions", type=int, default=60, help="position events for the incremental measurement")
+    ap.add_argument("--check", action="store_true", help="compare each incremental update with a full forecast")
     args = ap.parse_args()
 
     gen = generate(load_scenario("regional-day"))
@@ -103,17 +115,89 @@ def main() -> None:
         f"naive upkeep (full re-forecast after every event): {best:.3f} s per event, {1 / best:.2f} events/s "
         f"(1 core: {m1:.3f} s, {1 / m1:.2f} events/s; 2 processes: {m2:.3f} s, {1 / m2:.2f} events/s)"
     )
-    print(
-        "incremental update after one position event: not implemented; "
-        "bench/cone.py measures its exact cone (docs/forecasting.md)"
-    )
     tracemalloc.start()
     Forecaster(gen.network, **kwargs).forecast(st)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     print(f"peak memory of one forecast: {peak / 2**20:.1f} MiB (tracemalloc)")
     print(f"simulation steps per replica: {steps_per_replica(gen.network, st, kwargs):,.0f} (Model.steps)")
+    incremental(gen, twin, kwargs, args, m1)
     print(f"load average (1 min) on {os.cpu_count()} cores: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+
+
+def incremental(gen, twin: LiveTwin, kwargs: dict, args: argparse.Namespace, naive: float) -> None:
+    """Time incremental updates after single position events, from the state ``twin`` is at."""
+    fc = Forecaster(gen.network, **kwargs)
+    inc = IncrementalForecaster(fc)
+    twin.on_applied = inc.touch
+    tracemalloc.start()
+    IncrementalForecaster(fc).refresh(twin.state)  # once for its memory: tracemalloc slows it down
+    kept, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    start = time.perf_counter()
+    inc.refresh(twin.state)
+    refresh = time.perf_counter() - start
+    updates: list[float] = []
+    clock_moves: list[float] = []
+    patched = rerun = changed = checked = 0
+    reasons: dict[str, int] = {}
+    cut = twin.clock
+    for e in [e for e in gen.events if e.time > cut]:
+        if isinstance(e, VehiclePosition) and e.lane_id is not None:
+            if inc.last.kind != "unchanged" and inc._other:
+                inc.update(twin.state)  # the refresh other events need, untimed
+            twin.apply(e)
+            start = time.perf_counter()
+            out = inc.update(twin.state)
+            took = time.perf_counter() - start
+            st = inc.last
+            if st.kind == "refresh":
+                clock_moves.append(took)
+            elif st.kind == "incremental":
+                updates.append(took)
+                patched += st.patched
+                rerun += st.rerun
+                changed += len(out)
+                for k, v in st.rerun_reasons.items():
+                    reasons[k] = reasons.get(k, 0) + v
+                if args.check:
+                    if inc.predictions() != fc.forecast(twin.state, inc.beliefs):
+                        sys.exit(f"incremental update after {e.id} differs from a full forecast")
+                    checked += 1
+            if len(updates) + len(clock_moves) >= args.positions:
+                break
+        else:
+            twin.apply(e)
+    print(
+        f"incremental forecast: refresh {refresh:.3f} s; it keeps {kept / 2**20:.1f} MiB of replica records "
+        f"(peak {peak / 2**20:.1f} MiB, tracemalloc)"
+    )
+    n = len(updates) + len(clock_moves)
+    if updates:
+        ms = sorted(x * 1000 for x in updates)
+        med = statistics.median(ms)
+        print(
+            f"incremental update after one position event ({len(updates)} of {n} positions, at the forecast's clock): "
+            f"median {med:.1f} ms, mean {statistics.fmean(ms):.1f} ms, p90 {ms[int(0.9 * (len(ms) - 1))]:.1f} ms, "
+            f"max {ms[-1]:.1f} ms  target <= 50 ms"
+        )
+        print(f"  naive full re-forecast (1 core, above): {naive * 1000:.0f} ms; ratio {naive * 1000 / med:.0f}x")
+        total = patched + rerun
+        print(
+            f"  replicas patched from their records: {patched} of {total} ({100 * patched / max(1, total):.0f} %); "
+            f"run again: {rerun} ({', '.join(f'{k} {v}' for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))})"
+        )
+        print(f"  predictions changed per update: {changed / len(updates):.1f} on average")
+        if args.check:
+            print(f"  each of the {checked} updates equals a full forecast of the new state (--check)")
+    if clock_moves:
+        print(
+            f"positions that moved the clock ({len(clock_moves)} of {n}): a full refresh, "
+            f"median {statistics.median(clock_moves):.3f} s"
+        )
+    every = sorted(updates + clock_moves)
+    if every:
+        print(f"all {n} positions: median {statistics.median(every) * 1000:.1f} ms")
 
 
 if __name__ == "__main__":

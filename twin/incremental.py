@@ -48,6 +48,7 @@ from twin.forecast import (
     Forecaster,
     PredictedState,
     _draw_keys,
+    _gc_paused,
     _Keys,
     _Setup,
     _Tally,
@@ -160,7 +161,8 @@ class IncrementalForecaster:
 
     def refresh(self, state: WorldState) -> list[PredictedState]:
         """A full forecast of the state, learning the beliefs anew; returns every prediction."""
-        return self._refresh(state, "first" if self._state is None else "period")
+        with _gc_paused():  # as a forecast does: replicas pile up records (``_gc_paused``)
+            return self._refresh(state, "first" if self._state is None else "period")
 
     def update(self, state: WorldState) -> list[PredictedState]:
         """Bring the forecast to the state; return the predictions that changed.
@@ -168,6 +170,10 @@ class IncrementalForecaster:
         Incremental when every event since the last update is a vehicle position at the
         same clock (see the module docstring); a full refresh otherwise.
         """
+        with _gc_paused():
+            return self._update(state)
+
+    def _update(self, state: WorldState) -> list[PredictedState]:
         if self._state is None or self._setup is None:
             return self._refresh(state, "first")
         if self._other:
