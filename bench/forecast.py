@@ -131,9 +131,11 @@ def incremental(gen, twin: LiveTwin, kwargs: dict, args: argparse.Namespace, nai
     inc = IncrementalForecaster(fc)
     twin.on_applied = inc.touch
     tracemalloc.start()
-    IncrementalForecaster(fc).refresh(twin.state)  # once for its memory: tracemalloc slows it down
+    probe = IncrementalForecaster(fc)  # a refresh once for its memory: tracemalloc slows it down
+    probe.refresh(twin.state)
     kept, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    del probe
     start = time.perf_counter()
     inc.refresh(twin.state)
     refresh = time.perf_counter() - start
