@@ -20,3 +20,9 @@ def default_scenario() -> GeneratedScenario:
 def mini_scenario() -> GeneratedScenario:
     """The small library scenario, generated once per test session (in memory)."""
     return generate(load_scenario("two-region-mini"))
+
+
+@pytest.fixture(scope="session")
+def outage_scenario() -> GeneratedScenario:
+    """The library scenario whose hub loses docks and sorting in the morning, generated once."""
+    return generate(load_scenario("hub-morning-outage"))
