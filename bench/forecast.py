@@ -129,7 +129,7 @@ def incremental(gen, twin: LiveTwin, kwargs: dict, args: argparse.Namespace, nai
     """Time incremental updates after single position events, from the state ``twin`` is at."""
     fc = Forecaster(gen.network, **kwargs)
     inc = IncrementalForecaster(fc)
-    twin.on_applied = inc.touch
+    inc.attach(twin)
     tracemalloc.start()
     probe = IncrementalForecaster(fc)  # a refresh once for its memory: tracemalloc slows it down
     probe.refresh(twin.state)

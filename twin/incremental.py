@@ -35,7 +35,7 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +59,9 @@ from twin.model import Trace, _copy_run, lot_ledger
 from twin.provenance import Ledger, add_cause
 from twin.records import Lot, TripRun
 from twin.state import WorldState
+
+if TYPE_CHECKING:
+    from twin.live import LiveTwin
 
 __all__ = ["IncrementalForecaster", "UpdateStats"]
 
@@ -107,8 +110,8 @@ class IncrementalForecaster:
     """A full forecast kept up to date by re-forecasting only what each event can change.
 
     ``refresh(state)`` makes a full forecast and keeps every replica's records;
-    ``touch(event)`` marks an event applied to the state since (a ``LiveTwin.on_applied``
-    hook); ``update(state)`` brings the forecast to the state and returns the predictions
+    ``touch(event)`` marks an event applied to the state since (``attach(twin)`` makes it
+    the live twin's ``on_applied`` hook); ``update(state)`` brings the forecast to the state and returns the predictions
     that changed. ``predictions()`` is the whole current forecast, in the order of
     ``Forecaster.forecast``. ``last`` tells what the latest call did.
     """
@@ -146,6 +149,18 @@ class IncrementalForecaster:
     def predictions(self) -> list[PredictedState]:
         """The current forecast: every prediction, in the order of ``Forecaster.forecast``."""
         return list(self._preds)
+
+    def attach(self, twin: LiveTwin) -> None:
+        """Mark every event the live twin applies from now on (its ``on_applied`` hook).
+
+        An update takes in only what was marked: a state changed by events it was not told
+        of would keep predictions of the state before them.
+        """
+        hook = twin.on_applied
+        if hook is not None and hook != self.touch:
+            msg = "the live twin already has an on_applied hook; call touch(event) from it instead"
+            raise ValueError(msg)
+        twin.on_applied = self.touch
 
     def touch(self, event: Event) -> None:
         """Mark an event applied to the state since the last update."""

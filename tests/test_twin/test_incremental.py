@@ -15,7 +15,7 @@ def _live(gen, at_hours: float, replicas: int) -> tuple[LiveTwin, Forecaster, In
     twin.apply_all([e for e in gen.events if e.time <= at_hours * 3600])
     fc = Forecaster(gen.network, replicas=replicas, seed=3)
     inc = IncrementalForecaster(fc)
-    twin.on_applied = inc.touch
+    inc.attach(twin)
     return twin, fc, inc
 
 
@@ -91,3 +91,10 @@ def test_an_incremental_forecast_runs_its_replicas_here(default_scenario):
     with Forecaster(default_scenario.network, replicas=4, workers=2) as fc:
         with pytest.raises(ValueError, match="workers=1"):
             IncrementalForecaster(fc)
+
+
+def test_attach_refuses_to_replace_another_hook(mini_scenario):
+    twin = LiveTwin(mini_scenario.network)
+    twin.on_applied = print
+    with pytest.raises(ValueError, match="on_applied"):
+        IncrementalForecaster(Forecaster(mini_scenario.network, replicas=2)).attach(twin)
