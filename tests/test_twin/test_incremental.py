@@ -98,3 +98,27 @@ def test_attach_refuses_to_replace_another_hook(mini_scenario):
     twin.on_applied = print
     with pytest.raises(ValueError, match="on_applied"):
         IncrementalForecaster(Forecaster(mini_scenario.network, replicas=2)).attach(twin)
+
+
+def test_one_update_takes_in_several_positions(default_scenario):
+    """Positions of several vehicles at one clock, then one update: each is taken in turn."""
+    gen = default_scenario
+    later = [e for e in gen.events if e.time > 9 * 3600]
+    seconds = sorted({e.time for e in later if isinstance(e, VehiclePosition) and e.lane_id is not None})
+    twin, fc, inc = _live(gen, 9, replicas=8)
+    rounds = 0
+    for second in seconds[:3]:
+        # everything up to that second, its other events and its first position (the clock
+        # is then the second's); then its other positions at once
+        twin.apply_all([e for e in later if twin.clock < e.time < second])
+        burst = [e for e in later if e.time == second]
+        positions = [e for e in burst if isinstance(e, VehiclePosition) and e.lane_id is not None]
+        twin.apply_all([e for e in burst if e not in positions[1:]])
+        inc.refresh(twin.state)
+        positions = positions[1:]
+        twin.apply_all(positions)
+        inc.update(twin.state)
+        assert inc.last.kind == "incremental" and inc.last.vehicles == len({e.vehicle_id for e in positions})
+        assert inc.predictions() == fc.forecast(twin.state, inc.beliefs)
+        rounds += inc.last.vehicles > 1
+    assert rounds >= 2
