@@ -122,3 +122,18 @@ def test_one_update_takes_in_several_positions(default_scenario):
         assert inc.predictions() == fc.forecast(twin.state, inc.beliefs)
         rounds += inc.last.vehicles > 1
     assert rounds >= 2
+
+
+def test_beliefs_that_do_not_know_a_vehicles_lane_are_refused(mini_scenario):
+    """Beliefs from before a vehicle took to its lane cannot dead-reckon it: a clear error."""
+    gen = mini_scenario
+    twin = LiveTwin(gen.network)
+    twin.apply_all([e for e in gen.events if e.time <= 3 * 3600])
+    old = Beliefs.of(twin.state)
+    on_road = {v.lane_id for v in twin.state.vehicles.values() if v.status == "en_route"}
+    for e in (e for e in gen.events if e.time > 3 * 3600):
+        twin.apply(e)
+        if isinstance(e, VehiclePosition) and e.lane_id is not None and e.lane_id not in on_road:
+            break
+    with pytest.raises(ValueError, match="Beliefs.of"):
+        Forecaster(gen.network, replicas=2).forecast(twin.state, old)
