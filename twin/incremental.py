@@ -440,29 +440,17 @@ class IncrementalForecaster:
             t = math.inf if delivered is None else delivered
             tally.delivered[cols] = t
             first = float(keys.promised[cols].min()) if len(cols) else math.inf
-            if t > first:
-                led = lot_ledger(rep.trips, net, lot)
-                if led:
-                    tally.order_ledger[cols] = len(tally.ledgers)
-                    tally.ledgers.append(led)
-                else:
-                    tally.order_ledger[cols] = -1
-            else:
-                tally.order_ledger[cols] = -1
+            # as ``_tally_model``: a ledger for the lot's orders when it is late for one of them
+            tally.order_ledger[cols] = _keep(tally, lot_ledger(rep.trips, net, lot) if t > first else None)
             orders.update(cols.tolist())
         trips: set[int] = set()
         col = self._trip_col.get(tid)
         if col is not None:
             tally.arrivals[col] = arrival
-            if arrival > keys.trip_due[col]:
-                led = new_run.arrival_ledgers.get(keys.trip_last[col], new_run.ledger)
-                if led:
-                    tally.trip_ledger[col] = len(tally.ledgers)
-                    tally.ledgers.append(led)
-                else:
-                    tally.trip_ledger[col] = -1
-            else:
-                tally.trip_ledger[col] = -1
+            late = arrival > keys.trip_due[col]
+            tally.trip_ledger[col] = _keep(
+                tally, new_run.arrival_ledgers.get(keys.trip_last[col], new_run.ledger) if late else None
+            )
             trips.add(col)
         return orders, trips
 
@@ -581,6 +569,14 @@ def _replica(trips: dict[str, TripRun], lots: list[Lot], trace: Trace | None, ta
         for use in uses:
             docks[str(use[0])] = use
     return _Replica(trips, lots, trace, tally, sorts, docks)
+
+
+def _keep(tally: _Tally, ledger: Ledger | None) -> int:
+    """The index of a (non-empty) ledger added to the tally's, or -1 for none."""
+    if not ledger:
+        return -1
+    tally.ledgers.append(ledger)
+    return len(tally.ledgers) - 1
 
 
 def _current_leg(state: WorldState, setup: _Setup, vehicle_id: str) -> tuple[str, int] | None:
