@@ -55,6 +55,13 @@ the rounds 43,895 and 44,904. Worker-only pairs (ten, alternating): 37,200 and 4
 16.1 and 14.9 us of the process's CPU per event (the main thread's 14.5 and 14.7). Not met
 (docs/kafka.md, "Speed").
 
+Figures of 2026-11-25, 12:23-12:48 UTC (load average 2.9-4.9; ``--broker``, same procedure, five
+rounds each, alternating): before (02f26e1) 37,379, 36,818, 37,005, 40,454 and 31,316; after
+(thr7: the ingest consumer hands out aiokafka's C records, ``streams.fetch``) 88,774 (short
+windows after a long start-up transient), 59,138, 39,839, 39,666 and 43,358; medians of the
+fifteen runs 37,005 and 43,358 events/s, of the worker's CPU per event 15.5 and 12.3 us. Not
+reliably 50,000 at that load (docs/kafka.md, "Speed").
+
 Latency, 2026-11-25 05:21-05:24 UTC (defaults: 8 replicas, refresh every 0.1 s, hourly ticks, one
 forecast process, background ticks; load 0.1-3.1, before and after alternating, a fresh broker
 per run): 8e7cce4 p50 2,052 / 2,198 ms, p99 4,160 / 5,267 ms; 7e082a5 p50 1,400 / 1,791 ms, p99
