@@ -55,6 +55,13 @@ the rounds 43,895 and 44,904. Worker-only pairs (ten, alternating): 37,200 and 4
 16.1 and 14.9 us of the process's CPU per event (the main thread's 14.5 and 14.7). Not met
 (docs/kafka.md, "Speed").
 
+Figures of 2026-11-25, 12:23-12:48 UTC (load average 2.9-4.9; ``--broker``, same procedure, five
+rounds each, alternating): before (02f26e1) 37,379, 36,818, 37,005, 40,454 and 31,316; after
+(thr7: the ingest consumer hands out aiokafka's C records, ``streams.fetch``) 88,774 (short
+windows after a long start-up transient), 59,138, 39,839, 39,666 and 43,358; medians of the
+fifteen runs 37,005 and 43,358 events/s, of the worker's CPU per event 15.5 and 12.3 us. Not
+reliably 50,000 at that load (docs/kafka.md, "Speed").
+
 Latency, 2026-11-25 05:21-05:24 UTC (defaults: 8 replicas, refresh every 0.1 s, hourly ticks, one
 forecast process, background ticks; load 0.1-3.1, before and after alternating, a fresh broker
 per run): 8e7cce4 p50 2,052 / 2,198 ms, p99 4,160 / 5,267 ms; 7e082a5 p50 1,400 / 1,791 ms, p99
@@ -68,6 +75,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import math
 import os
 import platform
 import shutil
@@ -271,16 +279,37 @@ class Worker:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def throughput_run(bootstrap: str, topics: Topics, scenario: str, n: int, *args: str) -> tuple[float, float]:
-    """(events/s from the first applied event to the last, events/s from a quarter of them to the last).
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(CPU seconds of the whole process so far, of its main thread), from ``/proc`` (Linux).
 
-    The first includes the worker's start-up transient (its first batches go through the shard
-    topic until the agent has read one back); the second is the sustained rate.
+    The process's figure is ``utime + stime`` (clock ticks, dead threads included); the main
+    thread's is its ``schedstat`` run time (nanoseconds), which is exact.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        process = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        main = int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return math.nan, math.nan
+    return process, main
+
+
+def throughput_run(
+    bootstrap: str, topics: Topics, scenario: str, n: int, *args: str
+) -> tuple[float, float, float, float]:
+    """Events/s from the first applied event to the last and from a quarter of them to the last;
+    CPU of the worker per event in that second window (whole process, main thread; microseconds).
+
+    The first rate includes the worker's start-up transient (its first batches go through the
+    shard topic until the agent has read one back); the second is the sustained rate. CPU per
+    event is what a change to the worker's code moves; the rates also move with how much of a
+    core this shared machine gives the worker.
     """
     worker = Worker(bootstrap, topics, scenario, *args)
     try:
         worker.wait_ready()
         first = quarter = last = None
+        cpu_quarter = cpu_last = (math.nan, math.nan)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             applied = worker.applied() or 0.0
@@ -289,15 +318,23 @@ def throughput_run(bootstrap: str, topics: Topics, scenario: str, n: int, *args:
                 first = (now, applied)
             if applied >= n / 4 and quarter is None:
                 quarter = (now, applied)
+                cpu_quarter = cpu_seconds(worker.proc.pid)
             if applied >= n:
                 last = now
+                cpu_last = cpu_seconds(worker.proc.pid)
                 break
             time.sleep(0.02)
         if first is None or quarter is None or last is None:
             msg = f"worker applied {worker.applied()} of {n} events in time"
             raise SystemExit(msg)
         # Events applied between the first poll that saw some (or a quarter) and the last one.
-        return (n - first[1]) / (last - first[0]), (n - quarter[1]) / max(last - quarter[0], 1e-9)
+        window = max(n - quarter[1], 1.0)
+        return (
+            (n - first[1]) / (last - first[0]),
+            (n - quarter[1]) / max(last - quarter[0], 1e-9),
+            (cpu_last[0] - cpu_quarter[0]) / window * 1e6,
+            (cpu_last[1] - cpu_quarter[1]) / window * 1e6,
+        )
     finally:
         worker.stop()
 
@@ -466,12 +503,13 @@ def throughput(bootstrap: str, gen, codec: Codec, args) -> None:
     for i in range(args.runs):
         runs.append(throughput_run(bootstrap, topics, args.scenario, n, "--forecast-every", "0", "--partitions", "4"))
         print(
-            f"  worker run {i + 1}: {runs[-1][0]:,.0f} events/s, sustained {runs[-1][1]:,.0f} (load average {_load()})",
+            f"  worker run {i + 1}: {runs[-1][0]:,.0f} events/s, sustained {runs[-1][1]:,.0f}; "
+            f"CPU {runs[-1][2]:.1f} us/event (main thread {runs[-1][3]:.1f}) (load average {_load()})",
             flush=True,
         )
     worker = [r[0] for r in runs]
     sustained = [r[1] for r in runs]
-    with_fc, _ = throughput_run(
+    with_fc, *_ = throughput_run(
         bootstrap, topics, args.scenario, n, "--replicas", str(args.replicas), "--partitions", "4"
     )
     b, w, s = statistics.median(bare), statistics.median(worker), statistics.median(sustained)
@@ -481,6 +519,10 @@ def throughput(bootstrap: str, gen, codec: Codec, args) -> None:
     print(
         f"  sustained   : {s:>10,.0f} events/s (from a quarter applied; runs: "
         f"{', '.join(f'{r:,.0f}' for r in sustained)})"
+    )
+    print(
+        f"  CPU/event   : {statistics.median(r[2] for r in runs):>10.1f} us (median, whole worker process, "
+        f"from a quarter applied; main thread {statistics.median(r[3] for r in runs):.1f} us)"
     )
     print(f"  with hourly forecasts ({args.replicas} replicas): {with_fc:,.0f} events/s")
     print(f"ratio         : the worker runs at {w / b:.1%} of the bare consumer (target: >= 50,000 events/s)")

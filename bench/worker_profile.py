@@ -2,9 +2,13 @@
 
     python bench/worker_profile.py [--scenario regional-day] [--poll 5000] [--partitions 4]
                                    [--gc worker|default] [--profile] [--top 30] [--forecasts]
+                                   [--records lean|consumer]
 
 Drives what a worker does per poll of the ingest stage, in process, with the scenario's
-encoded messages: ``BatchBuilder.build`` (decode, route), ``encode_batch`` of every batch
+encoded messages: the poll's records read out of Kafka record batches as aiokafka's fetcher
+does (``--records lean``: the C records, as the worker's ingest consumer hands them out since
+2026-11-25, ``streams.fetch``; ``consumer``: a ``ConsumerRecord`` each, as before; CRCs
+checked either way), ``BatchBuilder.build_polled`` (decode, route), ``encode_batch`` of every batch
 (the copy the ingest stage writes to the shard topic), ``ShardHost.offer_direct`` + ``step``
 (the direct hand-over to the local shards), then the shard topic's copy read back
 (``ShardHost.receive``, which skips it by key) and a step per message that may change
@@ -19,6 +23,7 @@ import argparse
 import asyncio
 import cProfile
 import pstats
+import struct
 import sys
 import time
 from collections import defaultdict
@@ -27,10 +32,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from aiokafka.consumer.fetcher import READ_UNCOMMITTED, PartitionRecords  # noqa: E402
+from aiokafka.record.default_records import DefaultRecordBatchBuilder  # noqa: E402
+from aiokafka.record.memory_records import MemoryRecords  # noqa: E402
+from aiokafka.structs import TopicPartition  # noqa: E402
+
 from scenarios.generate import generate  # noqa: E402
 from scenarios.spec import load_scenario  # noqa: E402
 from streams.codec import Codec  # noqa: E402
 from streams.envelopes import encode_batch  # noqa: E402
+from streams.fetch import _LeanPartition  # noqa: E402
 from streams.host import HostSettings, ShardHost, input_name  # noqa: E402
 from streams.ingest import BatchBuilder, SourceMessage  # noqa: E402
 from streams.kafka_cli import tune_gc  # noqa: E402
@@ -53,7 +64,43 @@ def messages(scenario: str) -> tuple[object, Codec, list[SourceMessage]]:
     return gen, codec, out
 
 
-def run(gen, codec, msgs, args) -> dict[str, float]:
+def record_batches(chunk: list[SourceMessage]) -> dict[tuple[str, int], tuple[int, bytes]]:
+    """A poll's messages as the broker returns them: per partition, (first offset, v2 record batches)."""
+    out: dict[tuple[str, int], tuple[int, bytes]] = {}
+    by_tp: dict[tuple[str, int], list[SourceMessage]] = defaultdict(list)
+    for m in chunk:
+        by_tp[(m.topic, m.partition)].append(m)
+    for tp, ms in by_tp.items():
+        blob = bytearray()
+        for i in range(0, len(ms), 1000):  # about what the producer puts in a 512 KiB batch
+            part = ms[i : i + 1000]
+            builder = DefaultRecordBatchBuilder(
+                magic=2, compression_type=0, is_transactional=0, producer_id=-1, producer_epoch=-1,
+                base_sequence=-1, batch_size=1 << 26,
+            )  # fmt: skip
+            for m in part:
+                builder.append(m.offset - part[0].offset, timestamp=m.timestamp, key=m.key, value=m.value, headers=[])
+            buf = builder.build()
+            struct.pack_into(">q", buf, 0, part[0].offset)
+            blob += buf
+        out[tp] = (ms[0].offset, bytes(blob))
+    return out
+
+
+def fetch(polled: dict[tuple[str, int], tuple[int, bytes]], lean: bool) -> list[tuple[tuple[str, int], list]]:
+    """The records of a poll as the ingest consumer's ``getmany`` hands them out."""
+    out = []
+    for (topic, partition), (first, blob) in polled.items():
+        tp = TopicPartition(topic, partition)
+        if lean:
+            records = _LeanPartition(tp, MemoryRecords(blob), first, True)
+        else:
+            records = PartitionRecords(tp, MemoryRecords(blob), None, first, None, None, True, READ_UNCOMMITTED)
+        out.append(((topic, partition), list(records)))
+    return out
+
+
+def run(gen, codec, msgs, args, fetched: list[dict[tuple[str, int], tuple[int, bytes]]]) -> dict[str, float]:
     from prometheus_client import CollectorRegistry
 
     net = gen.network
@@ -83,15 +130,18 @@ def run(gen, codec, msgs, args) -> dict[str, float]:
     last_snap = time.perf_counter()
     loop = asyncio.new_event_loop()
     pc = time.perf_counter
+    polls = [msgs[i : i + args.poll] for i in range(0, len(msgs), args.poll)]
+    lean = args.records == "lean"
     t_all = pc()
     cpu0 = time.process_time()
-    for i in range(0, len(msgs), args.poll):
-        chunk = msgs[i : i + args.poll]
+    for chunk, blobs in zip(polls, fetched, strict=True):
         for m in chunk:
             read[m.topic] = m.offset + 1
         positions = {(t, 0): (read[t], read[t] >= totals[t]) for t in topics.inputs}
+        t_fetch = pc()
+        polled = fetch(blobs, lean)
         t0 = pc()
-        batches = builder.build(chunk, positions)
+        batches = builder.build_polled(polled, positions)
         t1 = pc()
         key = builder.batch_key()
         for part, batch in sorted(batches.items()):
@@ -122,6 +172,7 @@ def run(gen, codec, msgs, args) -> dict[str, float]:
                 host.snapshot(p)
             last_snap = pc()
         t5 = pc()
+        timers["fetch (aiokafka records)"] += t0 - t_fetch
         timers["build (decode+route)"] += t1 - t0
         timers["encode batches"] += t2 - t1
         timers["direct + step"] += t3 - t2
@@ -157,6 +208,12 @@ def main() -> None:
         default="worker",
         help="worker: tune the collector as `twin worker` does (streams.kafka_cli.tune_gc)",
     )
+    ap.add_argument(
+        "--records",
+        choices=("lean", "consumer"),
+        default="lean",
+        help="lean: aiokafka's C records (the worker since 2026-11-25); consumer: a ConsumerRecord each",
+    )
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--sort", default="tottime")
@@ -166,10 +223,12 @@ def main() -> None:
     if args.gc == "worker":
         tune_gc()
     print(f"{args.scenario}: {n:,} messages, polls of {args.poll}")
+    # The record batches a broker would return, made before anything is timed or profiled.
+    fetched = [record_batches(msgs[i : i + args.poll]) for i in range(0, n, args.poll)]
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        timers = run(gen, codec, msgs, args)
+        timers = run(gen, codec, msgs, args, fetched)
         prof.disable()
         stats = pstats.Stats(prof)
         stats.sort_stats(args.sort)
@@ -185,7 +244,7 @@ def main() -> None:
             print(f"{tt / n * 1e6:14.2f} {ct / n * 1e6:14.2f} {nc / n:9.2f}  {where}")
             width += 1
     else:
-        timers = run(gen, codec, msgs, args)
+        timers = run(gen, codec, msgs, args, fetched)
     total = timers.pop("total")
     cpu = timers.pop("cpu")
     applied = timers.pop("applied")

@@ -53,6 +53,7 @@ from typing import Any, Final
 from streams.codec import Codec
 from streams.envelopes import ACCOUNTABLE, BROADCAST_DYNAMIC, COPY, Batch, SourceMark, WireRecord, encode_batch
 from streams.errors import DecodeError
+from streams.fetch import lean_records
 from streams.host import input_name, shard_partitions
 from streams.shards import ShardRouter
 from twin.events import Event
@@ -140,76 +141,88 @@ class BatchBuilder:
     ) -> dict[int, Batch]:
         """One batch per shard-topic partition that holds a shard (records or not).
 
-        ``positions``: for every input partition owned, (next offset to read, caught up).
+        ``messages`` have ``topic`` and ``partition`` besides :data:`streams.fetch.LEAN_ATTRIBUTES`
+        (:class:`SourceMessage`, aiokafka's ``ConsumerRecord``). ``positions``: for every input
+        partition owned, (next offset to read, caught up).
+        """
+        return self.build_polled(_runs(messages), positions, now)
+
+    def build_polled(
+        self,
+        polled: Iterable[tuple[tuple[str, int], Sequence[Any]]],
+        positions: dict[tuple[str, int], tuple[int, bool]],
+        now: float | None = None,
+    ) -> dict[int, Batch]:
+        """:meth:`build` from a poll's records grouped by input partition, in order.
+
+        ``polled``: ``((topic, partition), records)`` pairs, one per partition of a ``getmany``;
+        records need only :data:`streams.fetch.LEAN_ATTRIBUTES`, so a lean consumer's C records do.
         """
         now = time.time() if now is None else now
         used = self.used_partitions
         by_part: dict[int, list[WireRecord]] = {p: [] for p in used}
         evs_part: dict[int, list[Event | None]] = {p: [] for p in used}
-        events, errors = self.codec.decode_many([m.value for m in messages])
+        groups = [(tp, records) for tp, records in polled if records]
+        events, errors = self.codec.decode_many([m.value for _, records in groups for m in records])
         failed = dict(errors)
         route = self.router.route
         #: shard -> appenders of its partition's records and decoded events
         sinks = {name: (by_part[p].append, evs_part[p].append) for name, p in self.partition_of.items()}
         part_of = self.partition_of
         sources = self.sources
-        # Messages come in runs per input partition (one poll's records of a partition are
-        # contiguous): look the source up once per run, and track its newest event time there.
-        src_key: tuple[str, int] | None = None
-        src = _Source()
-        max_time = -math.inf
-        j = 0
-        for i, m in enumerate(messages):
-            topic, partition = m.topic, m.partition
-            if src_key is None or topic != src_key[0] or partition != src_key[1]:
-                if max_time > src.max_time:
-                    src.max_time = max_time
-                src_key = (topic, partition)
-                src = sources.get(src_key)  # type: ignore[assignment]
-                if src is None:
-                    src = sources[src_key] = _Source()
-                src.last_message = now
-                max_time = src.max_time
-            headers = [(k, v) for k, v in m.headers] if m.headers else _NO_HEADERS
-            if failed:
-                err: DecodeError | None = failed.get(i)
-                if err is not None:
-                    shard = self.router.fallback(input_name(topic, partition))
-                    rec = WireRecord(
-                        shard, ACCOUNTABLE, topic, partition, m.offset, m.timestamp, m.key, headers, m.value,
-                        err.reason, err.detail,
-                    )  # fmt: skip
-                    by_part[part_of[shard]].append(rec)
-                    evs_part[part_of[shard]].append(None)
+        i = 0  # the message's index in the poll (the codec's errors are by it)
+        j = 0  # the next decoded event
+        for (topic, partition), records in groups:
+            # A poll's records of one partition come together: the source is looked up once
+            # per partition, and its newest event time tracked in a local.
+            src_key = (topic, partition)
+            src = sources.get(src_key)
+            if src is None:
+                src = sources[src_key] = _Source()
+            src.last_message = now
+            max_time = src.max_time
+            for m in records:
+                headers = [(k, v) for k, v in m.headers] if m.headers else _NO_HEADERS
+                if failed:
+                    err: DecodeError | None = failed.get(i)
+                    i += 1
+                    if err is not None:
+                        shard = self.router.fallback(input_name(topic, partition))
+                        rec = WireRecord(
+                            shard, ACCOUNTABLE, topic, partition, m.offset, m.timestamp, m.key, headers, m.value,
+                            err.reason, err.detail,
+                        )  # fmt: skip
+                        by_part[part_of[shard]].append(rec)
+                        evs_part[part_of[shard]].append(None)
+                        continue
+                ev = events[j]
+                j += 1
+                t = ev.time
+                if t > max_time:
+                    max_time = t
+                r = route(ev)
+                accountable = r.accountable
+                shards = r.shards
+                if len(shards) == 1:  # almost every event: one shard
+                    name = shards[0]
+                    add_record, add_event = sinks[name]
+                    if accountable is None:
+                        acct = BROADCAST_DYNAMIC
+                    else:
+                        acct = ACCOUNTABLE if name == accountable else COPY
+                    add_record(WireRecord(name, acct, topic, partition, m.offset, m.timestamp, m.key, headers, m.value))
+                    add_event(ev)
                     continue
-            ev = events[j]
-            j += 1
-            t = ev.time
-            if t > max_time:
-                max_time = t
-            r = route(ev)
-            accountable = r.accountable
-            shards = r.shards
-            if len(shards) == 1:  # almost every event: one shard
-                name = shards[0]
-                add_record, add_event = sinks[name]
-                if accountable is None:
-                    acct = BROADCAST_DYNAMIC
-                else:
-                    acct = ACCOUNTABLE if name == accountable else COPY
-                add_record(WireRecord(name, acct, topic, partition, m.offset, m.timestamp, m.key, headers, m.value))
-                add_event(ev)
-                continue
-            for name in shards:
-                if accountable is None:
-                    acct = BROADCAST_DYNAMIC
-                else:
-                    acct = ACCOUNTABLE if name == accountable else COPY
-                add_record, add_event = sinks[name]
-                add_record(WireRecord(name, acct, topic, partition, m.offset, m.timestamp, m.key, headers, m.value))
-                add_event(ev)
-        if max_time > src.max_time:
-            src.max_time = max_time
+                for name in shards:
+                    if accountable is None:
+                        acct = BROADCAST_DYNAMIC
+                    else:
+                        acct = ACCOUNTABLE if name == accountable else COPY
+                    add_record, add_event = sinks[name]
+                    add_record(WireRecord(name, acct, topic, partition, m.offset, m.timestamp, m.key, headers, m.value))
+                    add_event(ev)
+            if max_time > src.max_time:
+                src.max_time = max_time
         sent_at = now
         marks = []
         for (topic, part), (position, caught_up) in sorted(positions.items()):
@@ -249,6 +262,20 @@ class BatchBuilder:
     def batch_key(self) -> bytes:
         """The shard-topic key of the last build's batches: ``<source>:<build number>``."""
         return f"{self.source}:{self.batches}".encode()
+
+
+def _runs(messages: Sequence[Any]) -> list[tuple[tuple[str, int], Sequence[Any]]]:
+    """Messages with ``topic`` and ``partition``, grouped into runs of one partition, in order."""
+    runs: list[tuple[tuple[str, int], Sequence[Any]]] = []
+    start = 0
+    for i in range(1, len(messages) + 1):
+        if i == len(messages) or (messages[i].topic, messages[i].partition) != (
+            messages[start].topic,
+            messages[start].partition,
+        ):
+            runs.append(((messages[start].topic, messages[start].partition), messages[start:i]))
+            start = i
+    return runs
 
 
 def caught_up(position: int, highwater: int | None, polled_ms: int | None, now: float) -> bool:
@@ -300,7 +327,7 @@ class Ingest:
 
     async def run(self) -> None:
         """Poll, route, forward, commit, until :meth:`stop`."""
-        from aiokafka import ConsumerRebalanceListener
+        from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
         ingest = self
 
@@ -316,6 +343,10 @@ class Ingest:
         self.consumer = consumer = self.consumer_factory()
         consumer.subscribe(self.topics, listener=_Listener())
         await consumer.start()
+        if isinstance(consumer, AIOKafkaConsumer):
+            # aiokafka's C records instead of a ConsumerRecord built per record in Python (about
+            # 1 us per event of the main thread; streams.fetch says what it relies on).
+            lean_records(consumer)
         last_sent = 0.0
         builder = self.builder
         try:
@@ -330,11 +361,10 @@ class Ingest:
                 if idle_at != math.inf:
                     wait = min(wait, max(idle_at - time.time(), 0.001))
                 records = await consumer.getmany(timeout_ms=max(1, round(wait * 1000)), max_records=self.max_records)
-                messages = [m for tp_records in records.values() for m in tp_records]
                 now = time.time()
-                if not messages and now - last_sent < self.heartbeat and now < builder.next_idle():
+                if not any(records.values()) and now - last_sent < self.heartbeat and now < builder.next_idle():
                     continue
-                await self._forward(messages, now)
+                await self._forward([((tp.topic, tp.partition), recs) for tp, recs in records.items()], now)
                 last_sent = now
         finally:
             with contextlib.suppress(Exception):
@@ -346,7 +376,7 @@ class Ingest:
         """Finish the current poll and stop."""
         self._stopping.set()
 
-    async def _forward(self, messages: list[Any], now: float) -> None:
+    async def _forward(self, poll: list[tuple[tuple[str, int], Sequence[Any]]], now: float) -> None:
         consumer = self.consumer
         positions: dict[tuple[str, int], tuple[int, bool]] = {}
         commit: dict[Any, int] = {}
@@ -356,7 +386,8 @@ class Ingest:
             polled = consumer.last_poll_timestamp(tp)
             positions[(tp.topic, tp.partition)] = (pos, caught_up(pos, hw, polled, now))
             commit[tp] = pos
-        batches = self.builder.build(messages, positions, now)
+        batches = self.builder.build_polled(poll, positions, now)
+        count = sum(len(records) for _, records in poll)
         key = self.builder.batch_key()
         futures = []
         for part, batch in sorted(batches.items()):
@@ -365,9 +396,9 @@ class Ingest:
             # Shards hosted here take the batch now (the copy on the shard topic is for recovery
             # and for shards hosted elsewhere; a host skips the copy of a batch it took directly).
             await self.direct(key, batches, self.builder.last_events)
-        self.messages += len(messages)
+        self.messages += count
         if self.on_batch is not None:
-            self.on_batch(len(messages), now)
+            self.on_batch(count, now)
         self._inflight.append((futures, commit))
         # Commit the offsets of the polls whose batches are on the broker, keeping this poll and
         # the previous one in flight, and without waiting for the commit's round trip.

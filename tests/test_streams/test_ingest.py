@@ -89,7 +89,7 @@ def _watermark_after_quiet(mini_scenario: Any, polled_age: float) -> tuple[float
     async def run() -> None:
         t0 = 1_000_000.0
         ingest.consumer = _Consumer(_TP("sensors", 0), 42, int(t0 * 1000))
-        await ingest._forward([_Msg()], t0)  # one record read, the partition at its end
+        await ingest._forward([(("sensors", 0), [_Msg()])], t0)  # one record read, the partition at its end
         later = t0 + 10.0
         ingest.consumer.polled_ms = int((later - polled_age) * 1000)
         sent.clear()
