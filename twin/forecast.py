@@ -768,8 +768,8 @@ class _LotIndex:
     """Per-forecast facts about the order lists of lots, shared by every replica.
 
     Replicas copy their lots from one placement, so most lots of every replica share an
-    order list object; splits make new ones. Entries keep their list alive, so an ``id``
-    is never reused for another list while the memo exists.
+    order list object; splits make new ones. Entries looked up by a list's ``id`` keep their
+    list alive, so an ``id`` is never reused for another list while the memo exists.
     """
 
     def __init__(self, info: dict[str, OrderInfo], order_ids: list[str] | None = None) -> None:
@@ -777,7 +777,7 @@ class _LotIndex:
         self.position = {oid: i for i, oid in enumerate(order_ids)} if order_ids is not None else {}
         self._promises: dict[int, tuple[list[str], float, float, list[tuple[str, str]]]] = {}
         self._columns: dict[int, tuple[list[str], npt.NDArray[np.intp]]] = {}
-        self._facts: dict[int, tuple[list[str], npt.NDArray[np.intp], float]] = {}
+        self._facts: dict[tuple[str, int], tuple[list[str], npt.NDArray[np.intp], float]] = {}
 
     def promises(self, ids: list[str]) -> tuple[float, float, list[tuple[str, str]]]:
         """Earliest and latest promise of the orders, and their ledger keys."""
@@ -789,11 +789,18 @@ class _LotIndex:
         return e[1], e[2], e[3]
 
     def facts(self, ids: list[str]) -> tuple[npt.NDArray[np.intp], float]:
-        """Positions of the orders in the forecast's order list, and their earliest promise."""
-        e = self._facts.get(id(ids))
-        if e is None or e[0] is not ids:
+        """Positions of the orders in the forecast's order list, and their earliest promise.
+
+        Looked up by the orders, not by the list: a split makes a new order list in every
+        replica, and most replicas make the same splits (the same orders in the same order).
+        A lot's orders are a stretch of one template lot's (splits cut a list in two), so the
+        first order and the length find it; the entry is used only if its orders are equal.
+        """
+        key = (ids[0], len(ids))
+        e = self._facts.get(key)
+        if e is None or e[0] != ids:
             info, pos = self.info, self.position
-            e = self._facts[id(ids)] = (
+            e = self._facts[key] = (
                 ids,
                 np.array([pos[oid] for oid in ids], dtype=np.intp),
                 min(info[oid].promised_at for oid in ids),
