@@ -951,11 +951,11 @@ def _tally_model(model: Model, keys: _Keys) -> _Tally:
     order_ledger = per_lot[owner]
     trip_ledger = np.full(len(keys.trip_ids), -1, dtype=np.intp)
     trips = model.trips
-    runs = [trips[tid] for tid in keys.trip_ids]
-    arrivals = np.array([inf if (a := run.arrivals[-1]) is None else a for run in runs], dtype=float)
+    trip_ids = keys.trip_ids
+    arrivals = np.array([inf if (a := trips[tid].arrivals[-1]) is None else a for tid in trip_ids], dtype=float)
     # late: not arrived (inf), or after the schedule's grace; in trip order
     for k in np.flatnonzero(arrivals > keys.trip_due).tolist():
-        run = runs[k]
+        run = trips[trip_ids[k]]
         led = run.arrival_ledgers.get(keys.trip_last[k], run.ledger)
         if led:
             trip_ledger[k] = len(ledgers)
@@ -1139,7 +1139,8 @@ def _chain(ledgers: list[Ledger], n: int) -> tuple[Cause, ...]:
                 total[key] = [secs, at]
             else:
                 e[0] += secs
-                e[1] = min(e[1], at)
+                if at < e[1]:  # ``min(e[1], at)`` without the call
+                    e[1] = at
     items = [(at, key, secs / n) for key, (secs, at) in total.items() if secs / n >= MIN_CAUSE_SECONDS]
     items.sort(key=lambda x: (x[0], x[1][0] not in ROOT_CAUSES, x[1]))
     if len(items) > MAX_CAUSES:

@@ -706,14 +706,18 @@ class Model:
             return
         if o.hop >= len(o.path):
             return
-        tid = o.path[o.hop]
-        leg = self.net.leg_index(tid, o.site or "")
+        tid, site = o.path[o.hop], o.site or ""
+        leg = self.net.leg_index(tid, site)
         if leg >= 0 and (self.trips[tid].departures[leg] is not None or self.state.trips[tid].cancelled):
             # booked on a trip that already left (or will not run): the next one of the hop
-            self._roll(o, tid, o.site or "")
+            self._roll(o, tid, site)
             return
-        key = (tid, o.site or "")
-        self.booked.setdefault(key, {})[o.serial] = o
+        key = (tid, site)
+        # not ``setdefault(key, {})``, which makes a dictionary every time
+        booked = self.booked.get(key)
+        if booked is None:
+            booked = self.booked[key] = {}
+        booked[o.serial] = o
         waiter = self._waiters.get(key)
         if waiter is not None and not waiter.triggered and not self._inbound(*key, by=self._deadlines[key]):
             self._last_ready[key] = o.inbound_trip
@@ -758,7 +762,10 @@ class Model:
         h = o.hop + 1 if o.trip is not None else o.hop
         if h < len(o.path):
             key = (o.path[h], o.boards[h])
-            self.booked.setdefault(key, {})[o.serial] = o
+            booked = self.booked.get(key)  # (as ``_make_ready``)
+            if booked is None:
+                booked = self.booked[key] = {}
+            booked[o.serial] = o
 
     # ------------------------------------------------------------------ processes
     def _operate(self, vehicle_id: str) -> Proc:
@@ -1115,7 +1122,9 @@ class Model:
     def _load(self, trip_id: str, leg_index: int, site: str) -> None:
         env, trip = self.env, self.net.trips[trip_id]
         booked = self.booked.pop((trip_id, site), None)
-        onboard = self.onboard.setdefault(trip_id, [])
+        onboard = self.onboard.get(trip_id)
+        if onboard is None:
+            onboard = self.onboard[trip_id] = []
         if not booked:
             return
         room = self.net.vehicles[trip.vehicle_id].capacity
