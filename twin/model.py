@@ -36,7 +36,7 @@ import simpy
 from simpy.events import NORMAL
 
 from twin.durations import Durations
-from twin.engine import Proc, Sites, Start, Startable, Started, Wake, run_until, unlink
+from twin.engine import Proc, Sites, Start, Startable, Started, run_until, unlink, wake
 from twin.network import Network
 from twin.placement import Placement, place
 from twin.provenance import Ledger, add_cause, carry_causes
@@ -853,7 +853,7 @@ class Model:
         """
         if not self.vehicles_last:
             return self.env.timeout(delay)
-        return Wake(self.env, delay, self._rank[vehicle_id])
+        return wake(self.env, delay, self._rank[vehicle_id])
 
     def _coast(self, vehicle_id: str, k: int, now: float) -> tuple[int, float | None]:
         """Compute the vehicle's freight-free trips from ``rotation[k]`` on, free at ``now``.
@@ -1283,7 +1283,7 @@ class Model:
         # ``env.timeout``: the same event, scheduled the same way, for less
         durations = self.durations
         took = durations.unload_rest(s, count, key, done) if done else durations.unload(s, count, key)
-        yield Wake(env, took, NORMAL)
+        yield wake(env, took, NORMAL)
         for o in alighting:
             o.stage = "unloaded"
             o.site = site
@@ -1400,9 +1400,9 @@ class _Sorting:
         site = self.site
         s = m.net.sites[site]
         # ``env.timeout``: the same event, scheduled the same way, for less
-        wake = Wake(env, max(1.0, m.durations.sort(s, count, m.rates[site], self.key) - self.credit), NORMAL)
-        wake.callbacks.append(self._sorted)
-        self.waiting = wake
+        w = wake(env, max(1.0, m.durations.sort(s, count, m.rates[site], self.key) - self.credit), NORMAL)
+        w.callbacks.append(self._sorted)
+        self.waiting = w
 
     def _sorted(self, event: simpy.Event) -> None:
         """Sorted: free the sorter, and the freight is delivered or waits for its next trip."""
