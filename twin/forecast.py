@@ -646,9 +646,11 @@ class Forecaster:
             per_site: dict[str, float] = {}
             for sid, w in t.waits:
                 waits[sid].append(w)
-                per_site[sid] = max(per_site.get(sid, 0.0), w)
-            for sid in self.network.sites:
-                worst[sid].append(per_site.get(sid, 0.0))
+                # ``max(per_site.get(sid, 0.0), w)`` without the call (a site left out reads 0.0)
+                if w > per_site.get(sid, 0.0):
+                    per_site[sid] = w
+            for sid, worst_here in worst.items():
+                worst_here.append(per_site.get(sid, 0.0))
         for sid in sorted(self.network.sites) if sites is None else sites:
             ws = sorted(waits[sid])
             bad = [w for w in worst[sid] if w > SCHEDULE_GRACE]
