@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import simpy
@@ -170,6 +170,8 @@ class ModelTemplate:
     operating: frozenset[str]
     #: trips whose records no run changes
     frozen: frozenset[str]
+    #: each vehicle's wake-up priority under ``vehicles_last`` (empty: each model ranks them)
+    rank: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, state: WorldState, placement: Placement) -> ModelTemplate:
@@ -197,7 +199,7 @@ class ModelTemplate:
                 frozen.add(tid)
         return cls(
             state, placement, m.trips, m.lots, m.info, m.booked, m.onboard, batches,
-            frozenset(operating), frozenset(frozen),
+            frozenset(operating), frozenset(frozen), m._rank,
         )  # fmt: skip
 
 
@@ -386,7 +388,12 @@ class Model:
         #: same-second rule: a vehicle's own wake-ups (its departure time has come, a drive
         #: ends) come after everything else in that second, vehicles in id order (see ``_wait``)
         self.vehicles_last = vehicles_last
-        self._rank = {vid: _VEHICLES + i for i, vid in enumerate(sorted(self.net.vehicles))}
+        # the same for every replica of a state: the template's, when it has them
+        self._rank = (
+            template.rank
+            if template is not None and template.rank
+            else {vid: _VEHICLES + i for i, vid in enumerate(sorted(self.net.vehicles))}
+        )
         #: freight-free trips whose stretches of the timeline are computed, not simulated
         #: (see ``_coast``); None: simulate every step
         self.coast = coast
