@@ -646,9 +646,11 @@ class Forecaster:
             per_site: dict[str, float] = {}
             for sid, w in t.waits:
                 waits[sid].append(w)
-                per_site[sid] = max(per_site.get(sid, 0.0), w)
-            for sid in self.network.sites:
-                worst[sid].append(per_site.get(sid, 0.0))
+                # ``max(per_site.get(sid, 0.0), w)`` without the call (a site left out reads 0.0)
+                if w > per_site.get(sid, 0.0):
+                    per_site[sid] = w
+            for sid, worst_here in worst.items():
+                worst_here.append(per_site.get(sid, 0.0))
         for sid in sorted(self.network.sites) if sites is None else sites:
             ws = sorted(waits[sid])
             bad = [w for w in worst[sid] if w > SCHEDULE_GRACE]
@@ -768,8 +770,8 @@ class _LotIndex:
     """Per-forecast facts about the order lists of lots, shared by every replica.
 
     Replicas copy their lots from one placement, so most lots of every replica share an
-    order list object; splits make new ones. Entries keep their list alive, so an ``id``
-    is never reused for another list while the memo exists.
+    order list object; splits make new ones. Entries looked up by a list's ``id`` keep their
+    list alive, so an ``id`` is never reused for another list while the memo exists.
     """
 
     def __init__(self, info: dict[str, OrderInfo], order_ids: list[str] | None = None) -> None:
@@ -777,7 +779,7 @@ class _LotIndex:
         self.position = {oid: i for i, oid in enumerate(order_ids)} if order_ids is not None else {}
         self._promises: dict[int, tuple[list[str], float, float, list[tuple[str, str]]]] = {}
         self._columns: dict[int, tuple[list[str], npt.NDArray[np.intp]]] = {}
-        self._facts: dict[int, tuple[list[str], npt.NDArray[np.intp], float]] = {}
+        self._facts: dict[tuple[str, int], tuple[list[str], npt.NDArray[np.intp], float]] = {}
 
     def promises(self, ids: list[str]) -> tuple[float, float, list[tuple[str, str]]]:
         """Earliest and latest promise of the orders, and their ledger keys."""
@@ -789,11 +791,18 @@ class _LotIndex:
         return e[1], e[2], e[3]
 
     def facts(self, ids: list[str]) -> tuple[npt.NDArray[np.intp], float]:
-        """Positions of the orders in the forecast's order list, and their earliest promise."""
-        e = self._facts.get(id(ids))
-        if e is None or e[0] is not ids:
+        """Positions of the orders in the forecast's order list, and their earliest promise.
+
+        Looked up by the orders, not by the list: a split makes a new order list in every
+        replica, and most replicas make the same splits (the same orders in the same order).
+        A lot's orders are a stretch of one template lot's (splits cut a list in two), so the
+        first order and the length find it; the entry is used only if its orders are equal.
+        """
+        key = (ids[0], len(ids))
+        e = self._facts.get(key)
+        if e is None or e[0] != ids:
             info, pos = self.info, self.position
-            e = self._facts[id(ids)] = (
+            e = self._facts[key] = (
                 ids,
                 np.array([pos[oid] for oid in ids], dtype=np.intp),
                 min(info[oid].promised_at for oid in ids),
@@ -944,11 +953,11 @@ def _tally_model(model: Model, keys: _Keys) -> _Tally:
     order_ledger = per_lot[owner]
     trip_ledger = np.full(len(keys.trip_ids), -1, dtype=np.intp)
     trips = model.trips
-    runs = [trips[tid] for tid in keys.trip_ids]
-    arrivals = np.array([inf if (a := run.arrivals[-1]) is None else a for run in runs], dtype=float)
+    trip_ids = keys.trip_ids
+    arrivals = np.array([inf if (a := trips[tid].arrivals[-1]) is None else a for tid in trip_ids], dtype=float)
     # late: not arrived (inf), or after the schedule's grace; in trip order
     for k in np.flatnonzero(arrivals > keys.trip_due).tolist():
-        run = runs[k]
+        run = trips[trip_ids[k]]
         led = run.arrival_ledgers.get(keys.trip_last[k], run.ledger)
         if led:
             trip_ledger[k] = len(ledgers)
@@ -1132,7 +1141,8 @@ def _chain(ledgers: list[Ledger], n: int) -> tuple[Cause, ...]:
                 total[key] = [secs, at]
             else:
                 e[0] += secs
-                e[1] = min(e[1], at)
+                if at < e[1]:  # ``min(e[1], at)`` without the call
+                    e[1] = at
     items = [(at, key, secs / n) for key, (secs, at) in total.items() if secs / n >= MIN_CAUSE_SECONDS]
     items.sort(key=lambda x: (x[0], x[1][0] not in ROOT_CAUSES, x[1]))
     if len(items) > MAX_CAUSES:

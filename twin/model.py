@@ -27,15 +27,16 @@ Phases: ``build()`` -> ``run(until)`` -> ``collect()`` (-> ``close()``).
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import simpy
 from simpy.events import NORMAL
 
 from twin.durations import Durations
-from twin.engine import Proc, Sites, Start, Startable, Started, Wake, run_until, unlink
+from twin.engine import Proc, Sites, Start, Startable, Started, run_until, unlink, wake
 from twin.network import Network
 from twin.placement import Placement, place
 from twin.provenance import Ledger, add_cause, carry_causes
@@ -138,6 +139,8 @@ def _copy_lot(lot: Lot) -> Lot:
 
 
 _new = object.__new__
+#: a lot's order list (the sort key of lots in ``Model._load``)
+_ORDER_IDS = operator.attrgetter("ids")
 
 
 @dataclass(slots=True)
@@ -167,6 +170,8 @@ class ModelTemplate:
     operating: frozenset[str]
     #: trips whose records no run changes
     frozen: frozenset[str]
+    #: each vehicle's wake-up priority under ``vehicles_last`` (empty: each model ranks them)
+    rank: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, state: WorldState, placement: Placement) -> ModelTemplate:
@@ -194,7 +199,7 @@ class ModelTemplate:
                 frozen.add(tid)
         return cls(
             state, placement, m.trips, m.lots, m.info, m.booked, m.onboard, batches,
-            frozenset(operating), frozenset(frozen),
+            frozenset(operating), frozenset(frozen), m._rank,
         )  # fmt: skip
 
 
@@ -257,6 +262,58 @@ _VEHICLES = 2
 
 class Model:
     """The network model, built from a world state; see the module docstring."""
+
+    # Slots, not an instance dictionary: the model's methods read its attributes tens of
+    # thousands of times per replica, and with more than 30 attributes an instance
+    # dictionary no longer shares its keys with the class's other instances, which makes
+    # every such read and write a slower, hinted dictionary lookup (CPython 3.11).
+    __slots__ = (
+        "_built",
+        "_deadlines",
+        "_deferred",
+        "_docked",
+        "_free_at",
+        "_last_ready",
+        "_never",
+        "_observing",
+        "_own_env",
+        "_procs",
+        "_ran",
+        "_rank",
+        "_shared_info",
+        "_sortings",
+        "_start_event",
+        "_starting",
+        "_until",
+        "_uses",
+        "_waiters",
+        "booked",
+        "coast",
+        "coasted",
+        "detached",
+        "dock_waits",
+        "docks",
+        "durations",
+        "env",
+        "info",
+        "lots",
+        "net",
+        "observer",
+        "onboard",
+        "placement",
+        "progress",
+        "rates",
+        "sorters",
+        "state",
+        "steps",
+        "template",
+        "trace",
+        "trips",
+        "vehicle_leg",
+        "vehicle_site",
+        "vehicles_last",
+        "__weakref__",
+    )
 
     def __init__(
         self,
@@ -331,7 +388,12 @@ class Model:
         #: same-second rule: a vehicle's own wake-ups (its departure time has come, a drive
         #: ends) come after everything else in that second, vehicles in id order (see ``_wait``)
         self.vehicles_last = vehicles_last
-        self._rank = {vid: _VEHICLES + i for i, vid in enumerate(sorted(self.net.vehicles))}
+        # the same for every replica of a state: the template's, when it has them
+        self._rank = (
+            template.rank
+            if template is not None and template.rank
+            else {vid: _VEHICLES + i for i, vid in enumerate(sorted(self.net.vehicles))}
+        )
         #: freight-free trips whose stretches of the timeline are computed, not simulated
         #: (see ``_coast``); None: simulate every step
         self.coast = coast
@@ -651,14 +713,18 @@ class Model:
             return
         if o.hop >= len(o.path):
             return
-        tid = o.path[o.hop]
-        leg = self.net.leg_index(tid, o.site or "")
+        tid, site = o.path[o.hop], o.site or ""
+        leg = self.net.leg_index(tid, site)
         if leg >= 0 and (self.trips[tid].departures[leg] is not None or self.state.trips[tid].cancelled):
             # booked on a trip that already left (or will not run): the next one of the hop
-            self._roll(o, tid, o.site or "")
+            self._roll(o, tid, site)
             return
-        key = (tid, o.site or "")
-        self.booked.setdefault(key, {})[o.serial] = o
+        key = (tid, site)
+        # not ``setdefault(key, {})``, which makes a dictionary every time
+        booked = self.booked.get(key)
+        if booked is None:
+            booked = self.booked[key] = {}
+        booked[o.serial] = o
         waiter = self._waiters.get(key)
         if waiter is not None and not waiter.triggered and not self._inbound(*key, by=self._deadlines[key]):
             self._last_ready[key] = o.inbound_trip
@@ -703,7 +769,10 @@ class Model:
         h = o.hop + 1 if o.trip is not None else o.hop
         if h < len(o.path):
             key = (o.path[h], o.boards[h])
-            self.booked.setdefault(key, {})[o.serial] = o
+            booked = self.booked.get(key)  # (as ``_make_ready``)
+            if booked is None:
+                booked = self.booked[key] = {}
+            booked[o.serial] = o
 
     # ------------------------------------------------------------------ processes
     def _operate(self, vehicle_id: str) -> Proc:
@@ -791,7 +860,7 @@ class Model:
         """
         if not self.vehicles_last:
             return self.env.timeout(delay)
-        return Wake(self.env, delay, self._rank[vehicle_id])
+        return wake(self.env, delay, self._rank[vehicle_id])
 
     def _coast(self, vehicle_id: str, k: int, now: float) -> tuple[int, float | None]:
         """Compute the vehicle's freight-free trips from ``rotation[k]`` on, free at ``now``.
@@ -1060,21 +1129,20 @@ class Model:
     def _load(self, trip_id: str, leg_index: int, site: str) -> None:
         env, trip = self.env, self.net.trips[trip_id]
         booked = self.booked.pop((trip_id, site), None)
-        onboard = self.onboard.setdefault(trip_id, [])
+        onboard = self.onboard.get(trip_id)
+        if onboard is None:
+            onboard = self.onboard[trip_id] = []
         if not booked:
             return
         room = self.net.vehicles[trip.vehicle_id].capacity
         for lot in onboard:
             room -= len(lot.ids)
-        # in order of their first order id, sorted as (first id, lot) pairs (no key function
-        # called per lot; an order is in one lot, so no two first ids are equal)
-        order: Iterable[tuple[str, Lot]]
-        if len(booked) > 1:
-            order = sorted([(lot.ids[0], lot) for lot in booked.values()])
-        else:
-            order = [("", lot) for lot in booked.values()]
+        # in order of their first order id: an order is in one lot, so no two first ids are
+        # equal and sorting by the order lists is sorting by their first ids (``attrgetter``:
+        # no Python call and no pair built per lot)
+        order: Iterable[Lot] = sorted(booked.values(), key=_ORDER_IDS) if len(booked) > 1 else booked.values()
         index = self.booked
-        for _, lot in order:
+        for lot in order:
             if lot.ready and room > 0:
                 if len(lot.ids) > room:
                     rest = lot
@@ -1222,7 +1290,7 @@ class Model:
         # ``env.timeout``: the same event, scheduled the same way, for less
         durations = self.durations
         took = durations.unload_rest(s, count, key, done) if done else durations.unload(s, count, key)
-        yield Wake(env, took, NORMAL)
+        yield wake(env, took, NORMAL)
         for o in alighting:
             o.stage = "unloaded"
             o.site = site
@@ -1339,9 +1407,9 @@ class _Sorting:
         site = self.site
         s = m.net.sites[site]
         # ``env.timeout``: the same event, scheduled the same way, for less
-        wake = Wake(env, max(1.0, m.durations.sort(s, count, m.rates[site], self.key) - self.credit), NORMAL)
-        wake.callbacks.append(self._sorted)
-        self.waiting = wake
+        w = wake(env, max(1.0, m.durations.sort(s, count, m.rates[site], self.key) - self.credit), NORMAL)
+        w.callbacks.append(self._sorted)
+        self.waiting = w
 
     def _sorted(self, event: simpy.Event) -> None:
         """Sorted: free the sorter, and the freight is delivered or waits for its next trip."""

@@ -24,12 +24,13 @@ def add_cause(ledger: Ledger, mechanism: str, entity: str, seconds: float, at: f
     """Add ``seconds`` of ``mechanism`` at ``entity``, first seen at ``at`` (nothing for no delay)."""
     if seconds <= 0:
         return
-    entry = ledger.get((mechanism, entity))
+    key = (mechanism, entity)
+    entry = ledger.get(key)
     if entry is None:
-        ledger[(mechanism, entity)] = [seconds, at]
+        ledger[key] = [seconds, at]
     else:
         # a new entry, never an update in place: copies of a ledger can then be shallow
-        ledger[(mechanism, entity)] = [entry[0] + seconds, min(entry[1], at)]
+        ledger[key] = [entry[0] + seconds, min(entry[1], at)]
 
 
 def carry_causes(into: Ledger, upstream: Ledger, seconds: float) -> None:

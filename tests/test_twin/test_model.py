@@ -327,14 +327,18 @@ def test_capacity_grants_as_simpy_resource_with_fewer_steps(capacity):
     assert fewer < steps
 
 
-def test_a_wake_with_normal_priority_is_ordered_as_simpy_timeout():
+@pytest.mark.parametrize("make", ["Wake", "wake"])
+def test_a_wake_with_normal_priority_is_ordered_as_simpy_timeout(make: str):
     """``Wake(env, d, NORMAL)`` (used for dock and sorting times) takes its place in the queue
     exactly as ``env.timeout(d)``: same time, priority and insertion order, so interleaving
-    the two among same-second events and other priorities processes them in the same order."""
+    the two among same-second events and other priorities processes them in the same order.
+    The same for ``wake(env, d, NORMAL)``, which makes a ``Wake`` without the class call."""
     import simpy
     from simpy.events import NORMAL
 
-    from twin.engine import Wake
+    import twin.engine
+
+    new = getattr(twin.engine, make)
 
     def trace(use_wake: bool) -> list[tuple[float, str]]:
         env = simpy.Environment(initial_time=100.0)
@@ -342,9 +346,9 @@ def test_a_wake_with_normal_priority_is_ordered_as_simpy_timeout():
 
         def proc(name: str, delays: list[float]):
             for d in delays:
-                yield Wake(env, d, NORMAL) if use_wake and name in "ac" else env.timeout(d)
+                yield new(env, d, NORMAL) if use_wake and name in "ac" else env.timeout(d)
                 seen.append((env.now, name))
-            yield Wake(env, 0.0, 2)  # a vehicle-style wake-up: after the others of its second
+            yield new(env, 0.0, 2)  # a vehicle-style wake-up: after the others of its second
             seen.append((env.now, name + "!"))
 
         for name, delays in (("a", [5.0, 0.0, 3.0]), ("b", [5.0, 3.0]), ("c", [2.0, 3.0, 3.0]), ("d", [8.0])):
