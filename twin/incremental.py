@@ -65,8 +65,10 @@ if TYPE_CHECKING:
 
 __all__ = ["IncrementalForecaster", "UpdateStats"]
 
-#: Why an update was a full refresh, or why a replica was run again (for ``UpdateStats``).
-REFRESH_REASONS: Final = ("first", "clock", "event", "vehicle", "lane")
+#: Why a forecast was a full refresh (``UpdateStats.reason``): the first; one asked for
+#: (``refresh``); the clock moved; an event other than a position on a lane; a vehicle
+#: changed status, lane or leg; a vehicle is on a lane the beliefs have no reckoning for.
+REFRESH_REASONS: Final = ("first", "period", "clock", "event", "vehicle", "lane")
 
 
 @dataclass(slots=True)
@@ -97,7 +99,7 @@ class _Replica:
     lots: list[Lot]
     trace: Trace
     tally: _Tally
-    #: sort key -> its record in ``trace.sorts``; (site, holder) -> its dock use
+    #: sort key -> its record in ``trace.sorts``; dock holder -> its use in ``trace.docks``
     sorts: dict[str, list[object]]
     docks: dict[str, list[object]]
 
