@@ -448,6 +448,24 @@ def _created(orders):
     ]
 
 
+def _two_vans_one_dock(leave0: float, leave1: float):
+    """V0 and V1 take 10 orders each from A to B (1000 s), leaving at ``leave0`` and ``leave1``; B has one dock.
+
+    Returns the network, the orders (id, trip), the first run's events and when each order
+    was unloaded in it.
+    """
+    sites = [_site("A"), _site("B", docks=1)]
+    net = Network(sites, [_lane("A", "B", 1000)], [Vehicle("V0", 50, "A"), Vehicle("V1", 50, "A")],
+                  [_trip("T0", "V0", "A", "B", leave0, 1000), _trip("T1", "V1", "A", "B", leave1, 1000)])  # fmt: skip
+    orders = [(f"O{v}{i}", f"T{v}") for v in range(2) for i in range(10)]
+    world = Model(WorldState(net, 0.0), NominalDurations(), observer=(rec := _Events())).build()
+    for oid, tid in orders:
+        world.add_order(oid, "A", "B", 99999.0, [tid], ["A"])
+    world.run(10000)
+    unloaded = {e.order_id: e.time for e in rec.events if getattr(e, "kind", None) == "unloaded"}
+    return net, orders, rec, unloaded
+
+
 @pytest.mark.parametrize("cut", [1500.0, 1800.0, 2000.0])
 def test_a_vehicle_unloading_at_the_snapshot_goes_on_where_it_was(cut):
     """A model rebuilt from the state mid-unloading ends each unloading when the first run did.
@@ -460,16 +478,8 @@ def test_a_vehicle_unloading_at_the_snapshot_goes_on_where_it_was(cut):
     """
     from twin.events import DockStatus
 
-    sites = [_site("A"), _site("B", docks=1)]
-    net = Network(sites, [_lane("A", "B", 1000)], [Vehicle("V0", 50, "A"), Vehicle("V1", 50, "A")],
-                  [_trip("T0", "V0", "A", "B", 0, 1000), _trip("T1", "V1", "A", "B", 100, 1000)])  # fmt: skip
-    orders = [(f"O{v}{i}", f"T{v}") for v in range(2) for i in range(10)]
-    world = Model(WorldState(net, 0.0), NominalDurations(), observer=(rec := _Events())).build()
+    net, orders, rec, unloaded = _two_vans_one_dock(0, 100)
     created = _created(orders)
-    for oid, tid in orders:
-        world.add_order(oid, "A", "B", 99999.0, [tid], ["A"])
-    world.run(10000)
-    unloaded = {e.order_id: e.time for e in rec.events if getattr(e, "kind", None) == "unloaded"}
     assert (unloaded["O00"], unloaded["O10"]) == (1620.0, 2240.0)
 
     live = LiveTwin(net)
@@ -493,15 +503,7 @@ def test_vehicles_holding_freight_at_the_snapshot_take_the_docks_in_the_order_th
     """
     from twin.events import DockStatus
 
-    sites = [_site("A"), _site("B", docks=1)]
-    net = Network(sites, [_lane("A", "B", 1000)], [Vehicle("V0", 50, "A"), Vehicle("V1", 50, "A")],
-                  [_trip("T0", "V0", "A", "B", 100, 1000), _trip("T1", "V1", "A", "B", 0, 1000)])  # fmt: skip
-    orders = [(f"O{v}{i}", f"T{v}") for v in range(2) for i in range(10)]
-    world = Model(WorldState(net, 0.0), NominalDurations(), observer=(rec := _Events())).build()
-    for oid, tid in orders:
-        world.add_order(oid, "A", "B", 99999.0, [tid], ["A"])
-    world.run(10000)
-    unloaded = {e.order_id: e.time for e in rec.events if getattr(e, "kind", None) == "unloaded"}
+    net, orders, rec, unloaded = _two_vans_one_dock(100, 0)
     # T1 first: 1000 + 620; then T0: 1620 + 620
     assert (unloaded["O10"], unloaded["O00"]) == (1620.0, 2240.0)
     created = _created(orders)
