@@ -129,6 +129,12 @@ def lane_beliefs(
     observed slowdown is (the standard deviation of its log). Lanes with a reported
     disruption are blamed on the disruption, the rest on the lane.
     """
+    factors, spreads = _lane_slowdowns(state)
+    return factors, lane_causes(state), spreads
+
+
+def _lane_slowdowns(state: WorldState) -> tuple[dict[str, float], dict[str, float]]:
+    """Each lane's believed slowdown (lanes at 1 left out) and the spread of its log."""
     factors: dict[str, float] = {}
     spreads: dict[str, float] = {}
     for lid, lane in state.network.lanes.items():
@@ -137,7 +143,7 @@ def lane_beliefs(
             factors[lid] = f
             if spread > 0.0:
                 spreads[lid] = spread
-    return factors, lane_causes(state), spreads
+    return factors, spreads
 
 
 def lane_causes(state: WorldState) -> dict[str, tuple[str, str]]:
@@ -174,7 +180,7 @@ class Beliefs:
     @classmethod
     def of(cls, state: WorldState) -> Beliefs:
         """What the state's observations teach now."""
-        factors, _causes, spreads = lane_beliefs(state)
+        factors, spreads = _lane_slowdowns(state)  # the causes are read from the state per forecast
         net = state.network
         persistence = pace_persistence([(lane, state.lanes[lid]) for lid, lane in net.lanes.items()])
         reckoning: dict[str, float] = {}
