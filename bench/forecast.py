@@ -19,6 +19,10 @@ takes a full refresh (timed and counted apart). Every other kind of event also t
 refresh: the forecast is refreshed, untimed, before the next position is applied. With
 ``--check`` each incremental update is compared with a full forecast of the new state.
 
+The twin's hot modules run compiled (``twin.compiled``); the same 1-core forecast is also
+timed with them run from source (``TWIN_PURE_PYTHON=1``, in a child process, after this
+process's own runs; ``--no-interpreted-baseline`` leaves it out), and the ratio printed.
+
 The machine is small and shared: the 1-core line also gives the CPU time this process spent
 (less sensitive to other work than wall time), and the load average before and after is
 printed so that a slow run can be told from a slow forecast.
@@ -27,8 +31,10 @@ printed so that a slow run can be told from a slow forecast.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -38,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scenarios.generate import generate  # noqa: E402
 from scenarios.spec import load_scenario  # noqa: E402
+from twin import compiled  # noqa: E402
 from twin.events import VehiclePosition  # noqa: E402
 from twin.forecast import Forecaster  # noqa: E402
 from twin.incremental import IncrementalForecaster  # noqa: E402
@@ -85,12 +92,20 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--positions", type=int, default=60, help="position events for the incremental measurement")
     ap.add_argument("--check", action="store_true", help="compare each incremental update with a full forecast")
+    ap.add_argument(
+        "--interpreted-baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the 1-core forecast with the twin's modules run from source (a child process)",
+    )
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # the baseline's child
     args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+    print(compiled.describe())
 
-    gen = generate(load_scenario("regional-day"))
-    twin = LiveTwin(gen.network)
-    cut = args.at_hours * 3600
-    twin.apply_all([e for e in gen.events if e.time <= cut])
+    gen, twin = bench_state(args.at_hours)
     st = twin.state
     open_orders = sum(1 for o in st.orders.values() if o.stage not in ("delivered", "cancelled"))
     open_trips = sum(1 for t in st.trips.values() if t.status != "completed")
@@ -120,9 +135,52 @@ def main() -> None:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     print(f"peak memory of one forecast: {peak / 2**20:.1f} MiB (tracemalloc)")
-    print(f"simulation steps per replica: {steps_per_replica(gen.network, st, kwargs):,.0f} (Model.steps)")
+    baseline = interpreted_baseline(args) if compiled.ACTIVE and args.interpreted_baseline else None
+    if baseline is not None:
+        m0, cpu0 = statistics.median(baseline["wall"]), statistics.median(baseline["cpu"])
+        print(
+            f"interpreted (baseline: the same forecast with TWIN_PURE_PYTHON=1, 1 core, a child process): median "
+            f"{m0:.3f} s, CPU {cpu0:.3f} s (runs: {', '.join(f'{x:.3f}' for x in baseline['wall'])}); "
+            f"compiled is {m0 / m1:.2f}x faster (CPU {cpu0 / statistics.median(one_cpu):.2f}x)"
+        )
+        steps = baseline["steps"]
+    else:
+        steps = steps_per_replica(gen.network, st, kwargs)
+    print(f"simulation steps per replica: {steps:,.0f} (Model.steps)")
     incremental(gen, twin, kwargs, args, m1)
     print(f"load average (1 min) on {os.cpu_count()} cores: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+
+
+def bench_state(at_hours: float) -> tuple:
+    """The default scenario replayed to ``at_hours``: (generated scenario, live twin)."""
+    gen = generate(load_scenario("regional-day"))
+    twin = LiveTwin(gen.network)
+    cut = at_hours * 3600
+    twin.apply_all([e for e in gen.events if e.time <= cut])
+    return gen, twin
+
+
+def interpreted_baseline(args: argparse.Namespace) -> dict:
+    """The 1-core forecast timed in a child that runs the twin's modules from source (and its steps)."""
+    cmd = [sys.executable, __file__, "--child", "--replicas", str(args.replicas), "--runs", str(args.runs)]
+    cmd += ["--horizon-hours", str(args.horizon_hours), "--at-hours", str(args.at_hours)]
+    out = subprocess.run(
+        cmd, env={**os.environ, compiled.PURE_ENV: "1"}, capture_output=True, text=True, check=False, timeout=1800
+    )
+    if out.returncode != 0:
+        msg = f"the interpreted baseline failed:\n{out.stderr[-3000:]}"
+        raise SystemExit(msg)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child(args: argparse.Namespace) -> None:
+    """The interpreted baseline's side: time the 1-core forecast, count the steps, print JSON."""
+    assert not compiled.ACTIVE, compiled.REASON
+    gen, twin = bench_state(args.at_hours)
+    kwargs = {"horizon": args.horizon_hours * 3600, "replicas": args.replicas, "seed": 1}
+    wall, cpu = timed(Forecaster(gen.network, **kwargs), twin.state, args.runs)
+    steps = steps_per_replica(gen.network, twin.state, kwargs)
+    print(json.dumps({"wall": wall, "cpu": cpu, "steps": steps}))
 
 
 def incremental(gen, twin: LiveTwin, kwargs: dict, args: argparse.Namespace, naive: float) -> None:

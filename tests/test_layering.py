@@ -15,7 +15,8 @@ FORBIDDEN_IN_TWIN = {
     "streams", "scenarios", "faust", "aiokafka", "kafka", "confluent_kafka", "aiohttp", "http",
     "urllib", "requests", "prometheus_client", "polars", "pyarrow", "mode", "msgspec", "mcp",
 }  # fmt: skip
-ALLOWED_IN_TWIN = {"simpy", "numpy", "twin"}
+# mypy_extensions: the compiler's class decorator (``mypyc_attr``), no behaviour of its own (twin.compiled)
+ALLOWED_IN_TWIN = {"simpy", "numpy", "mypy_extensions", "twin"}
 
 
 def _imports(path: Path) -> set[str]:

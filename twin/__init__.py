@@ -4,6 +4,8 @@ Nothing here knows about Kafka, HTTP, Prometheus or files; given a seed and an e
 sequence, everything here is deterministic.
 """
 
+from twin import compiled as compiled  # first: it decides how the compiled modules load
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "compiled"]

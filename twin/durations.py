@@ -15,6 +15,7 @@ from typing import Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from mypy_extensions import mypyc_attr
 
 from twin.lane import Lane
 from twin.site import Site
@@ -217,6 +218,7 @@ class Durations(Protocol):
         ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class NominalDurations:
     """Expected durations: lane travel times times the given slowdown factors, no noise."""
 
@@ -256,6 +258,7 @@ class NominalDurations:
         return whole(3600.0 * orders / rate)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class StochasticDurations(NominalDurations):
     """Lognormal noise around the nominal durations, keyed per activity (common random numbers).
 

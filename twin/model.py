@@ -95,7 +95,7 @@ def _copy_run(run: TripRun) -> TripRun:
     than through ``TripRun.__init__``); a test checks that every field is copied. Its dock
     waits are replaced, never changed in place, so they are shared.
     """
-    c = _new(TripRun)
+    c = TripRun.__new__(TripRun)
     c.departures = run.departures.copy()
     c.arrivals = run.arrivals.copy()
     c.released = run.released
@@ -115,7 +115,7 @@ def _copy_lot(lot: Lot) -> Lot:
 
     Built slot by slot, as ``_copy_run``.
     """
-    c = _new(Lot)
+    c = Lot.__new__(Lot)
     c.ids = lot.ids
     c.destination = lot.destination
     c.path = lot.path.copy()
@@ -138,7 +138,6 @@ def _copy_lot(lot: Lot) -> Lot:
     return c
 
 
-_new = object.__new__
 #: a lot's order list (the sort key of lots in ``Model._load``)
 _ORDER_IDS = operator.attrgetter("ids")
 

@@ -105,7 +105,14 @@ def frozen_rows(cls: type[_T], n: int, columns: Sequence[Iterable[Any]]) -> list
     setters = _SETTERS.get(cls)
     if setters is None:
         fields: tuple[str, ...] = getattr(cls, "__match_args__")  # noqa: B009
-        setters = _SETTERS[cls] = tuple(cls.__dict__[f].__set__ for f in fields)
+        try:
+            object.__new__(cls)
+        except TypeError:  # a compiled class (``twin.compiled``): its constructor is fast
+            setters = _SETTERS[cls] = ()
+        else:
+            setters = _SETTERS[cls] = tuple(cls.__dict__[f].__set__ for f in fields)
+    if not setters:
+        return [cls(*row) for row in zip(*columns, strict=True)]
     new = object.__new__
     out = [new(cls) for _ in range(n)]
     for setter, values in zip(setters, columns, strict=True):

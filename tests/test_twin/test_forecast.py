@@ -291,6 +291,7 @@ def test_coasting_gives_exactly_the_simpy_results(request, scenario, at_hours, h
     assert coasted > 0
 
 
+@pytest.mark.interpreted  # patches the model's internals: see tests/test_twin/test_compiled.py
 @pytest.mark.parametrize(
     ("scenario", "at_hours"), [("default_scenario", 9), ("default_scenario", 13), ("mini_scenario", 3)]
 )
@@ -367,7 +368,13 @@ def test_models_copied_from_a_template_give_exactly_the_built_results(request, s
         assert _records(copied) == _records(plain)
         assert copied.info == plain.info
         # the same processes, started in the same order
-        assert [p._generator.__name__ for p in models[1]._procs] == [p._generator.__name__ for p in models[0]._procs]
+        assert [_proc_name(p) for p in models[1]._procs] == [_proc_name(p) for p in models[0]._procs]
+
+
+def _proc_name(proc):
+    """The name of a process's generator: its function's, or its class's when compiled (mypyc)."""
+    gen = proc._generator
+    return getattr(gen, "__name__", None) or type(gen).__name__
 
 
 @pytest.mark.parametrize(
@@ -474,6 +481,7 @@ def test_the_inlined_event_loop_runs_as_simpy_does(request, monkeypatch, scenari
     assert [m.env.now for m in theirs] == [m.env.now for m in mine]
 
 
+@pytest.mark.interpreted  # patches the model's internals: see tests/test_twin/test_compiled.py
 @pytest.mark.parametrize(
     ("scenario", "at_hours"), [("default_scenario", 9), ("default_scenario", 13), ("mini_scenario", 3)]
 )
@@ -585,6 +593,7 @@ def _sort_process(model, site, batch, key, credit):
     yield model._park()
 
 
+@pytest.mark.interpreted  # patches the model's internals: see tests/test_twin/test_compiled.py
 @pytest.mark.parametrize(
     ("scenario", "at_hours"), [("default_scenario", 9), ("default_scenario", 13), ("mini_scenario", 3)]
 )

@@ -1,0 +1,147 @@
+"""The twin's compiled modules (``twin.compiled``): built, loaded, and the same as their sources."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+import twin
+from twin import compiled
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# what every prediction of a few forecasts hashes to, printed by a process (its environment
+# decides whether it runs the compiled modules or their sources)
+_HASH_PREDICTIONS = """
+import hashlib, sys
+from scenarios.generate import generate
+from scenarios.spec import load_scenario
+from twin import compiled
+from twin.forecast import Forecaster
+from twin.live import LiveTwin
+
+h, n = hashlib.sha256(), 0
+for name, hours, replicas in (("two-region-mini", 3, 16), ("regional-day", 9, 8), ("hub-morning-outage", 8, 8)):
+    spec = load_scenario(name)
+    gen = generate(spec)
+    live = LiveTwin(gen.network)
+    live.apply_all([e for e in gen.events if e.time <= hours * 3600])
+    for p in Forecaster(gen.network, replicas=replicas, seed=spec.forecast_seed).forecast(live.state):
+        h.update(repr(p).encode())
+        n += 1
+print(compiled.ACTIVE, n, h.hexdigest())
+"""
+
+
+def _run(code: str, *, pure: bool, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != compiled.PURE_ENV}
+    if pure:
+        env[compiled.PURE_ENV] = "1"
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_setup_compiles_the_modules_twin_compiled_lists():
+    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    listed = next(
+        ast.literal_eval(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MODULES" for t in node.targets)
+    )
+    assert tuple(listed) == compiled.MODULES
+
+
+def test_the_compiled_modules_run_in_ci():
+    """CI installs from a clean checkout: the build must have compiled, and this session loaded it."""
+    import twin.model
+
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        assert compiled.ACTIVE, compiled.REASON
+    if compiled.ACTIVE:
+        assert not twin.model.__file__.endswith(".py")
+        assert compiled.describe().startswith("twin modules: compiled")
+    else:
+        assert twin.model.__file__.endswith(".py"), compiled.REASON
+        assert compiled.describe().startswith("twin modules: interpreted")
+
+
+def test_pure_python_runs_the_sources():
+    out = _run("import twin, twin.model; print(twin.compiled.ACTIVE, twin.model.__file__)", pure=True)
+    assert out.returncode == 0, out.stderr
+    active, path = out.stdout.split()
+    assert active == "False"
+    assert path.endswith("twin/model.py")
+
+
+@pytest.mark.compiled_only
+def test_an_edited_source_runs_from_source_with_a_warning(tmp_path):
+    """After an edit since the build, the extension would run the old code: the sources run, and a warning says so."""
+    stamp = Path(compiled.__file__).with_name("_compiled.sha256")
+    lines = stamp.read_text(encoding="utf-8").splitlines()
+    assert [line.split()[1] for line in lines] == [f"twin/{m}.py" for m in compiled.MODULES]
+    for m in compiled.MODULES:
+        source = Path(compiled.__file__).with_name(f"{m}.py").read_bytes()
+        assert f"{hashlib.sha256(source).hexdigest()}  twin/{m}.py" in lines
+    # the same check against a stamp that records another source for the model
+    edited = [f"{'0' * 64}  twin/model.py" if line.endswith("twin/model.py") else line for line in lines]
+    (tmp_path / "stamp").write_text("\n".join(edited) + "\n", encoding="utf-8")
+    code = f"""
+import warnings, pathlib
+warnings.simplefilter("error")
+import twin.compiled as c
+c._STAMP = pathlib.Path({str(tmp_path / "stamp")!r})
+print(c._changed())
+"""
+    out = _run(code, pure=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['twin/model.py']"
+
+
+@pytest.mark.slow
+@pytest.mark.compiled_only
+def test_compiled_forecasts_equal_the_interpreted_ones_to_the_bit():
+    compiled_run = _run(_HASH_PREDICTIONS, pure=False)
+    pure_run = _run(_HASH_PREDICTIONS, pure=True)
+    assert compiled_run.returncode == 0, compiled_run.stderr
+    assert pure_run.returncode == 0, pure_run.stderr
+    c_active, c_n, c_hash = compiled_run.stdout.split()
+    p_active, p_n, p_hash = pure_run.stdout.split()
+    assert (c_active, p_active) == ("True", "False")
+    assert int(c_n) > 3000
+    assert (c_n, c_hash) == (p_n, p_hash)
+
+
+@pytest.mark.slow
+@pytest.mark.compiled_only
+def test_the_tests_that_patch_internals_pass_on_the_sources():
+    """The ``interpreted`` tests check fast paths against SimPy's by patching them: run them on the sources."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "interpreted", "tests/test_twin"],
+        cwd=ROOT,
+        env={**os.environ, compiled.PURE_ENV: "1"},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    summary = out.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "failed" not in summary and "skipped" not in summary, summary
+    assert int(summary.split(" passed")[0].split()[-1]) >= 9, summary
+
+
+def test_twin_imports_compiled_first():
+    assert twin.compiled is compiled
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = _run("import twin.model, sys; print('twin.compiled' in sys.modules)", pure=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"

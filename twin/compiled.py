@@ -1,0 +1,112 @@
+"""Which of the twin's modules run compiled to C (mypyc), and running them from source instead.
+
+The install (``setup.py``) compiles the modules a forecast spends its time in with mypyc:
+the same source, type-checked, turned into a C extension that runs the same operations in
+the same order (so the same floating-point results: a test compares every prediction with
+the interpreted modules') without the interpreter's cost per attribute, call and object.
+
+They run from their sources instead, with the reason in :data:`REASON`, when
+
+- the install built nothing (``TWIN_PURE_PYTHON=1`` at install time, or a build without
+  the compiled modules);
+- ``TWIN_PURE_PYTHON`` is set when the twin is imported (to debug with ``pdb`` or
+  ``cProfile``, which see only Python code, or to patch the modules' internals in tests);
+- a module's source has changed since the build (an edit in a checkout installed with
+  ``pip install -e .``): the extension would run the old code, so a warning says to
+  rebuild (``python3 -m pip install -e .``) and the sources run meanwhile.
+
+This module is imported by ``twin/__init__.py`` before any of the compiled ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+#: the modules compiled by the install (``setup.py`` keeps the same list; a test checks)
+MODULES = ("durations", "engine", "forecast", "model", "provenance", "records")
+#: the environment variable that makes the twin run its sources
+PURE_ENV = "TWIN_PURE_PYTHON"
+
+_HERE = Path(__file__).resolve().parent
+#: written by the build: the SHA-256 of each compiled module's source
+_STAMP = _HERE / "_compiled.sha256"
+
+
+class _FromSource(importlib.abc.MetaPathFinder):
+    """Finds the compiled modules' sources ahead of their extensions."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = frozenset(f"twin.{m}" for m in names)
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in self.names:
+            return None
+        return importlib.util.spec_from_file_location(fullname, _HERE / f"{fullname.rpartition('.')[2]}.py")
+
+
+def _built() -> bool:
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
+    return all(any((_HERE / f"{m}{s}").exists() for s in suffixes) for m in (*MODULES, "_native__mypyc"))
+
+
+def _changed() -> list[str]:
+    """The compiled modules whose source differs from the one the build compiled."""
+    try:
+        lines = _STAMP.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return [f"twin/{m}.py" for m in MODULES]  # no record of the build: trust none of it
+    built: dict[str, str] = {}
+    for line in lines:
+        digest, _, name = line.partition("  ")
+        built[name.strip()] = digest
+    changed = []
+    for m in MODULES:
+        name = f"twin/{m}.py"
+        try:
+            digest = hashlib.sha256((_HERE / f"{m}.py").read_bytes()).hexdigest()
+        except OSError:
+            continue  # an installed wheel may hold the extension alone: nothing to compare
+        if built.get(name) != digest:
+            changed.append(name)
+    return changed
+
+
+def _decide() -> tuple[bool, str]:
+    if not _built():
+        return False, "not built: installed without the compiled modules (TWIN_PURE_PYTHON=1 at install time)"
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        return False, f"{PURE_ENV} is set"
+    changed = _changed()
+    if changed:
+        return False, f"{', '.join(changed)} changed since the build: rebuild with `python3 -m pip install -e .`"
+    return True, "compiled with mypyc"
+
+
+#: whether the modules of :data:`MODULES` run compiled in this process
+ACTIVE, REASON = _decide()
+
+if not ACTIVE and _built():
+    if not REASON.startswith(PURE_ENV):
+        warnings.warn(
+            f"twin runs its compiled modules from their sources (slower): {REASON}", RuntimeWarning, stacklevel=2
+        )
+    if any(f"twin.{m}" in sys.modules for m in MODULES):  # pragma: no cover - imported before twin itself
+        msg = "twin.compiled must be imported before the twin's compiled modules"
+        raise ImportError(msg)
+    sys.meta_path.insert(0, _FromSource(MODULES))
+
+
+def describe() -> str:
+    """One line for logs and benchmarks: how the twin's hot modules run, and why."""
+    return f"twin modules: {'compiled' if ACTIVE else 'interpreted'} ({REASON})"
