@@ -96,7 +96,8 @@ _SETTERS: dict[type, tuple[Any, ...]] = {}
 def frozen_rows(cls: type[_T], n: int, columns: Sequence[Iterable[Any]]) -> list[_T]:
     """``[cls(*row) for row in zip(*columns)]`` for ``n`` rows: the same objects, for a fraction of the cost.
 
-    A frozen slotted dataclass's ``__init__`` sets each field through ``object.__setattr__``;
+    A frozen slotted dataclass's ``__init__`` sets each field through ``object.__setattr__``
+    (compiled or not);
     a forecast makes thousands of some (an ``OrderInfo`` per open order, a
     ``PredictedState`` per order and trip), so this sets the slots directly, one field at
     a time for all the rows. ``columns`` holds one iterable per field, in field order (the
@@ -105,15 +106,11 @@ def frozen_rows(cls: type[_T], n: int, columns: Sequence[Iterable[Any]]) -> list
     setters = _SETTERS.get(cls)
     if setters is None:
         fields: tuple[str, ...] = getattr(cls, "__match_args__")  # noqa: B009
-        try:
-            object.__new__(cls)
-        except TypeError:  # a compiled class (``twin.compiled``): its constructor is fast
-            setters = _SETTERS[cls] = ()
-        else:
-            setters = _SETTERS[cls] = tuple(cls.__dict__[f].__set__ for f in fields)
-    if not setters:
-        return [cls(*row) for row in zip(*columns, strict=True)]
-    new = object.__new__
+        setters = _SETTERS[cls] = tuple(cls.__dict__[f].__set__ for f in fields)
+    # ``object.__new__`` for a class run from source; a compiled one (``twin.compiled``)
+    # has its own, which ``object.__new__`` refuses to stand in for (and its constructor
+    # runs the dataclass's ``__init__`` from source: as slow as the interpreted one)
+    new = cls.__new__
     out = [new(cls) for _ in range(n)]
     for setter, values in zip(setters, columns, strict=True):
         deque(map(setter, out, values), maxlen=0)
