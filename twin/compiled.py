@@ -84,7 +84,7 @@ def _changed() -> list[str]:
 
 def _decide() -> tuple[bool, str]:
     if not _built():
-        return False, "not built: installed without the compiled modules (TWIN_PURE_PYTHON=1 at install time)"
+        return False, "not built: the install compiled nothing (TWIN_PURE_PYTHON=1 at install time, or no C compiler)"
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
         return False, f"{PURE_ENV} is set"
     changed = _changed()
