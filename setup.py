@@ -16,7 +16,25 @@ from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
 #: keep in step with ``twin.compiled.MODULES`` (a test checks)
-MODULES = ("durations", "engine", "forecast", "model", "provenance", "records")
+MODULES = (
+    "disruption",
+    "durations",
+    "engine",
+    "forecast",
+    "incremental",
+    "lane",
+    "live",
+    "model",
+    "network",
+    "order",
+    "placement",
+    "provenance",
+    "records",
+    "site",
+    "state",
+    "trip",
+    "vehicle",
+)
 
 
 def _extensions() -> list:  # type: ignore[type-arg]

@@ -3,17 +3,26 @@
     python bench/ingest.py [--runs 5] [--scenario regional-day]
 
 Replays the scenario's events (generated in memory first; decoding is not timed) through a
-fresh live twin per run and prints the median events/s; in the same run, the baseline: raw
-SimPy executing the same number of bare timeouts. Also prints peak memory of the replay.
+fresh live twin per run and prints the median events/s (and CPU time per event, less sensitive
+to other work on a shared machine than wall time); in the same run, the baseline: raw SimPy
+executing the same number of bare timeouts. Also prints peak memory of the replay.
+
+The twin's modules run compiled (``twin.compiled``, printed first); the same replays are also
+timed with them run from source (``TWIN_PURE_PYTHON=1``, in a child process, after this
+process's own runs; ``--no-interpreted-baseline`` leaves it out), and the ratio printed, with
+the load average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -25,6 +34,7 @@ import simpy  # noqa: E402
 
 from scenarios.generate import generate  # noqa: E402
 from scenarios.spec import load_scenario  # noqa: E402
+from twin import compiled  # noqa: E402
 from twin.live import LiveTwin  # noqa: E402
 
 
@@ -43,34 +53,70 @@ def simpy_timeouts(n: int) -> float:
     return time.perf_counter() - start
 
 
-def replay_once(network, events) -> float:
+def replay_once(network, events) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (this process) of one replay through a fresh live twin."""
     twin = LiveTwin(network)
     gc.collect()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     rejected = twin.apply_all(events)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     assert not rejected, rejected[:3]
     assert twin.stats.applied_total == len(events)
-    return elapsed
+    return elapsed, cpu
+
+
+def replays(network, events, runs: int) -> tuple[list[float], list[float]]:
+    """Events/s (wall clock) and CPU microseconds per event of ``runs`` replays."""
+    rates, cpu_us = [], []
+    for _ in range(runs):
+        wall, cpu = replay_once(network, events)
+        rates.append(len(events) / wall)
+        cpu_us.append(cpu / len(events) * 1e6)
+    return rates, cpu_us
+
+
+def interpreted_baseline(args: argparse.Namespace) -> dict:
+    """The same replays in a child that runs the twin's modules from source."""
+    cmd = [sys.executable, __file__, "--child", "--runs", str(args.runs), "--scenario", args.scenario]
+    out = subprocess.run(
+        cmd, env={**os.environ, compiled.PURE_ENV: "1"}, capture_output=True, text=True, check=False, timeout=1800
+    )
+    if out.returncode != 0:
+        msg = f"the interpreted baseline failed:\n{out.stderr[-3000:]}"
+        raise SystemExit(msg)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--scenario", default="regional-day")
+    ap.add_argument(
+        "--interpreted-baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the replays with the twin's modules run from source (a child process)",
+    )
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # the baseline's child
     args = ap.parse_args()
 
     gen = generate(load_scenario(args.scenario))
     events, network = gen.events, gen.network
     n = len(events)
+    if args.child:
+        assert not compiled.ACTIVE, compiled.REASON
+        rates, cpu_us = replays(network, events, args.runs)
+        print(json.dumps({"rates": rates, "cpu_us": cpu_us}))
+        return
+    print(compiled.describe())
     print(f"scenario {args.scenario}: {n:,} events; python {platform.python_version()}; {args.runs} runs each")
+    load_before = os.getloadavg()[0]
 
-    twin_rates, simpy_rates = [], []
-    for _ in range(args.runs):
-        twin_rates.append(n / replay_once(network, events))
-        simpy_rates.append(n / simpy_timeouts(n))
+    twin_rates, cpu_us = replays(network, events, args.runs)
+    simpy_rates = [n / simpy_timeouts(n) for _ in range(args.runs)]
     twin_med, simpy_med = statistics.median(twin_rates), statistics.median(simpy_rates)
     print(f"live twin   : {twin_med:>12,.0f} events/s  (median; runs: {', '.join(f'{r:,.0f}' for r in twin_rates)})")
+    print(f"  CPU time  : {statistics.median(cpu_us):>12.2f} us/event (median)")
     print(f"raw SimPy   : {simpy_med:>12,.0f} timeouts/s (median; runs: {', '.join(f'{r:,.0f}' for r in simpy_rates)})")
     print(f"ratio       : raw SimPy is {simpy_med / twin_med:.2f}x the twin (target: within 4x)")
 
@@ -84,6 +130,16 @@ def main() -> None:
         f"process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB "
         "(includes the generated scenario)"
     )
+    if compiled.ACTIVE and args.interpreted_baseline:
+        base = interpreted_baseline(args)
+        rate0, cpu0 = statistics.median(base["rates"]), statistics.median(base["cpu_us"])
+        print(
+            f"interpreted (baseline: the same replays with TWIN_PURE_PYTHON=1, a child process): "
+            f"{rate0:,.0f} events/s, {cpu0:.2f} us/event CPU (medians; runs: "
+            f"{', '.join(f'{r:,.0f}' for r in base['rates'])}); compiled is {twin_med / rate0:.2f}x the events/s "
+            f"(CPU per event {cpu0 / statistics.median(cpu_us):.2f}x less)"
+        )
+    print(f"load average (1 min) on {os.cpu_count()} cores: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
 
 
 if __name__ == "__main__":

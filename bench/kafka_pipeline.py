@@ -101,6 +101,7 @@ from streams.host import input_name  # noqa: E402
 from streams.predictions import decode_prediction  # noqa: E402
 from streams.shards import ShardRouter  # noqa: E402
 from streams.topics import Topics, input_topic  # noqa: E402
+from twin import compiled  # noqa: E402
 
 
 def free_port() -> int:
@@ -469,6 +470,7 @@ def main() -> None:
             f"scenario {args.scenario}: {n:,} events; python {platform.python_version()}; "
             f"{os.cpu_count()} cores; broker {bootstrap}"
         )
+        print(f"worker's {compiled.describe()} (it runs with this process's environment)")
         if not args.skip_throughput:
             throughput(bootstrap, gen, codec, args)
         if not args.skip_latency:

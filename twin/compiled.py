@@ -32,7 +32,25 @@ from pathlib import Path
 from types import ModuleType
 
 #: the modules compiled by the install (``setup.py`` keeps the same list; a test checks)
-MODULES = ("durations", "engine", "forecast", "model", "provenance", "records")
+MODULES = (
+    "disruption",
+    "durations",
+    "engine",
+    "forecast",
+    "incremental",
+    "lane",
+    "live",
+    "model",
+    "network",
+    "order",
+    "placement",
+    "provenance",
+    "records",
+    "site",
+    "state",
+    "trip",
+    "vehicle",
+)
 #: the environment variable that makes the twin run its sources
 PURE_ENV = "TWIN_PURE_PYTHON"
 

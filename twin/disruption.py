@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 __all__ = ["DisruptionState"]
 
 
+@mypyc_attr(serializable=True)  # compiled: pickled without calling __init__
 @dataclass(slots=True)
 class DisruptionState:
     """A reported disruption; ``cleared_at`` is set once it is reported over."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from mypy_extensions import mypyc_attr
+
 __all__ = ["Lane", "LaneSample", "LaneState", "PacePersistence", "SplitTotals", "lane_id", "pace_persistence"]
 
 #: Observations need at least this much elapsed time and progress before they count as a
@@ -42,7 +44,12 @@ class Lane:
     travel_time: float
     sigma: float = 0.1
 
+    def __reduce__(self) -> tuple[type[Lane], tuple[str, str, str, float, float]]:
+        """Pickled as its fields: a compiled class is rebuilt through its constructor."""
+        return (Lane, (self.id, self.origin, self.destination, self.travel_time, self.sigma))
 
+
+@mypyc_attr(serializable=True)  # compiled: pickled without calling __init__
 @dataclass(slots=True)
 class LaneSample:
     """First and last observation of one vehicle's latest traversal of a lane.
@@ -156,6 +163,7 @@ def _extend(s: LaneSample, time: float, progress: float) -> bool:
     return True
 
 
+@mypyc_attr(serializable=True)  # compiled: pickled without calling __init__
 @dataclass(slots=True)
 class SplitTotals:
     """A vehicle's finished split traversals of a lane: how many, and the sum of their terms.
@@ -169,6 +177,7 @@ class SplitTotals:
     unexplained: float = 0.0
 
 
+@mypyc_attr(serializable=True)  # compiled: pickled without calling __init__
 @dataclass(slots=True)
 class LaneState:
     """Per-vehicle samples of the lane plus known disruption factors.
@@ -291,6 +300,10 @@ class PacePersistence:
 
     share: float
     traversals: int
+
+    def __reduce__(self) -> tuple[type[PacePersistence], tuple[float, int]]:
+        """Pickled as its fields: a compiled class is rebuilt through its constructor."""
+        return (PacePersistence, (self.share, self.traversals))
 
 
 #: Until traversals say otherwise, a pace is assumed not to persist at all (each stretch of

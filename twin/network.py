@@ -23,6 +23,10 @@ class _Service:
     departures: list[float] = field(default_factory=list)
     trips: list[str] = field(default_factory=list)
 
+    def __reduce__(self) -> tuple[type[_Service], tuple[list[float], list[str]]]:
+        """Pickled as its fields: a compiled class is rebuilt through its constructor."""
+        return (_Service, (self.departures, self.trips))
+
 
 class Network:
     """Sites, lanes, vehicles and scheduled trips, checked for consistency on construction.
@@ -69,6 +73,16 @@ class Network:
             order = sorted(range(len(svc.trips)), key=lambda k: (svc.departures[k], svc.trips[k]))
             svc.departures[:] = [svc.departures[k] for k in order]
             svc.trips[:] = [svc.trips[k] for k in order]
+
+    def __reduce__(
+        self,
+    ) -> tuple[type[Network], tuple[tuple[Site, ...], tuple[Lane, ...], tuple[Vehicle, ...], tuple[Trip, ...]]]:
+        """Pickled as its sites, lanes, vehicles and trips; the rest is derived again on load.
+
+        (A compiled class is rebuilt through its constructor.)
+        """
+        sites, lanes = tuple(self.sites.values()), tuple(self.lanes.values())
+        return (Network, (sites, lanes, tuple(self.vehicles.values()), tuple(self.trips.values())))
 
     def _validate(self) -> None:
         for site in self.sites.values():

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from mypy_extensions import mypyc_attr
+
 __all__ = ["ORDER_STAGES", "OrderState", "stage_rank"]
 
 OrderStage = Literal["created", "loaded", "unloaded", "sorted", "delivered", "cancelled"]
@@ -17,6 +19,7 @@ def stage_rank(stage: str) -> int:
     return _TERMINAL.get(stage, 0)
 
 
+@mypyc_attr(serializable=True)  # compiled: pickled without calling __init__
 @dataclass(slots=True)
 class OrderState:
     """An order as the twin knows it.

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from twin.provenance import Ledger, add_cause, carry_causes
 from twin.records import Lot, OrderInfo, order_infos
 from twin.state import WorldState
@@ -17,6 +19,7 @@ from twin.state import WorldState
 __all__ = ["SORT_ALLOWANCE", "Placement", "detachable", "freight_free", "observed_history", "place"]
 
 
+@mypyc_attr(serializable=True)  # compiled: pickled without calling __init__
 @dataclass(slots=True)
 class Placement:
     """Where the state's open freight is, grouped into lot templates (computed once per state)."""

@@ -6,6 +6,8 @@ from bisect import bisect_right, insort
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from mypy_extensions import mypyc_attr
+
 __all__ = ["SITE_KINDS", "Site", "SiteState"]
 
 SiteKind = Literal["hub", "crossdock", "warehouse", "zone"]
@@ -29,7 +31,13 @@ class Site:
     dock_seconds: float = 600.0
     seconds_per_order: float = 2.0
 
+    def __reduce__(self) -> tuple[type[Site], tuple[str, SiteKind, str, int, float, float, float]]:
+        """Pickled as its fields: a compiled class is rebuilt through its constructor."""
+        costs = (self.handling_rate, self.dock_seconds, self.seconds_per_order)
+        return (Site, (self.id, self.kind, self.region, self.docks, *costs))
 
+
+@mypyc_attr(serializable=True)  # compiled: pickled without calling __init__
 @dataclass(slots=True)
 class SiteState:
     """What the twin currently knows of a site (dock sensors, throughput readings)."""

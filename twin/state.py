@@ -8,6 +8,7 @@ they return a reason and a detail, and the caller turns that into a rejection.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Any, Final
@@ -110,6 +111,11 @@ class WorldState:
             DispatchCommand: self._on_dispatch,
             TripHandoff: self._on_handoff,
         }
+
+    def __reduce__(self) -> tuple[Callable[..., WorldState], tuple[object, ...]]:
+        """Pickled as its network, clock and entity states (a compiled class has no ``__dict__``)."""
+        entities = (self.sites, self.lanes, self.vehicles, self.trips, self.orders, self.disruptions)
+        return (_restored, (self.network, self.clock, *entities))
 
     # ------------------------------------------------------------------ the fold
     def apply(self, event: Event) -> Outcome:
@@ -604,6 +610,23 @@ class WorldState:
         return state
 
 
+def _restored(
+    network: Network,
+    clock: float,
+    sites: dict[str, SiteState],
+    lanes: dict[str, LaneState],
+    vehicles: dict[str, VehicleState],
+    trips: dict[str, TripState],
+    orders: dict[str, OrderState],
+    disruptions: dict[str, DisruptionState],
+) -> WorldState:
+    """A pickled :class:`WorldState` back (``WorldState.__reduce__``)."""
+    state = WorldState(network, clock)
+    state.sites, state.lanes, state.vehicles, state.trips = sites, lanes, vehicles, trips
+    state.orders, state.disruptions = orders, disruptions
+    return state
+
+
 #: Types of slot values copied as they are (no container is one of them).
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 
@@ -614,7 +637,8 @@ _SLOT_READERS: dict[type, _SlotReader] = {}
 
 
 def _slot_reader(cls: type) -> _SlotReader:
-    names: tuple[str, ...] = tuple(cls.__slots__)  # type: ignore[attr-defined]
+    # the dataclass's fields, in order (its ``__slots__``, which a compiled class does not have)
+    names = tuple(f.name for f in dataclasses.fields(cls))
     get = attrgetter(*names)
     reader: _SlotReader = (names, (lambda obj: (get(obj),)) if len(names) == 1 else get)
     _SLOT_READERS[cls] = reader

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from mypy_extensions import mypyc_attr
+
 __all__ = ["TRIP_STATUSES", "Leg", "Trip", "TripState"]
 
 TripStatus = Literal["planned", "en_route", "completed", "cancelled"]
@@ -21,6 +23,10 @@ class Leg:
     planned_departure: float
     planned_arrival: float
 
+    def __reduce__(self) -> tuple[type[Leg], tuple[str, str, str, float, float]]:
+        """Pickled as its fields: a compiled class is rebuilt through its constructor."""
+        return (Leg, (self.lane_id, self.origin, self.destination, self.planned_departure, self.planned_arrival))
+
 
 @dataclass(frozen=True, slots=True)
 class Trip:
@@ -34,6 +40,10 @@ class Trip:
     vehicle_id: str
     legs: tuple[Leg, ...]
     hold_limit: float = 1800.0
+
+    def __reduce__(self) -> tuple[type[Trip], tuple[str, str, tuple[Leg, ...], float]]:
+        """Pickled as its fields: a compiled class is rebuilt through its constructor."""
+        return (Trip, (self.id, self.vehicle_id, self.legs, self.hold_limit))
 
     @property
     def origin(self) -> str:
@@ -60,6 +70,7 @@ class Trip:
         return (self.legs[0].origin, *(leg.destination for leg in self.legs))
 
 
+@mypyc_attr(serializable=True)  # compiled: pickled without calling __init__
 @dataclass(slots=True)
 class TripState:
     """Observed departures and arrivals per leg, and the planner's commands for the trip."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from mypy_extensions import mypyc_attr
+
 __all__ = ["VEHICLE_STATUSES", "Vehicle", "VehicleState"]
 
 VehicleStatus = Literal["at_site", "en_route"]
@@ -19,7 +21,12 @@ class Vehicle:
     capacity: int
     home: str
 
+    def __reduce__(self) -> tuple[type[Vehicle], tuple[str, int, str]]:
+        """Pickled as its fields: a compiled class is rebuilt through its constructor."""
+        return (Vehicle, (self.id, self.capacity, self.home))
 
+
+@mypyc_attr(serializable=True)  # compiled: pickled without calling __init__
 @dataclass(slots=True)
 class VehicleState:
     """Latest observation of a vehicle: where it is, and since when.

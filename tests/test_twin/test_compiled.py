@@ -145,3 +145,53 @@ def test_twin_imports_compiled_first():
         out = _run("import twin.model, sys; print('twin.compiled' in sys.modules)", pure=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
+
+
+# a worker's snapshot (``LiveTwin.snapshot``, msgpack as ``streams.envelopes`` stores it) of a
+# mid-stream twin, or (with a file argument) that snapshot restored and the stream gone on to
+# its end; the bytes, hex-encoded, on stdout
+_SNAPSHOT = """
+import sys
+import msgspec
+from scenarios.generate import generate
+from scenarios.spec import load_scenario
+from twin import compiled
+from twin.live import LiveTwin
+
+gen = generate(load_scenario("two-region-mini"))
+cut = 3 * 3600
+if len(sys.argv) > 1:
+    with open(sys.argv[1], "rb") as f:
+        live = LiveTwin.from_snapshot(gen.network, msgspec.msgpack.decode(f.read()))
+    live.apply_all([e for e in gen.events if e.time > cut])
+else:
+    live = LiveTwin(gen.network)
+    live.apply_all([e for e in gen.events if e.time <= cut])
+print(compiled.ACTIVE, msgspec.msgpack.encode(live.snapshot()).hex())
+"""
+
+
+def _snapshot(*, pure: bool, restore: Path | None = None) -> bytes:
+    args = [sys.executable, "-c", _SNAPSHOT, *([str(restore)] if restore else [])]
+    env = {k: v for k, v in os.environ.items() if k != compiled.PURE_ENV}
+    if pure:
+        env[compiled.PURE_ENV] = "1"
+    out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr
+    active, blob = out.stdout.split()
+    assert active == str(not pure)
+    return bytes.fromhex(blob)
+
+
+@pytest.mark.slow
+@pytest.mark.compiled_only
+def test_a_worker_snapshot_restores_across_compiled_and_interpreted(tmp_path):
+    """A snapshot written by a worker running compiled modules restores in one running sources, and back."""
+    from_compiled, from_sources = _snapshot(pure=False), _snapshot(pure=True)
+    assert len(from_compiled) > 10_000
+    assert from_compiled == from_sources
+    (tmp_path / "snap").write_bytes(from_compiled)
+    ended_on_sources = _snapshot(pure=True, restore=tmp_path / "snap")
+    ended_compiled = _snapshot(pure=False, restore=tmp_path / "snap")
+    assert ended_on_sources == ended_compiled
+    assert ended_on_sources != from_compiled
