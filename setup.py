@@ -8,6 +8,7 @@ the ones compiled.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 from pathlib import Path
@@ -15,26 +16,19 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
-#: keep in step with ``twin.compiled.MODULES`` (a test checks)
-MODULES = (
-    "disruption",
-    "durations",
-    "engine",
-    "forecast",
-    "incremental",
-    "lane",
-    "live",
-    "model",
-    "network",
-    "order",
-    "placement",
-    "provenance",
-    "records",
-    "site",
-    "state",
-    "trip",
-    "vehicle",
-)
+
+
+def _modules() -> tuple[str, ...]:
+    """``twin.compiled.MODULES``, read from its source (importing it would decide how twin loads)."""
+    tree = ast.parse((ROOT / "twin" / "compiled.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MODULES" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    msg = "twin/compiled.py defines no MODULES"
+    raise RuntimeError(msg)
+
+
+MODULES = _modules()
 
 
 def _extensions() -> list:  # type: ignore[type-arg]

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -42,6 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.interpreted import add_flags, run_child  # noqa: E402
 from scenarios.generate import generate  # noqa: E402
 from scenarios.spec import load_scenario  # noqa: E402
 from twin import compiled  # noqa: E402
@@ -92,13 +92,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--positions", type=int, default=60, help="position events for the incremental measurement")
     ap.add_argument("--check", action="store_true", help="compare each incremental update with a full forecast")
-    ap.add_argument(
-        "--interpreted-baseline",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also time the 1-core forecast with the twin's modules run from source (a child process)",
-    )
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # the baseline's child
+    add_flags(ap, "the 1-core forecast")
     args = ap.parse_args()
     if args.child:
         child(args)
@@ -162,15 +156,19 @@ def bench_state(at_hours: float) -> tuple:
 
 def interpreted_baseline(args: argparse.Namespace) -> dict:
     """The 1-core forecast timed in a child that runs the twin's modules from source (and its steps)."""
-    cmd = [sys.executable, __file__, "--child", "--replicas", str(args.replicas), "--runs", str(args.runs)]
-    cmd += ["--horizon-hours", str(args.horizon_hours), "--at-hours", str(args.at_hours)]
-    out = subprocess.run(
-        cmd, env={**os.environ, compiled.PURE_ENV: "1"}, capture_output=True, text=True, check=False, timeout=1800
+    return run_child(
+        __file__,
+        [
+            "--replicas",
+            str(args.replicas),
+            "--runs",
+            str(args.runs),
+            "--horizon-hours",
+            str(args.horizon_hours),
+            "--at-hours",
+            str(args.at_hours),
+        ],
     )
-    if out.returncode != 0:
-        msg = f"the interpreted baseline failed:\n{out.stderr[-3000:]}"
-        raise SystemExit(msg)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def child(args: argparse.Namespace) -> None:

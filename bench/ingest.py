@@ -22,7 +22,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import simpy  # noqa: E402
 
+from bench.interpreted import add_flags, run_child  # noqa: E402
 from scenarios.generate import generate  # noqa: E402
 from scenarios.spec import load_scenario  # noqa: E402
 from twin import compiled  # noqa: E402
@@ -77,27 +77,14 @@ def replays(network, events, runs: int) -> tuple[list[float], list[float]]:
 
 def interpreted_baseline(args: argparse.Namespace) -> dict:
     """The same replays in a child that runs the twin's modules from source."""
-    cmd = [sys.executable, __file__, "--child", "--runs", str(args.runs), "--scenario", args.scenario]
-    out = subprocess.run(
-        cmd, env={**os.environ, compiled.PURE_ENV: "1"}, capture_output=True, text=True, check=False, timeout=1800
-    )
-    if out.returncode != 0:
-        msg = f"the interpreted baseline failed:\n{out.stderr[-3000:]}"
-        raise SystemExit(msg)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(__file__, ["--runs", str(args.runs), "--scenario", args.scenario])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--scenario", default="regional-day")
-    ap.add_argument(
-        "--interpreted-baseline",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also time the replays with the twin's modules run from source (a child process)",
-    )
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # the baseline's child
+    add_flags(ap, "the replays")
     args = ap.parse_args()
 
     gen = generate(load_scenario(args.scenario))

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-#: the modules compiled by the install (``setup.py`` keeps the same list; a test checks)
+#: the modules compiled by the install (``setup.py`` reads this list from here)
 MODULES = (
     "disruption",
     "durations",
