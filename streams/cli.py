@@ -17,7 +17,7 @@ from scenarios.spec import ScenarioError, load_scenario
 from streams.errors import StreamsError
 from streams.kafka_cli import add_kafka_commands
 from streams.progress import ProgressPrinter
-from twin import __version__
+from twin import __version__, compiled
 from twin.errors import TwinError
 from twin.forecast import Forecaster
 from twin.live import DEFAULT_LATENESS, LiveTwin
@@ -117,8 +117,14 @@ def _run_sharded(args: argparse.Namespace, prepared: Prepared, out: Path, progre
         f"time taken          {summary['seconds']:.2f} s "
         f"({summary['events_per_second']:,} events/s applied, forecasts excluded)"
     )
+    print(f"twin modules        {_modes()}")
     print(f"output              {out}")
     return 0
+
+
+def _modes() -> str:
+    """How the twin's hot modules ran: compiled, or from source and why (``twin.compiled``)."""
+    return f"{'compiled' if compiled.ACTIVE else 'from source'} ({compiled.REASON})"
 
 
 def _print_summary(name: str, summary: dict[str, Any], out: Path, manifest: dict[str, Any]) -> None:
@@ -138,6 +144,7 @@ def _print_summary(name: str, summary: dict[str, Any], out: Path, manifest: dict
         f"time taken          {summary['seconds']:.2f} s "
         f"({summary['events_per_second']:,} events/s applied, forecasts excluded)"
     )
+    print(f"twin modules        {_modes()}")
     print(f"output              {out}")
 
 

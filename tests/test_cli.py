@@ -39,6 +39,10 @@ def test_run_generates_then_loads_and_writes_a_run_folder(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "generating scenario" in first.stderr
     assert "events applied" in first.stdout and "late orders so far" in first.stdout
+    # how the twin's hot modules ran (twin.compiled), as the test session's own import found them
+    import twin
+
+    assert f"twin modules        {'compiled' if twin.compiled.ACTIVE else 'from source'}" in first.stdout
     summary = json.loads((out / "summary.json").read_text())
     config = json.loads((out / "config.json").read_text())
     assert config["scenario"] == "two-region-mini" and config["seed"] == 7 and config["code_version"]
