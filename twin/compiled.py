@@ -73,9 +73,16 @@ class _FromSource(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, _HERE / f"{fullname.rpartition('.')[2]}.py")
 
 
-def _built() -> bool:
-    suffixes = importlib.machinery.EXTENSION_SUFFIXES
-    return all(any((_HERE / f"{m}{s}").exists() for s in suffixes) for m in (*MODULES, "_native__mypyc"))
+def _extensions() -> set[str]:
+    """The twin's modules that have an extension next to their source (``_native__mypyc``: the shared one)."""
+    found: set[str] = set()
+    for path in _HERE.iterdir():
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:  # the most specific first
+            if path.name.endswith(suffix):
+                if path.name[: -len(suffix)].isidentifier():
+                    found.add(path.name[: -len(suffix)])
+                break
+    return found
 
 
 def _changed() -> list[str]:
@@ -100,9 +107,13 @@ def _changed() -> list[str]:
     return changed
 
 
-def _decide() -> tuple[bool, str]:
-    if not _built():
+def _decide(built: set[str]) -> tuple[bool, str]:
+    if not built:
         return False, "not built: the install compiled nothing (TWIN_PURE_PYTHON=1 at install time, or no C compiler)"
+    if built != {*MODULES, "_native__mypyc"}:
+        # a build of another list of modules (a checkout updated since its install): some of
+        # them old code, and a mix of compiled and source modules is never loaded
+        return False, "the build compiled another list of modules: rebuild with `python3 -m pip install -e .`"
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
         return False, f"{PURE_ENV} is set"
     changed = _changed()
@@ -111,18 +122,21 @@ def _decide() -> tuple[bool, str]:
     return True, "compiled with mypyc"
 
 
+_BUILT = _extensions()
 #: whether the modules of :data:`MODULES` run compiled in this process
-ACTIVE, REASON = _decide()
+ACTIVE, REASON = _decide(_BUILT)
 
-if not ACTIVE and _built():
+if not ACTIVE and _BUILT:
     if not REASON.startswith(PURE_ENV):
         warnings.warn(
             f"twin runs its compiled modules from their sources (slower): {REASON}", RuntimeWarning, stacklevel=2
         )
-    if any(f"twin.{m}" in sys.modules for m in MODULES):  # pragma: no cover - imported before twin itself
+    # every module that has an extension, listed or not, runs from its source
+    shadowed = (_BUILT | set(MODULES)) - {"_native__mypyc"}
+    if any(f"twin.{m}" in sys.modules for m in shadowed):  # pragma: no cover - imported before twin itself
         msg = "twin.compiled must be imported before the twin's compiled modules"
         raise ImportError(msg)
-    sys.meta_path.insert(0, _FromSource(MODULES))
+    sys.meta_path.insert(0, _FromSource(sorted(shadowed)))
 
 
 def describe() -> str:

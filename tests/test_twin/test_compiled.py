@@ -106,6 +106,41 @@ print(c._changed())
     assert out.stdout.strip() == "['twin/model.py']"
 
 
+@pytest.mark.compiled_only
+@pytest.mark.parametrize("build", ["one extension missing", "an extension of a module not listed"])
+def test_a_build_of_another_module_list_runs_every_module_from_source(tmp_path, build):
+    """A checkout updated since its install: no old extension runs, and no mix of the two."""
+    import shutil
+
+    package = tmp_path / "twin"
+    shutil.copytree(Path(compiled.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    model_ext = next(package.glob("model.*.so"))
+    if build == "one extension missing":
+        next(package.glob("records.*.so")).unlink()
+    else:  # as if ``clock`` had been compiled by an older list
+        shutil.copy(model_ext, package / model_ext.name.replace("model.", "clock.", 1))
+    code = """
+import warnings
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as seen:
+    import twin
+import twin.clock, twin.forecast, twin.model, twin.records
+print(twin.compiled.ACTIVE, [m.__file__.endswith(".py") for m in (twin.clock, twin.forecast, twin.model, twin.records)])
+print(twin.compiled.REASON)
+print(len(seen), seen[0].message if seen else "")
+"""
+    env = {k: v for k, v in os.environ.items() if k != compiled.PURE_ENV}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env={**env, "PYTHONPATH": str(tmp_path)},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    active, reason, warned = out.stdout.splitlines()
+    assert active == "False [True, True, True, True]"
+    assert reason == "the build compiled another list of modules: rebuild with `python3 -m pip install -e .`"
+    assert warned.startswith("1 twin runs its compiled modules from their sources (slower)")
+
+
 @pytest.mark.slow
 @pytest.mark.compiled_only
 def test_compiled_forecasts_equal_the_interpreted_ones_to_the_bit():
