@@ -40,12 +40,23 @@ print(compiled.ACTIVE, n, h.hexdigest())
 """
 
 
-def _run(code: str, *, pure: bool, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def _run(
+    code: str, *args: str, pure: bool, cwd: Path = ROOT, path: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``python -c code args`` running the compiled modules or (``pure``) their sources; ``path``: PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if k != compiled.PURE_ENV}
     if pure:
         env[compiled.PURE_ENV] = "1"
+    if path is not None:
+        env["PYTHONPATH"] = str(path)
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -129,11 +140,7 @@ print(twin.compiled.ACTIVE, [m.__file__.endswith(".py") for m in (twin.clock, tw
 print(twin.compiled.REASON)
 print(len(seen), seen[0].message if seen else "")
 """
-    env = {k: v for k, v in os.environ.items() if k != compiled.PURE_ENV}
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env={**env, "PYTHONPATH": str(tmp_path)},
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    out = _run(code, pure=False, cwd=tmp_path, path=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     active, reason, warned = out.stdout.splitlines()
     assert active == "False [True, True, True, True]"
@@ -208,11 +215,7 @@ print(compiled.ACTIVE, msgspec.msgpack.encode(live.snapshot()).hex())
 
 
 def _snapshot(*, pure: bool, restore: Path | None = None) -> bytes:
-    args = [sys.executable, "-c", _SNAPSHOT, *([str(restore)] if restore else [])]
-    env = {k: v for k, v in os.environ.items() if k != compiled.PURE_ENV}
-    if pure:
-        env[compiled.PURE_ENV] = "1"
-    out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    out = _run(_SNAPSHOT, *([str(restore)] if restore else []), pure=pure)
     assert out.returncode == 0, out.stderr
     active, blob = out.stdout.split()
     assert active == str(not pure)
