@@ -44,7 +44,14 @@ def _extensions() -> list:  # type: ignore[type-arg]
     stamp.write_text(
         "".join(f"{hashlib.sha256((ROOT / p).read_bytes()).hexdigest()}  {p}\n" for p in paths), encoding="utf-8"
     )
-    extensions = mypycify(paths, opt_level="3", group_name="twin._native")
+    try:
+        extensions = mypycify(paths, opt_level="3", group_name="twin._native")
+    except SystemExit as exc:  # mypy refused the modules (it exits after printing their errors)
+        # the install goes on with the sources, as without a C compiler; ``twin run`` and
+        # ``twin.compiled.describe()`` say so, and under CI=true a test fails on it
+        stamp.unlink(missing_ok=True)
+        print(f"warning: the twin's modules were not compiled (mypyc exited with {exc.code}); the sources will run")
+        return []
     for ext in extensions:
         # a machine without a C compiler still installs: the sources run (``twin.compiled``)
         ext.optional = True
