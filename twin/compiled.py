@@ -109,7 +109,10 @@ def _changed() -> list[str]:
 
 def _decide(built: set[str]) -> tuple[bool, str]:
     if not built:
-        return False, "not built: the install compiled nothing (TWIN_PURE_PYTHON=1 at install time, or no C compiler)"
+        return False, (
+            "not built: the install compiled nothing (TWIN_PURE_PYTHON=1 at install time, no C compiler, "
+            "or mypy refused the modules: `pip install -v` shows why)"
+        )
     if built != {*MODULES, "_native__mypyc"}:
         # a build of another list of modules (a checkout updated since its install): some of
         # them old code, and a mix of compiled and source modules is never loaded
