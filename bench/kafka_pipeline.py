@@ -65,6 +65,15 @@ windows after a long start-up transient), 59,138, 39,839, 39,666 and 43,358; med
 fifteen runs 37,005 and 43,358 events/s, of the worker's CPU per event 15.5 and 12.3 us. Not
 reliably 50,000 at that load (docs/kafka.md, "Speed").
 
+Figures of 2026-11-25, 16:53-16:57 UTC (a new, quieter machine, load 0.7-1.5; its own broker;
+``--runs 5 --skip-latency``; sustained = the middle half of the stream since 4c391a6): with
+``--position-interval 5`` (404,249 events) sustained 77,489 events/s median (58,318-88,390),
+whole replay 73,004 (53,113-82,306), 12.8 us of CPU per event, bare consumer 177,624; on the
+default day sustained 87,750 (79,644-90,099), whole replay 49,205 (35,954-87,753: the start-up
+transient and the second the replay's last events wait for its quiet inputs), 11.0 us, bare
+consumer 290,889. Every sustained run over 50,000. Latency, same machine: p50 0.9-1.3 s, p99
+2.1-3.0 s: not met (docs/kafka.md, "Sustained: the middle of the stream").
+
 Latency, 2026-11-25 05:21-05:24 UTC (defaults: 8 replicas, refresh every 0.1 s, hourly ticks, one
 forecast process, background ticks; load 0.1-3.1, before and after alternating, a fresh broker
 per run): 8e7cce4 p50 2,052 / 2,198 ms, p99 4,160 / 5,267 ms; 7e082a5 p50 1,400 / 1,791 ms, p99
