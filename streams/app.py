@@ -47,7 +47,13 @@ from scenarios.build import build_network
 from scenarios.spec import load_scenario
 from streams.codec import Codec
 from streams.envelopes import Batch, decode_published, encode_published, published_key
-from streams.forecast_process import RemoteForecaster, forecast_executor, forecast_remote, pickle_state
+from streams.forecast_process import (
+    ForecastProcesses,
+    RemoteForecaster,
+    forecast_mirrored,
+    forget_mirror,
+    mirror_request,
+)
 from streams.host import HostOutput, HostSettings, ShardHost, input_name
 from streams.ingest import BatchBuilder, Ingest
 from streams.metrics import TwinMetrics
@@ -136,8 +142,8 @@ class TwinWorker:
     ingest: Ingest
     registry: CollectorRegistry
     metrics: TwinMetrics
-    #: runs the forecasts: one child process (``--forecast-in process``) or one thread
-    executor: Executor
+    #: runs the forecasts: child processes (``--forecast-in process``) or one thread
+    executor: Executor | ForecastProcesses
     #: the shard host is driven by the agent and by the ingest stage's direct batches: one at a time
     lock: asyncio.Lock
     unacked: dict[int, list[Any]] = field(default_factory=lambda: defaultdict(list))
@@ -257,21 +263,30 @@ def create_app(
         background_ticks=settings.background_ticks,
         parallel_forecasts=settings.forecast_processes if settings.forecast_in == "process" else 1,
     )
-    executor: Executor
+    executor: Executor | ForecastProcesses
     forecasters: Callable[[str], ForecasterLike] | None = None
     run_forecast: Callable[[str, WorldState, bool], Awaitable[Sequence[Any]]]
     if forecast is not None and settings.forecast_in == "process":
         # Forecasts on the other core: the ingest path keeps the GIL (streams.forecast_process).
-        executor = forecast_executor(settings.scenario, forecast, settings.forecast_processes)
-        for _ in range(settings.forecast_processes):  # start the children now (each builds the network: seconds)
-            executor.submit(int)
+        children = ForecastProcesses(settings.scenario, forecast, settings.forecast_processes)
+        children.start()
+        executor = children
         remote = RemoteForecaster(forecast.replicas)
         forecasters = lambda _name: remote  # noqa: E731
 
         def run_remote(name: str, state: WorldState, incremental: bool) -> Awaitable[Sequence[Any]]:
-            # The copy is made now, before the caller lets any other event be applied.
-            blob = pickle_state(state)
-            return asyncio.get_running_loop().run_in_executor(executor, forecast_remote, name, blob)
+            # The request is made now, before the caller lets any other event be applied: the
+            # calls into the shard's twin since the last one (its child keeps a copy of the twin).
+            shard = host.slots[name].shard
+            request = mirror_request(shard)
+            future = asyncio.get_running_loop().run_in_executor(children.for_shard(name), forecast_mirrored, request)
+
+            def failed(f: asyncio.Future[Any]) -> None:
+                if (f.cancelled() or f.exception() is not None) and shard.mirror == request.copy:
+                    forget_mirror(shard)  # the child's copy is gone or behind: a snapshot next time
+
+            future.add_done_callback(failed)
+            return future
 
         run_forecast = run_remote
 

@@ -424,6 +424,11 @@ class Shard:
         self.stats = ShardStats()
         #: the shard's incremental forecaster, told of every applied event (set by the caller)
         self.marker: Callable[[Event], None] | None = None
+        #: while not None, every call into the twin in order: an event handed to it, None for
+        #: :meth:`flush` (``streams.forecast_process`` replays them on its copy of the twin)
+        self.journal: list[Event | None] | None = None
+        #: the forecast process's copy of this shard's twin, if it has one (``streams.forecast_process``)
+        self.mirror: int | None = None
         #: ownership moved by handoffs: key -> owned here
         self._moved: dict[str, bool] = {}
         #: keys with a live prediction published by this shard
@@ -481,6 +486,8 @@ class Shard:
         applied = self._applied_now
         applied.clear()
         self._accountable_now = accountable
+        if self.journal is not None:
+            self.journal.append(event)
         rejections = self.twin.apply(event)
         if not rejections and len(applied) == 1 and applied[0] is event:
             return CLEAN
@@ -587,6 +594,8 @@ class Shard:
     def flush(self) -> ShardResult:
         """End of stream: reject what is still parked (accountable ones are dead letters)."""
         result = ShardResult(ok=True)
+        if self.journal is not None:
+            self.journal.append(None)
         for rej in self.twin.flush():
             result.settled.append(rej.event_id)
             acct = self._parked.pop(rej.event_id, False)

@@ -7,9 +7,21 @@ from __future__ import annotations
 
 import pickle
 
+import pytest
+
 from scenarios.generate import generate
 from scenarios.spec import load_scenario
-from streams.forecast_process import forecast_executor, forecast_remote, pickle_state
+from streams.forecast_process import (
+    ForecastProcesses,
+    MirrorLost,
+    MirrorRequest,
+    forecast_executor,
+    forecast_mirrored,
+    forecast_remote,
+    forget_mirror,
+    mirror_request,
+    pickle_state,
+)
 from streams.predictions import decode_prediction, encode_prediction, encode_tail, prediction_fields
 from streams.shards import ForecastSettings, ShardedPipeline
 
@@ -35,3 +47,78 @@ def test_a_forecast_in_the_child_process_equals_one_in_process():
             assert [(e.key, e.p_late, e.at_risk) for e in remote] == [(p.key, p.p_late, p.at_risk) for p in local]
     finally:
         pool.shutdown()
+
+
+def test_the_child_keeps_each_shards_twin_and_replays_only_the_calls_since_the_last_forecast():
+    """After one snapshot each request carries only the journal; the child checks its copy and forecasts it."""
+    mini = generate(load_scenario("two-region-mini"))
+    events = [ev for ev in mini.events if ev.time < 8 * 3600.0]
+    pipeline = ShardedPipeline(mini.network)
+    children = ForecastProcesses("two-region-mini", FAST, processes=2)
+    fc = FAST.build(mini.network)
+    offsets = {"logistics.sensors/0": 3}
+    try:
+        bounds = [len(events) // 4, len(events) // 2, len(events)]
+        done = 0
+        for round_, end in enumerate(bounds):
+            for ev in events[done:end]:
+                pipeline.apply(ev)
+            done = end
+            if round_ == len(bounds) - 1:
+                for shard in pipeline.shards.values():
+                    shard.flush()
+            for name, shard in sorted(pipeline.shards.items()):
+                journal_before = None if shard.journal is None else len(shard.journal)
+                request = mirror_request(shard)
+                if round_ == 0:
+                    assert request.base is not None and request.journal == []
+                else:
+                    assert request.base is None and len(request.journal) == journal_before > 0
+                    assert round_ < len(bounds) - 1 or request.journal[-1] is None  # the flush
+                assert shard.journal == [] and shard.mirror == request.copy
+                remote = children.for_shard(name).submit(forecast_mirrored, request).result(timeout=120)
+                tail = encode_tail(name, offsets)
+                local = fc.forecast(shard.state)
+                assert len(local) > 0
+                assert [e.body + tail for e in remote] == [
+                    encode_prediction(p, epoch=mini.spec.epoch, shard=name, offsets=offsets) for p in local
+                ]
+        assert {children.for_shard(n) for n in pipeline.shards} <= set(children.children)
+    finally:
+        children.shutdown()
+
+
+def test_a_child_without_the_copy_or_with_another_one_fails_the_forecast_and_the_next_request_sends_a_snapshot():
+    mini = generate(load_scenario("two-region-mini"))
+    events = [ev for ev in mini.events if ev.time < 6 * 3600.0]
+    pipeline = ShardedPipeline(mini.network)
+    name, shard = sorted(pipeline.shards.items())[0]
+    children = ForecastProcesses("two-region-mini", FAST)
+    child = children.for_shard(name)
+    try:
+        for ev in events[: len(events) // 2]:
+            pipeline.apply(ev)
+        first = mirror_request(shard)
+        for ev in events[len(events) // 2 :]:
+            pipeline.apply(ev)
+        # the child never had the copy (say it was restarted): the journal alone cannot be replayed
+        with pytest.raises(MirrorLost, match="no copy"):
+            child.submit(forecast_mirrored, mirror_request(shard)).result(timeout=120)
+        forget_mirror(shard)
+        assert shard.mirror is None and shard.journal is None
+        again = mirror_request(shard)
+        assert again.base is not None and again.copy != first.copy
+        assert child.submit(forecast_mirrored, again).result(timeout=120)
+        # a journal that misses a call: the copy disagrees with the worker's twin, and is dropped
+        extra = [ev for ev in mini.events if 6 * 3600.0 <= ev.time < 7 * 3600.0]
+        for ev in extra:
+            pipeline.apply(ev)
+        request = mirror_request(shard)
+        assert len(request.journal) > 1
+        short = MirrorRequest(request.shard, request.copy, None, request.journal[:-1], request.check)
+        with pytest.raises(MirrorLost, match="not the worker's"):
+            child.submit(forecast_mirrored, short).result(timeout=120)
+        with pytest.raises(MirrorLost, match="no copy"):
+            child.submit(forecast_mirrored, request).result(timeout=120)
+    finally:
+        children.shutdown()
