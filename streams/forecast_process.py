@@ -3,9 +3,8 @@
 A forecast of a shard is a few hundred milliseconds of pure Python (SimPy replicas). Run in a
 thread it holds the GIL against the worker's event loop, which reads, decodes and applies the
 input, sends predictions and heartbeats the consumer groups: the ingest path stalls for as long
-as the forecast runs. Here the worker hands each forecast to one child process instead (the
-machine's other core), with the shard's world state pickled at the moment of the call (plain
-slotted dataclasses, some 20-40 ms and 0.6 MB for a shard of the default day). The predictions
+as the forecast runs. Here the worker hands each forecast to a child process instead (the
+machine's other core), which keeps a copy of the shard's twin (below). The predictions
 come back encoded (:class:`streams.predictions.EncodedPrediction`: the JSON of each record but
 its shard and input offsets, which the worker appends): unpickling some 1,500 ``PredictedState``
 objects with their cause chains and encoding them took the worker's process about 20 ms per
@@ -19,10 +18,10 @@ the worker's threads or sockets is inherited) and keeps one forecaster per shard
 full ones: an incremental forecaster (``mark(event)`` / ``update(state)``) keeps its marks where
 the events are applied, so it runs in the worker's own process (``--forecast-in thread``).
 
-**The child keeps a copy of each shard's twin** (:class:`Mirrors`, :func:`forecast_mirrored`):
-pickling a shard's state took the worker 19 ms and unpickling it the child 32 ms per forecast
-(medians in a latency run, 2026-11-25; 460 KB for a 09:00 shard of the default day), a fifth of
-the child's time. Instead the worker sends the child a snapshot of the shard's twin once, then
+**The child keeps a copy of each shard's twin** (:func:`mirror_request`, :func:`forecast_mirrored`).
+Until 2026-11-25 the worker pickled the shard's world state for every forecast: 19 ms in the
+worker and 32 ms to unpickle in the child (medians in a latency run; 460 KB for a 09:00 shard of
+the default day), a fifth of the child's time. Now the worker sends the child a snapshot of the shard's twin once, then
 with each forecast only the calls made into the twin since the last one (``Shard.journal``: the
 events handed to it, in order, rejected ones included, and end-of-stream flushes), some hundreds
 of events at 5,000 events/s. The child makes the same calls on its copy (the twin is a
@@ -31,6 +30,7 @@ counts of applied, rejected and parked events, open orders, trips), and forecast
 does not agree, or a child without the copy the worker counts on (it was restarted), fails that
 forecast with :class:`MirrorLost`; the worker sends a fresh snapshot with its next one. Each shard
 always goes to the same child (:class:`ForecastProcesses`), so its requests are replayed in order.
+:func:`forecast_remote` (a pickled state, :func:`pickle_state`) remains for a one-off forecast.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import pickle
-import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -104,10 +103,15 @@ class ForecastProcesses:
 
     def __init__(self, scenario: str, settings: ForecastSettings, processes: int = 1) -> None:
         self.children = [forecast_executor(scenario, settings) for _ in range(max(1, processes))]
+        #: shard -> its child's index, given in turn as shards first ask (so N shards spread evenly)
+        self._assigned: dict[str, int] = {}
 
     def for_shard(self, name: str) -> ProcessPoolExecutor:
         """The child that forecasts shard ``name`` (the same one for the process's lifetime)."""
-        return self.children[zlib.crc32(name.encode()) % len(self.children)]
+        i = self._assigned.get(name)
+        if i is None:
+            i = self._assigned[name] = len(self._assigned) % len(self.children)
+        return self.children[i]
 
     def start(self) -> None:
         """Start every child now (each builds the network: seconds), not at the first forecast."""
