@@ -49,11 +49,15 @@ def test_a_forecast_in_the_child_process_equals_one_in_process():
         pool.shutdown()
 
 
+def _mini(hours: float):
+    """The mini scenario, its events before ``hours``, and a pipeline of its shards that has applied none."""
+    mini = generate(load_scenario("two-region-mini"))
+    return mini, [ev for ev in mini.events if ev.time < hours * 3600.0], ShardedPipeline(mini.network)
+
+
 def test_the_child_keeps_each_shards_twin_and_replays_only_the_calls_since_the_last_forecast():
     """After one snapshot each request carries only the journal; the child checks its copy and forecasts it."""
-    mini = generate(load_scenario("two-region-mini"))
-    events = [ev for ev in mini.events if ev.time < 8 * 3600.0]
-    pipeline = ShardedPipeline(mini.network)
+    mini, events, pipeline = _mini(8)
     children = ForecastProcesses("two-region-mini", FAST, processes=2)
     fc = FAST.build(mini.network)
     offsets = {"logistics.sensors/0": 3}
@@ -90,9 +94,7 @@ def test_the_child_keeps_each_shards_twin_and_replays_only_the_calls_since_the_l
 
 
 def test_a_child_without_the_copy_or_with_another_one_fails_the_forecast_and_the_next_request_sends_a_snapshot():
-    mini = generate(load_scenario("two-region-mini"))
-    events = [ev for ev in mini.events if ev.time < 6 * 3600.0]
-    pipeline = ShardedPipeline(mini.network)
+    mini, events, pipeline = _mini(6)
     name, shard = sorted(pipeline.shards.items())[0]
     children = ForecastProcesses("two-region-mini", FAST)
     child = children.for_shard(name)
