@@ -278,8 +278,10 @@ def create_app(
             # The request is made now, before the caller lets any other event be applied: the
             # calls into the shard's twin since the last one (its child keeps a copy of the twin).
             shard = host.slots[name].shard
+            if children.fresh(name):
+                forget_mirror(shard)  # e.g. a child started in place of one that died: a snapshot, not the journal
             request = mirror_request(shard)
-            future = asyncio.get_running_loop().run_in_executor(children.for_shard(name), forecast_mirrored, request)
+            future = asyncio.wrap_future(children.submit(name, forecast_mirrored, request))
 
             def failed(f: asyncio.Future[Any]) -> None:
                 if (f.cancelled() or f.exception() is not None) and shard.mirror == request.copy:

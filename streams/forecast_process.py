@@ -36,10 +36,12 @@ always goes to the same child (:class:`ForecastProcesses`), so its requests are 
 from __future__ import annotations
 
 import itertools
+import logging
 import multiprocessing
 import pickle
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +64,8 @@ __all__ = [
     "mirror_request",
     "pickle_state",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The child's forecasters by shard, and what it builds them from (set by the initializer).
 _CHILD: dict[str, Any] = {}
@@ -97,21 +101,75 @@ def forecast_executor(scenario: str, settings: ForecastSettings, processes: int 
 class ForecastProcesses:
     """Child processes that forecast, each shard always in the same one (it keeps the shard's twin).
 
-    ``for_shard(name)`` is the single-process executor of the shard's child; ``shutdown`` stops
-    them all.
+    ``for_shard(name)`` is the single-process executor of the shard's child; ``submit`` runs a
+    call there; ``shutdown`` stops them all. A child that dies (killed, out of memory) breaks its
+    executor, and every forecast in it fails with ``BrokenProcessPool``: the next ``submit`` for
+    one of its shards starts another child in its place (logged) and says so, since the new child
+    holds no copy of any twin yet.
     """
 
     def __init__(self, scenario: str, settings: ForecastSettings, processes: int = 1) -> None:
+        self.scenario = scenario
+        self.settings = settings
         self.children = [forecast_executor(scenario, settings) for _ in range(max(1, processes))]
         #: shard -> its child's index, given in turn as shards first ask (so N shards spread evenly)
         self._assigned: dict[str, int] = {}
+        #: per child, how many times it was started; per shard, that count at its last submit
+        self._starts = [1] * len(self.children)
+        self._seen: dict[str, int] = {}
+        #: children whose executor broke (found by a call's outcome)
+        self._dead: set[int] = set()
+        #: children started again so far
+        self.restarts = 0
 
-    def for_shard(self, name: str) -> ProcessPoolExecutor:
-        """The child that forecasts shard ``name`` (the same one for the process's lifetime)."""
+    def _index(self, name: str) -> int:
         i = self._assigned.get(name)
         if i is None:
             i = self._assigned[name] = len(self._assigned) % len(self.children)
-        return self.children[i]
+        return i
+
+    def for_shard(self, name: str) -> ProcessPoolExecutor:
+        """The child that forecasts shard ``name`` (the same one for the process's lifetime)."""
+        return self.children[self._index(name)]
+
+    def fresh(self, name: str) -> bool:
+        """True if shard ``name``'s child has had no call for it yet: it has no copy of its twin.
+
+        That is the first call for the shard, and the first after its child died and was started
+        again (here, if its death is known).
+        """
+        i = self._index(name)
+        if i in self._dead:
+            self._restart(i)
+        return self._seen.get(name) != self._starts[i]
+
+    def submit(self, name: str, fn: Any, *args: Any) -> Future[Any]:
+        """Run ``fn(*args)`` in shard ``name``'s child (started again first if it died)."""
+        i = self._index(name)
+        if i in self._dead:
+            self._restart(i)
+        try:
+            future = self.children[i].submit(fn, *args)
+        except BrokenProcessPool:  # died since its last call's outcome came back
+            self._restart(i)
+            future = self.children[i].submit(fn, *args)
+        self._seen[name] = start = self._starts[i]
+
+        def outcome(f: Future[Any]) -> None:
+            if not f.cancelled() and isinstance(f.exception(), BrokenProcessPool) and self._starts[i] == start:
+                self._dead.add(i)
+
+        future.add_done_callback(outcome)
+        return future
+
+    def _restart(self, i: int) -> None:
+        log.warning("forecast process %d of %d died; starting another in its place", i + 1, len(self.children))
+        self.children[i].shutdown(wait=False, cancel_futures=True)
+        self.children[i] = forecast_executor(self.scenario, self.settings)
+        self.children[i].submit(int)
+        self._starts[i] += 1
+        self._dead.discard(i)
+        self.restarts += 1
 
     def start(self) -> None:
         """Start every child now (each builds the network: seconds), not at the first forecast."""

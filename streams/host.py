@@ -870,8 +870,8 @@ class ShardHost:
         job = self._in_flight[0]
         try:
             preds: Sequence[Any] | None = await job.future
-        except Exception:  # a failed forecast publishes nothing; the next one (or tick) will
-            log.exception("shard %s: background forecast failed", job.slot.name)
+        except Exception as exc:  # a failed forecast publishes nothing; the next one (or tick) will
+            self._failed(job.slot, exc, "background forecast")
             preds = None
         finally:
             self._in_flight.popleft()
@@ -930,7 +930,11 @@ class ShardHost:
             return
         await self._finish(out, wait=True)  # publications stay in order
         start = time.perf_counter()
-        preds = await self.runner(slot.name, slot.shard.state, not full)
+        try:
+            preds = await self.runner(slot.name, slot.shard.state, not full)
+        except Exception as exc:  # as a background one: nothing published, the slot stays dirty
+            self._failed(slot, exc, "forecast")
+            return
         took = time.perf_counter() - start
         offsets = self.applied_offsets(slot)
         self._emit_publication(slot, preds, out, offsets, slot.unpublished, took, full=full, tick=tick)
@@ -938,6 +942,12 @@ class ShardHost:
         slot.last_publish = self.clock()
         if full:
             slot.dirty = False
+
+    def _failed(self, slot: _Slot, exc: BaseException, what: str) -> None:
+        """A forecast that failed: logged with its traceback, counted by shard and exception class."""
+        log.error("shard %s: %s failed: %s", slot.name, what, exc, exc_info=exc)
+        if self.metrics is not None:
+            self.metrics.forecast_failures.labels(slot.name, type(exc).__name__).inc()
 
     def _emit_publication(
         self,

@@ -30,6 +30,7 @@ class TwinMetrics(NamedTuple):
     at_risk_orders: Gauge
     predictions_published: Counter
     handoffs: Counter
+    forecast_failures: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> TwinMetrics:
@@ -102,6 +103,14 @@ class TwinMetrics(NamedTuple):
                 ["shard", "outcome"],
                 registry=registry,
             ),
+            forecast_failures=Counter(
+                "twin_forecast_failures",
+                "Forecasts that failed and published nothing, by shard and exception class "
+                "(BrokenProcessPool: the forecast process died and another was started; MirrorLost: "
+                "its copy of the shard's twin was lost or disagreed, and a snapshot goes next).",
+                ["shard", "reason"],
+                registry=registry,
+            ),
         )
 
 
@@ -119,5 +128,6 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "twin_at_risk_orders",
         "twin_predictions_published_total",
         "twin_handoffs_total",
+        "twin_forecast_failures_total",
     }
 )

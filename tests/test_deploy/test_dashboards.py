@@ -90,6 +90,7 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(prometheus_fa
     m.at_risk_orders.labels("N-HUB").set(3)
     m.predictions_published.labels("order").inc(10)
     m.handoffs.labels("north", "sent").inc(4)
+    m.forecast_failures.labels("north", "BrokenProcessPool").inc(1)
     (port,) = free_ports(1)
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     try:
@@ -100,6 +101,7 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(prometheus_fa
         m.dlq.labels("schema").inc(1)
         m.predictions_published.labels("order").inc(5)
         m.handoffs.labels("north", "sent").inc(2)
+        m.forecast_failures.labels("north", "BrokenProcessPool").inc(1)
         m.forecast_duration.labels("north").observe(1.2)
         for expr in _exprs():
             prom.wait_for(expr, lambda r: len(r) > 0, timeout=30)

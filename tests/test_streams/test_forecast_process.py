@@ -5,7 +5,11 @@ worker appends): the same bytes as the worker's own encoding of its own forecast
 
 from __future__ import annotations
 
+import os
 import pickle
+import signal
+import time
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
@@ -123,5 +127,39 @@ def test_a_child_without_the_copy_or_with_another_one_fails_the_forecast_and_the
             child.submit(forecast_mirrored, short).result(timeout=120)
         with pytest.raises(MirrorLost, match="no copy"):
             child.submit(forecast_mirrored, request).result(timeout=120)
+    finally:
+        children.shutdown()
+
+
+def test_a_forecast_process_that_dies_is_started_again_and_its_shards_send_a_snapshot():
+    mini, events, pipeline = _mini(6)
+    name, shard = sorted(pipeline.shards.items())[0]
+    children = ForecastProcesses("two-region-mini", FAST)
+    try:
+        for ev in events[: len(events) // 2]:
+            pipeline.apply(ev)
+        assert children.fresh(name)
+        assert children.submit(name, forecast_mirrored, mirror_request(shard)).result(timeout=120)
+        assert not children.fresh(name)
+        pid = children.submit("probe", os.getpid).result(timeout=60)  # the one child: shards share it
+        os.kill(pid, signal.SIGKILL)
+        # calls fail with BrokenProcessPool until the death is known; then another child runs them
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                new_pid = children.submit("probe", os.getpid).result(timeout=60)
+                break
+            except BrokenProcessPool:
+                assert time.monotonic() < deadline
+        assert new_pid != pid and children.restarts == 1
+        for ev in events[len(events) // 2 :]:
+            pipeline.apply(ev)
+        assert children.fresh(name)  # the new child holds no copy of the shard's twin
+        with pytest.raises(MirrorLost, match="no copy"):  # so the journal alone cannot go there
+            children.submit(name, forecast_mirrored, mirror_request(shard)).result(timeout=120)
+        forget_mirror(shard)
+        request = mirror_request(shard)
+        assert request.base is not None
+        assert children.submit(name, forecast_mirrored, request).result(timeout=120)
     finally:
         children.shutdown()
