@@ -97,69 +97,75 @@ def test_the_child_keeps_each_shards_twin_and_replays_only_the_calls_since_the_l
         children.shutdown()
 
 
-def test_a_child_without_the_copy_or_with_another_one_fails_the_forecast_and_the_next_request_sends_a_snapshot():
+@pytest.fixture
+def half_applied():
+    """The mini scenario's first shard with half its events before 06:00 applied, and one forecast process.
+
+    Yields the scenario, the other half of those events, the pipeline, the shard's name, the
+    shard and the processes (stopped after the test).
+    """
     mini, events, pipeline = _mini(6)
     name, shard = sorted(pipeline.shards.items())[0]
     children = ForecastProcesses("two-region-mini", FAST)
+    for ev in events[: len(events) // 2]:
+        pipeline.apply(ev)
+    try:
+        yield mini, events[len(events) // 2 :], pipeline, name, shard, children
+    finally:
+        children.shutdown()
+
+
+def test_a_child_without_the_copy_or_with_another_one_fails_the_forecast_and_the_next_request_sends_a_snapshot(
+    half_applied,
+):
+    mini, rest, pipeline, name, shard, children = half_applied
     child = children.for_shard(name)
-    try:
-        for ev in events[: len(events) // 2]:
-            pipeline.apply(ev)
-        first = mirror_request(shard)
-        for ev in events[len(events) // 2 :]:
-            pipeline.apply(ev)
-        # the child never had the copy (say it was restarted): the journal alone cannot be replayed
-        with pytest.raises(MirrorLost, match="no copy"):
-            child.submit(forecast_mirrored, mirror_request(shard)).result(timeout=120)
-        forget_mirror(shard)
-        assert shard.mirror is None and shard.journal is None
-        again = mirror_request(shard)
-        assert again.base is not None and again.copy != first.copy
-        assert child.submit(forecast_mirrored, again).result(timeout=120)
-        # a journal that misses a call: the copy disagrees with the worker's twin, and is dropped
-        extra = [ev for ev in mini.events if 6 * 3600.0 <= ev.time < 7 * 3600.0]
-        for ev in extra:
-            pipeline.apply(ev)
-        request = mirror_request(shard)
-        assert len(request.journal) > 1
-        short = MirrorRequest(request.shard, request.copy, None, request.journal[:-1], request.check)
-        with pytest.raises(MirrorLost, match="not the worker's"):
-            child.submit(forecast_mirrored, short).result(timeout=120)
-        with pytest.raises(MirrorLost, match="no copy"):
-            child.submit(forecast_mirrored, request).result(timeout=120)
-    finally:
-        children.shutdown()
+    first = mirror_request(shard)
+    for ev in rest:
+        pipeline.apply(ev)
+    # the child never had the copy (say it was restarted): the journal alone cannot be replayed
+    with pytest.raises(MirrorLost, match="no copy"):
+        child.submit(forecast_mirrored, mirror_request(shard)).result(timeout=120)
+    forget_mirror(shard)
+    assert shard.mirror is None and shard.journal is None
+    again = mirror_request(shard)
+    assert again.base is not None and again.copy != first.copy
+    assert child.submit(forecast_mirrored, again).result(timeout=120)
+    # a journal that misses a call: the copy disagrees with the worker's twin, and is dropped
+    extra = [ev for ev in mini.events if 6 * 3600.0 <= ev.time < 7 * 3600.0]
+    for ev in extra:
+        pipeline.apply(ev)
+    request = mirror_request(shard)
+    assert len(request.journal) > 1
+    short = MirrorRequest(request.shard, request.copy, None, request.journal[:-1], request.check)
+    with pytest.raises(MirrorLost, match="not the worker's"):
+        child.submit(forecast_mirrored, short).result(timeout=120)
+    with pytest.raises(MirrorLost, match="no copy"):
+        child.submit(forecast_mirrored, request).result(timeout=120)
 
 
-def test_a_forecast_process_that_dies_is_started_again_and_its_shards_send_a_snapshot():
-    mini, events, pipeline = _mini(6)
-    name, shard = sorted(pipeline.shards.items())[0]
-    children = ForecastProcesses("two-region-mini", FAST)
-    try:
-        for ev in events[: len(events) // 2]:
-            pipeline.apply(ev)
-        assert children.fresh(name)
-        assert children.submit(name, forecast_mirrored, mirror_request(shard)).result(timeout=120)
-        assert not children.fresh(name)
-        pid = children.submit("probe", os.getpid).result(timeout=60)  # the one child: shards share it
-        os.kill(pid, signal.SIGKILL)
-        # calls fail with BrokenProcessPool until the death is known; then another child runs them
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                new_pid = children.submit("probe", os.getpid).result(timeout=60)
-                break
-            except BrokenProcessPool:
-                assert time.monotonic() < deadline
-        assert new_pid != pid and children.restarts == 1
-        for ev in events[len(events) // 2 :]:
-            pipeline.apply(ev)
-        assert children.fresh(name)  # the new child holds no copy of the shard's twin
-        with pytest.raises(MirrorLost, match="no copy"):  # so the journal alone cannot go there
-            children.submit(name, forecast_mirrored, mirror_request(shard)).result(timeout=120)
-        forget_mirror(shard)
-        request = mirror_request(shard)
-        assert request.base is not None
-        assert children.submit(name, forecast_mirrored, request).result(timeout=120)
-    finally:
-        children.shutdown()
+def test_a_forecast_process_that_dies_is_started_again_and_its_shards_send_a_snapshot(half_applied):
+    _, rest, pipeline, name, shard, children = half_applied
+    assert children.fresh(name)
+    assert children.submit(name, forecast_mirrored, mirror_request(shard)).result(timeout=120)
+    assert not children.fresh(name)
+    pid = children.submit("probe", os.getpid).result(timeout=60)  # the one child: shards share it
+    os.kill(pid, signal.SIGKILL)
+    # calls fail with BrokenProcessPool until the death is known; then another child runs them
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            new_pid = children.submit("probe", os.getpid).result(timeout=60)
+            break
+        except BrokenProcessPool:
+            assert time.monotonic() < deadline
+    assert new_pid != pid and children.restarts == 1
+    for ev in rest:
+        pipeline.apply(ev)
+    assert children.fresh(name)  # the new child holds no copy of the shard's twin
+    with pytest.raises(MirrorLost, match="no copy"):  # so the journal alone cannot go there
+        children.submit(name, forecast_mirrored, mirror_request(shard)).result(timeout=120)
+    forget_mirror(shard)
+    request = mirror_request(shard)
+    assert request.base is not None
+    assert children.submit(name, forecast_mirrored, request).result(timeout=120)
