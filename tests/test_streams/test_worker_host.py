@@ -642,6 +642,55 @@ def test_background_refreshes_publish_while_events_flow_and_change_no_final_resu
         cluster.close()
 
 
+class _FailingCluster(_BackgroundCluster):
+    """Background forecasts of which some fail (as when the forecast process dies or loses its copy)."""
+
+    def __init__(self, mini, fail, **kw):
+        self.fail = fail  # call numbers (from 1) that raise
+        self.calls = 0
+        super().__init__(mini, **kw)
+
+    def _new_host(self):
+        host = super()._new_host()
+        inner = host.runner
+
+        def runner(name, state, incremental):
+            self.calls += 1
+            if self.calls in self.fail:
+                future = self.loop.create_future()
+                future.set_exception(RuntimeError(f"forecast {self.calls} failed"))
+                return future
+            return inner(name, state, incremental)
+
+        host.runner = runner
+        return host
+
+
+def test_a_failed_forecast_publishes_nothing_is_counted_and_the_worker_goes_on(mini, events, reference, caplog):
+    from prometheus_client import CollectorRegistry
+
+    from streams.metrics import TwinMetrics
+
+    registry = CollectorRegistry()
+    cluster = _FailingCluster(mini, fail={2, 3, 7}, direct="w1")
+    for host in cluster.hosts.values():
+        host.metrics = TwinMetrics.create(registry)
+    try:
+        _feed_skewed(cluster, events, random.Random(11))
+        assert cluster.calls > 7
+        failed = {
+            s: registry.get_sample_value("twin_forecast_failures_total", {"shard": s, "reason": "RuntimeError"}) or 0
+            for s in ("alpha", "beta")
+        }
+        assert sum(failed.values()) == 3
+        assert sum("failed: forecast 2 failed" in r.getMessage() for r in caplog.records) == 1
+        # every event applied, and the forecasts after the failures published: the last word is the reference's
+        assert cluster.states() == _ref_states(reference)
+        assert cluster.final() == _ref_final(reference)
+    finally:
+        cluster.close()
+
+
 class _LateForecastCluster(Cluster):
     """Ticks forecast in the background (``--forecast-in process``) and finish late: a forecast
     is done only a few event-loop turns after it started, that is, after the host has gone on
