@@ -83,15 +83,10 @@ class RemoteForecaster:
         raise RuntimeError(msg)
 
 
-def forecast_executor(scenario: str, settings: ForecastSettings, processes: int = 1) -> ProcessPoolExecutor:
-    """Child processes (one by default) that forecast the shards of ``scenario`` with ``settings``.
-
-    A forecast is a pure function of the state and the seed, so any child gives the same
-    predictions; with several, forecasts run in parallel and the host still publishes them in
-    the order they started.
-    """
+def forecast_executor(scenario: str, settings: ForecastSettings) -> ProcessPoolExecutor:
+    """A child process that forecasts the shards of ``scenario`` with ``settings`` (see :class:`ForecastProcesses`)."""
     return ProcessPoolExecutor(
-        max_workers=processes,
+        max_workers=1,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init,
         initargs=(scenario, settings),
@@ -119,8 +114,11 @@ class ForecastProcesses:
         self._seen: dict[str, int] = {}
         #: children whose executor broke (found by a call's outcome)
         self._dead: set[int] = set()
-        #: children started again so far
-        self.restarts = 0
+
+    @property
+    def restarts(self) -> int:
+        """Children started again so far."""
+        return sum(self._starts) - len(self._starts)
 
     def _index(self, name: str) -> int:
         i = self._assigned.get(name)
@@ -138,16 +136,12 @@ class ForecastProcesses:
         That is the first call for the shard, and the first after its child died and was started
         again (here, if its death is known).
         """
-        i = self._index(name)
-        if i in self._dead:
-            self._restart(i)
+        i = self._live(name)
         return self._seen.get(name) != self._starts[i]
 
     def submit(self, name: str, fn: Any, *args: Any) -> Future[Any]:
         """Run ``fn(*args)`` in shard ``name``'s child (started again first if it died)."""
-        i = self._index(name)
-        if i in self._dead:
-            self._restart(i)
+        i = self._live(name)
         try:
             future = self.children[i].submit(fn, *args)
         except BrokenProcessPool:  # died since its last call's outcome came back
@@ -162,14 +156,20 @@ class ForecastProcesses:
         future.add_done_callback(outcome)
         return future
 
+    def _live(self, name: str) -> int:
+        """Shard ``name``'s child's index, that child started again first if it is known to have died."""
+        i = self._index(name)
+        if i in self._dead:
+            self._restart(i)
+        return i
+
     def _restart(self, i: int) -> None:
         log.warning("forecast process %d of %d died; starting another in its place", i + 1, len(self.children))
         self.children[i].shutdown(wait=False, cancel_futures=True)
         self.children[i] = forecast_executor(self.scenario, self.settings)
-        self.children[i].submit(int)
+        self.children[i].submit(int)  # it builds the network now, not at its first forecast
         self._starts[i] += 1
         self._dead.discard(i)
-        self.restarts += 1
 
     def start(self) -> None:
         """Start every child now (each builds the network: seconds), not at the first forecast."""
@@ -264,11 +264,7 @@ def forecast_mirrored(request: MirrorRequest) -> list[EncodedPrediction]:
         msg = f"shard {name}: the forecast process's copy of its twin is not the worker's: {got} != {request.check}"
         raise MirrorLost(msg)
     mirrors[name] = (request.copy, twin)
-    forecasters: dict[str, ForecasterLike] = _CHILD["forecasters"]
-    fc = forecasters.get(name)
-    if fc is None:
-        fc = forecasters[name] = _CHILD["settings"].build(_CHILD["network"])
-    return encode_predictions(fc.forecast(twin.state), epoch=_CHILD["epoch"])
+    return encode_predictions(_forecaster(name).forecast(twin.state), epoch=_CHILD["epoch"])
 
 
 def pickle_state(state: WorldState) -> bytes:
@@ -278,12 +274,17 @@ def pickle_state(state: WorldState) -> bytes:
 
 def forecast_remote(shard: str, state: bytes) -> list[EncodedPrediction]:
     """In the child: a full forecast of a pickled world state with the shard's forecaster, encoded."""
+    predictions = _forecaster(shard).forecast(pickle.loads(state))  # noqa: S301 - our own bytes, from the parent
+    return encode_predictions(predictions, epoch=_CHILD["epoch"])
+
+
+def _forecaster(shard: str) -> ForecasterLike:
+    """In the child: the shard's forecaster, built at its first forecast."""
     forecasters: dict[str, ForecasterLike] = _CHILD["forecasters"]
     fc = forecasters.get(shard)
     if fc is None:
         fc = forecasters[shard] = _CHILD["settings"].build(_CHILD["network"])
-    predictions = fc.forecast(pickle.loads(state))  # noqa: S301 - our own bytes, from the parent process
-    return encode_predictions(predictions, epoch=_CHILD["epoch"])
+    return fc
 
 
 def _init(scenario: str, settings: ForecastSettings) -> None:
