@@ -299,7 +299,9 @@ class Codec:
             # Valid JSON syntax that msgspec cannot represent (a number beyond the float range).
             return DecodeError("schema", _translate(failure, prefix="message") + " (numbers must fit a 64-bit float)")
         except msgspec.DecodeError as exc:
-            return DecodeError("malformed-json", f"message: not valid JSON: {exc}")
+            # msgspec up to 0.19 let invalid UTF-8 through as UnicodeDecodeError; from 0.20 it
+            # is its own DecodeError: either way the detail names the first bad byte
+            return _not_utf8(raw) or DecodeError("malformed-json", f"message: not valid JSON: {exc}")
         except UnicodeDecodeError as exc:
             return DecodeError("malformed-json", f"message: not valid UTF-8 at byte {exc.start}")
         except RecursionError:
@@ -308,6 +310,15 @@ class Codec:
         if detail is not None:
             return detail
         return DecodeError("schema", _translate(failure, prefix="message"))
+
+
+def _not_utf8(raw: bytes) -> DecodeError | None:
+    """The refusal of a message that is not UTF-8, naming its first bad byte; None if it is UTF-8."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return DecodeError("malformed-json", f"message: not valid UTF-8 at byte {exc.start}")
+    return None
 
 
 def _explain(doc: Any, kinds: dict[str, _Kind]) -> DecodeError | None:

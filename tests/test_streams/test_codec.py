@@ -205,7 +205,7 @@ REFUSALS = [
     # oversize is checked before anything is parsed (see test_oversize_is_checked_before_parsing)
     (b"{", "malformed-json", "message: not valid JSON: Input data was truncated"),
     (b"", "malformed-json", "message: not valid JSON: Input data was truncated"),
-    (b"\xff\xfe{}", "malformed-json", "message: not valid JSON: JSON is malformed: invalid character (byte 0)"),
+    (b"\xff\xfe{}", "malformed-json", "message: not valid UTF-8 at byte 0"),
     (b'{"a": 1} x', "malformed-json", "message: not valid JSON: JSON is malformed: trailing characters (byte 10)"),
     (b"[" * 5000, "malformed-json", "message: JSON nested too deeply to parse"),
     (b"[1]", "schema", "message: expected a JSON object (a CloudEvent), got array"),
