@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import numpy as np
 import polars as pl
 
 from scenarios.code import code_digest, code_revision
@@ -48,6 +49,7 @@ __all__ = [
     "BacktestResult",
     "backtest",
     "carried_delay",
+    "coverage_by_chance",
     "coverage_by_seed",
     "cascade_metrics",
     "disruption_targets",
@@ -324,6 +326,20 @@ class BacktestResult:
         lines += ["", "acceptance (issue 3)"]
         for name, v, rule, ok in self.acceptance():
             lines.append(f"  {'ok  ' if ok else 'MISS'} {name:<34} {_pct(v):>7}  (needs {rule})")
+        if self.rows.height and "lead_s" in self.rows.columns:
+            chance = coverage_by_chance(self.rows)
+            lo, hi = COVERAGE_RANGE
+            every = 1.0
+            for p in chance.values():
+                every *= p
+            lines += [
+                "",
+                f"how much the coverage says: a forecast whose p10-p90 holds exactly 80 % would score "
+                f"{lo:.0%}-{hi:.0%} on these groups of orders with probability",
+                "  "
+                + ", ".join(f"{_pct(p)} at {_hours(lead)}" for lead, p in chance.items())
+                + f"; at every lead at once {_pct(every)} if the leads were independent",
+            ]
         return "\n".join(lines)
 
 
@@ -402,6 +418,43 @@ def pool_results(results: Sequence[BacktestResult]) -> BacktestResult:
     return BacktestResult(
         pl.DataFrame(leads, schema=_LEAD_SCHEMA), pl.DataFrame(cascades, schema=_CASCADE_SCHEMA), rows, config
     )
+
+
+def coverage_by_chance(
+    scored: pl.DataFrame,
+    nominal: float = 0.8,
+    band: tuple[float, float] = COVERAGE_RANGE,
+    draws: int = 20_000,
+    seed: int = 0,
+) -> dict[float, float]:
+    """Per lead: how often a forecast whose p10-p90 holds exactly ``nominal`` would score in ``band``.
+
+    Coverage is counted by order, but the orders delivered by one van at one moment and scored
+    against one forecast share one outcome (``outcomes`` in :func:`lead_metrics`): the interval
+    holds all of them or none. So a perfectly calibrated forecast's coverage on these rows is a
+    weighted mean of independent Bernoulli(``nominal``) draws, one per such group, weighted by
+    its orders; this simulates it (``draws`` times, a fixed ``seed``: the same rows give the same
+    figures) and returns the share of draws inside ``band`` at each lead. Groups are keyed by
+    ``seed`` too when the rows carry one (pooled backtests). What it says: how much a coverage
+    figure of these rows can tell a calibrated forecast from one that is not.
+    """
+    rng = np.random.default_rng(seed)
+    keys = [c for c in ("seed", "as_of", "delivered_at") if c in scored.columns]
+    lo, hi = band
+    out: dict[float, float] = {}
+    for lead in sorted(scored.get_column("lead_s").unique().to_list()):
+        sizes = scored.filter(pl.col("lead_s") == lead).group_by(keys).len().get_column("len").to_numpy()
+        weights = sizes / sizes.sum()
+        inside = 0
+        done = 0
+        chunk = max(1, min(draws, 4_000_000 // max(1, len(weights))))
+        while done < draws:
+            k = min(chunk, draws - done)
+            coverage = (rng.random((k, len(weights))) < nominal) @ weights
+            inside += int(np.count_nonzero((coverage >= lo - 1e-12) & (coverage <= hi + 1e-12)))
+            done += k
+        out[float(lead)] = inside / draws
+    return out
 
 
 def coverage_by_seed(results: Sequence[BacktestResult]) -> str:
