@@ -48,6 +48,7 @@ __all__ = [
     "MIN_IMPROVEMENT",
     "BacktestResult",
     "backtest",
+    "backtest_seeds",
     "carried_delay",
     "coverage_by_chance",
     "coverage_by_seed",
@@ -594,3 +595,52 @@ def _pct(v: float | None, signed: bool = False) -> str:
     if v is None:
         return "-"
     return f"{100 * v:+.1f}%" if signed else f"{100 * v:.1f}%"
+
+
+def backtest_seeds(
+    spec: ScenarioSpec,
+    seeds: int,
+    *,
+    jobs: int = 1,
+    progress: Progress | None = None,
+    **settings: Any,
+) -> list[BacktestResult]:
+    """Backtest the scenario under ``seeds`` world seeds: its own and the next ``seeds - 1``.
+
+    Each is :func:`run_backtest` of the scenario with that seed (so each forecasts with the
+    seed derived from it, never the world's); ``settings`` are its keyword arguments
+    (``replicas``, ``cadence``, ...). ``jobs`` > 1 runs that many seeds at once in separate
+    processes (``progress`` then only says which seeds are done). Pool the results with
+    :func:`pool_results`: one seed's coverage rests on a few dozen groups of orders
+    (:func:`coverage_by_chance`).
+    """
+    if seeds < 1:
+        msg = f"seeds={seeds} must be at least 1"
+        raise ValueError(msg)
+    if jobs < 1:
+        msg = f"jobs={jobs} must be at least 1"
+        raise ValueError(msg)
+    specs = [dataclasses.replace(spec, seed=spec.seed + i) for i in range(seeds)]
+    say = progress or (lambda _m, _f: None)
+    if jobs == 1 or seeds == 1:
+        out = []
+        for i, s in enumerate(specs):
+            say(f"seed {s.seed} ({i + 1} of {seeds})", i / seeds)
+            out.append(run_backtest(s, progress=progress, **settings)[0])
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawned, not forked: the caller may hold threads (a test session's brokers, a web server)
+    with ProcessPoolExecutor(min(jobs, seeds), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_backtest_result, s, settings) for s in specs]
+        results = []
+        for i, fut in enumerate(futures):
+            results.append(fut.result())
+            say(f"seed {specs[i].seed} done ({i + 1} of {seeds})", (i + 1) / seeds)
+    return results
+
+
+def _backtest_result(spec: ScenarioSpec, settings: dict[str, Any]) -> BacktestResult:
+    """:func:`run_backtest` in a worker process; only the result comes back (not the predictions)."""
+    return run_backtest(spec, **settings)[0]

@@ -31,12 +31,14 @@ import pytest
 from scenarios.backtest import (
     BacktestResult,
     backtest,
+    backtest_seeds,
     carried_delay,
     coverage_by_chance,
+    coverage_by_seed,
     disruption_targets,
     names_target,
+    pool_results,
     predictions_at_lead,
-    run_backtest,
 )
 from scenarios.backtest_report import write_backtest
 from scenarios.predictions import PREDICTION_SCHEMA
@@ -324,21 +326,40 @@ def test_twin_backtest_command(tmp_path):
 #: 15 minutes of event time (a lead time is then met within 15 minutes) with 32 replicas each.
 ACCEPTANCE_REPLICAS = 32
 ACCEPTANCE_CADENCE = 900.0
+#: World seeds per scenario (its own and the next ones): enough groups of orders at every
+#: lead (400-500) that a forecast whose p10-p90 holds exactly 80 % lands in 75-85 % at each
+#: lead with probability 0.97 or more (``coverage_by_chance``; docs/backtest.md). Fixed from
+#: that computation before these seeds were first backtested (2026-12-07).
+ACCEPTANCE_SEEDS: Final = {"regional-day": 12, "hub-morning-outage": 20}
 
 
-_BACKTESTS: dict[str, object] = {}
+_BACKTESTS: dict[str, list[BacktestResult]] = {}
 
 
 @pytest.fixture(scope="module", params=["regional-day", "hub-morning-outage"])
-def backtest_result(request):
-    """Each acceptance scenario is backtested once per module; the table is printed."""
+def backtests(request) -> list[BacktestResult]:
+    """Each acceptance scenario under its world seeds, once per module (two at a time); the tables are printed."""
     name = request.param
     if name not in _BACKTESTS:
         start = time.perf_counter()
-        result, _ = run_backtest(load_scenario(name), replicas=ACCEPTANCE_REPLICAS, cadence=ACCEPTANCE_CADENCE)
-        print(f"\n{name}\n{result.table()}\n({time.perf_counter() - start:.0f} s)")
-        _BACKTESTS[name] = result
+        results = backtest_seeds(
+            load_scenario(name),
+            ACCEPTANCE_SEEDS[name],
+            jobs=2,
+            replicas=ACCEPTANCE_REPLICAS,
+            cadence=ACCEPTANCE_CADENCE,
+        )
+        print(f"\n{name}, scenario seed\n{results[0].table()}")
+        print(f"\n{coverage_by_seed(results)}\n\n{pool_results(results).table()}")
+        print(f"({time.perf_counter() - start:.0f} s)")
+        _BACKTESTS[name] = results
     return _BACKTESTS[name]
+
+
+@pytest.fixture
+def backtest_result(backtests) -> BacktestResult:
+    """The scenario's own seed: the issue's acceptance, read literally."""
+    return backtests[0]
 
 
 def _missed(result, kind: str) -> list[str]:
@@ -363,10 +384,10 @@ def test_disruption_late_orders_are_flagged_with_their_cause_at_2h(backtest_resu
 #: the scenarios whose coverage is not within 75-85 % at every lead yet
 COVERAGE_NOT_MET: Final = {
     "regional-day": (
-        "issue 3 not met yet (needs 75-85 %): p10-p90 coverage on the scenario seed is 93.9 / 87.7 / 84.6 / 78.8 % "
-        "at 0.5 / 1 / 2 / 4 h (83.4 / 85.9 / 77.0 / 78.1 % pooled over 5 seeds, twin backtest --seeds 5); "
-        "a forecast whose intervals hold exactly 80 % would be in range at all four leads of this seed's "
-        "43 groups with probability about 7 % (docs/backtest.md)"
+        "out of 75-85 % on the scenario seed alone: 93.9 / 87.7 / 84.6 / 78.8 % at 0.5 / 1 / 2 / 4 h, on 43 groups "
+        "of orders, where a forecast whose intervals hold exactly 80 % is in range at all four leads with "
+        "probability about 7 % (docs/backtest.md); over 12 world seeds 82.8 / 83.8 / 75.5 / 76.2 % "
+        "(test_issue_3_acceptance_holds_over_world_seeds)"
     ),
 }
 
@@ -374,10 +395,30 @@ COVERAGE_NOT_MET: Final = {
 @pytest.mark.slow
 def test_p10_p90_interval_holds_75_to_85_percent(backtest_result, request):
     # hub-morning-outage's scenario seed is within the range (82.6 / 84.6 / 83.2 / 83.3 %): a real gate.
-    reason = COVERAGE_NOT_MET.get(request.node.callspec.params["backtest_result"])
+    reason = COVERAGE_NOT_MET.get(request.node.callspec.params["backtests"])
     if reason is not None:
         request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
     assert not _missed(backtest_result, "coverage"), "\n".join(_missed(backtest_result, "coverage"))
+
+
+@pytest.mark.slow
+def test_issue_3_acceptance_holds_over_world_seeds(backtests):
+    """Every criterion of issue 3 on the scored rows of all the scenario's world seeds together.
+
+    One seed's coverage rests on 25-45 groups of orders, and a perfectly calibrated forecast
+    lands all four leads in 75-85 % there with a probability of 2-7 %; pooled over these seeds,
+    each lead's figure rests on 400-500 groups, where it does so at each lead with 0.97 or more
+    (checked here too, so the test keeps the power to tell). The thresholds are the issue's.
+    """
+    pooled = pool_results(backtests)
+    chance = coverage_by_chance(pooled.rows)
+    assert min(chance.values()) >= 0.95, chance
+    missed = [
+        f"{name}: {v if v is None else round(v, 3)} (needs {rule})"
+        for name, v, rule, ok in pooled.acceptance()
+        if not ok
+    ]
+    assert not missed, "\n".join(missed)
 
 
 def test_twin_backtest_pools_several_world_seeds(tmp_path):
