@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import platform
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ __all__ = [
     "pool_results",
     "predictions_at_lead",
     "run_backtest",
+    "world_seeds",
 ]
 
 DEFAULT_LEAD_TIMES: Final = (1800.0, 3600.0, 7200.0, 14400.0)
@@ -330,9 +332,7 @@ class BacktestResult:
         if self.rows.height and "lead_s" in self.rows.columns:
             chance = coverage_by_chance(self.rows)
             lo, hi = COVERAGE_RANGE
-            every = 1.0
-            for p in chance.values():
-                every *= p
+            every = math.prod(chance.values())
             lines += [
                 "",
                 f"how much the coverage says: a forecast whose p10-p90 holds exactly 80 % would score "
@@ -620,7 +620,7 @@ def backtest_seeds(
     if jobs < 1:
         msg = f"jobs={jobs} must be at least 1"
         raise ValueError(msg)
-    specs = [dataclasses.replace(spec, seed=spec.seed + i) for i in range(seeds)]
+    specs = world_seeds(spec, seeds)
     say = progress or (lambda _m, _f: None)
     if jobs == 1 or seeds == 1:
         out = []
@@ -639,6 +639,11 @@ def backtest_seeds(
             results.append(fut.result())
             say(f"seed {specs[i].seed} done ({i + 1} of {seeds})", (i + 1) / seeds)
     return results
+
+
+def world_seeds(spec: ScenarioSpec, n: int) -> list[ScenarioSpec]:
+    """The scenario under ``n`` world seeds: its own and the next ``n - 1`` (``twin backtest --seeds``)."""
+    return [dataclasses.replace(spec, seed=spec.seed + i) for i in range(n)]
 
 
 def _backtest_result(spec: ScenarioSpec, settings: dict[str, Any]) -> BacktestResult:

@@ -161,7 +161,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _backtest(args: argparse.Namespace) -> int:
-    from scenarios.backtest import coverage_by_seed, pool_results, run_backtest
+    from scenarios.backtest import coverage_by_seed, pool_results, run_backtest, world_seeds
     from scenarios.backtest_report import write_backtest
 
     progress = ProgressPrinter(quiet=args.quiet)
@@ -180,8 +180,7 @@ def _backtest(args: argparse.Namespace) -> int:
         return 2
     pooling = args.seeds > 1
     results = []
-    for i in range(args.seeds):
-        seed_spec = dataclasses.replace(spec, seed=spec.seed + i)
+    for i, seed_spec in enumerate(world_seeds(spec, args.seeds)):
         if pooling:
             progress.done()
             print(f"seed {seed_spec.seed} ({i + 1} of {args.seeds})", file=sys.stderr)

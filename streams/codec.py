@@ -293,17 +293,18 @@ class Codec:
 
     def _diagnose(self, raw: bytes, failure: str) -> DecodeError:
         """Why the fast path refused ``raw``: reason and detail, from a generic parse and field checks."""
+        # UTF-8 first: msgspec reports invalid UTF-8 differently from one release to the next
+        # (a UnicodeDecodeError, or a DecodeError of its own since 0.23); this names the byte
+        bad = _not_utf8(raw)
+        if bad is not None:
+            return bad
         try:
             doc = msgspec.json.decode(raw)
         except msgspec.ValidationError:
             # Valid JSON syntax that msgspec cannot represent (a number beyond the float range).
             return DecodeError("schema", _translate(failure, prefix="message") + " (numbers must fit a 64-bit float)")
         except msgspec.DecodeError as exc:
-            # msgspec up to 0.19 let invalid UTF-8 through as UnicodeDecodeError; from 0.20 it
-            # is its own DecodeError: either way the detail names the first bad byte
-            return _not_utf8(raw) or DecodeError("malformed-json", f"message: not valid JSON: {exc}")
-        except UnicodeDecodeError as exc:
-            return DecodeError("malformed-json", f"message: not valid UTF-8 at byte {exc.start}")
+            return DecodeError("malformed-json", f"message: not valid JSON: {exc}")
         except RecursionError:
             return DecodeError("malformed-json", "message: JSON nested too deeply to parse")
         detail = _explain(doc, self._by_type)
